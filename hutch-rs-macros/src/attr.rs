@@ -1,0 +1,299 @@
+//! Parsing the arguments of `#[consumer(...)]`.
+//!
+//! Every argument has the form `name = value`. The syntax is parsed once for
+//! all arguments (a name, `=`, any expression); each known name then decides
+//! which expressions it accepts. A new argument such as `max_attempts = 3`
+//! is one more entry in [`KNOWN_ARGUMENTS`] and one more arm in
+//! [`ConsumerArgs::assign`].
+//!
+//! Only the shape of the values is checked here; whether a routing key or a
+//! queue name is valid is decided in `check.rs`.
+
+use proc_macro2::{Span, TokenStream};
+use syn::{
+    Expr, ExprLit, Ident, Lit, LitStr, Token,
+    ext::IdentExt,
+    parse::{Parse, ParseStream, Parser},
+    punctuated::Punctuated,
+};
+
+use crate::errors::Errors;
+
+/// Every argument `#[consumer]` accepts, in the order an error lists them.
+const KNOWN_ARGUMENTS: &[&str] = &["routing_key", "queue", "group"];
+
+/// The arguments of one `#[consumer(...)]`.
+///
+/// Values keep their literal tokens so that later errors point at them.
+#[derive(Default)]
+pub(crate) struct ConsumerArgs {
+    pub(crate) routing_key: Option<RoutingKeys>,
+    pub(crate) queue: Option<LitStr>,
+    pub(crate) group: Option<LitStr>,
+    /// The known arguments that were written, valid or not, or suggested for
+    /// a misspelled one: an argument with an error is not also "missing".
+    pub(crate) mentioned: Vec<&'static str>,
+}
+
+/// `routing_key = "a.b"` or `routing_key = ["a.b", "c.*"]`.
+pub(crate) struct RoutingKeys {
+    pub(crate) keys: Vec<LitStr>,
+    /// The whole value, where an empty list is reported.
+    pub(crate) value_span: Span,
+}
+
+/// Parses the attribute's arguments. `None` when they are not even
+/// syntactically `name = value, ...` (that error is in `errors`); otherwise
+/// the arguments that could be understood, with an error in `errors` for each
+/// one that could not.
+pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Option<ConsumerArgs> {
+    let raw = match Punctuated::<RawArgument, Token![,]>::parse_terminated.parse2(args) {
+        Ok(raw) => raw,
+        Err(error) => {
+            errors.push(error);
+            return None;
+        }
+    };
+    let mut args = ConsumerArgs::default();
+    let mut seen: Vec<String> = Vec::new();
+    for argument in raw {
+        let name = argument.name.unraw().to_string();
+        if seen.contains(&name) {
+            errors.at(
+                argument.name.span(),
+                format_args!("`{name}` is given twice; give each argument once"),
+            );
+            continue;
+        }
+        seen.push(name.clone());
+        args.assign(&name, &argument, errors);
+    }
+    Some(args)
+}
+
+impl ConsumerArgs {
+    fn assign(&mut self, name: &str, argument: &RawArgument, errors: &mut Errors) {
+        match name {
+            "routing_key" => self.routing_key = routing_keys(&argument.value, errors),
+            "queue" => {
+                self.queue = string_literal(name, "\"billing_audit\"", &argument.value, errors)
+            }
+            "group" => self.group = string_literal(name, "\"billing\"", &argument.value, errors),
+            _ => errors.at(argument.name.span(), unknown_argument(name)),
+        }
+        self.mentioned.extend(
+            KNOWN_ARGUMENTS
+                .iter()
+                .find(|known| **known == name)
+                .copied()
+                .or_else(|| suggestion(name)),
+        );
+    }
+}
+
+/// `name = value` before the name is looked up.
+struct RawArgument {
+    name: Ident,
+    value: Expr,
+}
+
+impl Parse for RawArgument {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if input.peek(LitStr) {
+            return Err(input.error("name the argument: `routing_key = \"orders.placed\"`"));
+        }
+        // `parse_any` so that a keyword such as `type = ...` gets the
+        // "unknown argument" message rather than "expected identifier".
+        let name = input.call(Ident::parse_any)?;
+        if !input.peek(Token![=]) {
+            let unraw = name.unraw().to_string();
+            let message = if KNOWN_ARGUMENTS.contains(&unraw.as_str()) {
+                format!("expected `=` after `{unraw}`: arguments are written `{unraw} = value`")
+            } else {
+                unknown_argument(&unraw)
+            };
+            return Err(syn::Error::new(name.span(), message));
+        }
+        input.parse::<Token![=]>()?;
+        let value = input.parse()?;
+        Ok(Self { name, value })
+    }
+}
+
+fn unknown_argument(name: &str) -> String {
+    let known = KNOWN_ARGUMENTS
+        .iter()
+        .map(|known| format!("`{known}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut message = format!("unknown argument `{name}`; #[consumer] accepts {known}");
+    if let Some(suggestion) = suggestion(name) {
+        message.push_str(&format!(" (did you mean `{suggestion}`?)"));
+    }
+    message
+}
+
+fn suggestion(unknown: &str) -> Option<&'static str> {
+    KNOWN_ARGUMENTS
+        .iter()
+        .copied()
+        .find(|known| edit_distance(unknown, known) <= 2)
+}
+
+fn routing_keys(value: &Expr, errors: &mut Errors) -> Option<RoutingKeys> {
+    const EXPECTED: &str = "`routing_key` takes a string literal or a list of string literals: \
+                            `routing_key = \"orders.placed\"` or `routing_key = [\"orders.*\", \"refunds.#\"]`";
+    match ungroup(value) {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(key), ..
+        }) => Some(RoutingKeys {
+            keys: vec![key.clone()],
+            value_span: key.span(),
+        }),
+        Expr::Array(array) => {
+            let mut keys = Vec::with_capacity(array.elems.len());
+            for element in &array.elems {
+                match ungroup(element) {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Str(key), ..
+                    }) => keys.push(key.clone()),
+                    other => errors.spanned(
+                        other,
+                        "a routing key must be a string literal such as \"orders.placed\"",
+                    ),
+                }
+            }
+            Some(RoutingKeys {
+                keys,
+                value_span: array.bracket_token.span.join(),
+            })
+        }
+        other => {
+            errors.spanned(other, EXPECTED);
+            None
+        }
+    }
+}
+
+fn string_literal(name: &str, example: &str, value: &Expr, errors: &mut Errors) -> Option<LitStr> {
+    match ungroup(value) {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(literal),
+            ..
+        }) => Some(literal.clone()),
+        other => {
+            errors.spanned(
+                other,
+                format_args!("`{name}` takes a string literal: `{name} = {example}`"),
+            );
+            None
+        }
+    }
+}
+
+/// Looks through the invisible groups `macro_rules!` puts around `$value:expr`,
+/// so a consumer declared by a user's macro is parsed like one written out.
+fn ungroup(mut expr: &Expr) -> &Expr {
+    while let Expr::Group(group) = expr {
+        expr = &group.expr;
+    }
+    expr
+}
+
+/// Levenshtein distance, to suggest `routing_key` for `routing_keys` or `rounting_key`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn parse_ok(tokens: TokenStream) -> ConsumerArgs {
+        let mut errors = Errors::default();
+        let args = parse(tokens, &mut errors);
+        errors.finish().expect("no errors");
+        args.expect("parsed")
+    }
+
+    fn parse_err(tokens: TokenStream) -> String {
+        let mut errors = Errors::default();
+        let _ = parse(tokens, &mut errors);
+        errors
+            .finish()
+            .expect_err("an error")
+            .into_iter()
+            .map(|error| error.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn parses_single_key_list_queue_and_group() {
+        let args = parse_ok(quote!(routing_key = "a.b"));
+        let keys = args.routing_key.unwrap().keys;
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].value(), "a.b");
+
+        let args = parse_ok(quote!(
+            routing_key = ["a.#", "b.*"],
+            queue = "q",
+            group = "g",
+        ));
+        let keys: Vec<_> = args
+            .routing_key
+            .unwrap()
+            .keys
+            .iter()
+            .map(LitStr::value)
+            .collect();
+        assert_eq!(keys, ["a.#", "b.*"]);
+        assert_eq!(args.queue.unwrap().value(), "q");
+        assert_eq!(args.group.unwrap().value(), "g");
+    }
+
+    #[test]
+    fn reports_every_bad_argument() {
+        let message = parse_err(quote!(routing_keys = "a", queue = 1, queue = "q", type = "x"));
+        assert!(
+            message.contains("unknown argument `routing_keys`"),
+            "{message}"
+        );
+        assert!(message.contains("did you mean `routing_key`"), "{message}");
+        assert!(
+            message.contains("`queue` takes a string literal"),
+            "{message}"
+        );
+        assert!(message.contains("`queue` is given twice"), "{message}");
+        assert!(message.contains("unknown argument `type`"), "{message}");
+        assert!(!message.contains("did you mean `queue`"), "{message}");
+    }
+
+    #[test]
+    fn explains_missing_names_and_values() {
+        assert!(parse_err(quote!("a.b")).contains("name the argument"));
+        assert!(parse_err(quote!(routing_key)).contains("expected `=` after `routing_key`"));
+        assert!(parse_err(quote!(routing_key = [1])).contains("must be a string literal"));
+        assert!(parse_err(quote!(routing_key = KEY)).contains("a list of string literals"));
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("routing_key", "routing_key"), 0);
+        assert_eq!(edit_distance("routing_keys", "routing_key"), 1);
+        assert_eq!(edit_distance("rounting_key", "routing_key"), 1);
+        assert_eq!(edit_distance("grp", "group"), 2);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+}

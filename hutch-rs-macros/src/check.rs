@@ -1,0 +1,480 @@
+//! What `#[consumer]` can refuse before the type checker runs: the shape of
+//! the function's signature, the syntax of routing keys, queue and group
+//! names.
+//!
+//! The return type and the message body type are left to the bounds of
+//! `hutch_rs::__private::call_handler`: only the type checker knows whether a
+//! type implements `Deserialize` or converts into `BoxError`.
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::{
+    FnArg, GenericArgument, ItemFn, LitStr, PathArguments, ReturnType, Signature, Type,
+    ext::IdentExt, spanned::Spanned,
+};
+
+use crate::{attr::ConsumerArgs, errors::Errors};
+
+/// The longest routing key AMQP can carry (a short string).
+const MAX_ROUTING_KEY_BYTES: usize = 255;
+
+/// Queue names are short strings too (255 bytes); the rest is left for the
+/// `"<namespace>:"` prefix and the `":dead"` suffix of the dead-letter queue.
+const MAX_NAME_BYTES: usize = 200;
+
+/// A `#[consumer]` whose arguments and signature passed every check.
+pub(crate) struct Consumer<'a> {
+    pub(crate) function: &'a ItemFn,
+    /// The function name without `r#`: the registered name and default queue.
+    pub(crate) name: String,
+    pub(crate) routing_keys: &'a [LitStr],
+    pub(crate) queue: Option<&'a LitStr>,
+    pub(crate) group: Option<&'a LitStr>,
+    /// `T` in the argument `Message<T>`.
+    pub(crate) body_type: &'a Type,
+    /// Where the function's return type is written, or its name when it
+    /// returns `()`: where a wrong return type is reported.
+    pub(crate) output_span: Span,
+}
+
+/// Checks everything and reports every problem in `errors`. `None` when
+/// `args` could not be parsed or something is wrong.
+pub(crate) fn consumer<'a>(
+    args: Option<&'a ConsumerArgs>,
+    function: &'a ItemFn,
+    errors: &mut Errors,
+) -> Option<Consumer<'a>> {
+    if let Some(again) = function
+        .attrs
+        .iter()
+        .find(|attribute| is_consumer_attribute(attribute))
+    {
+        errors.spanned(
+            again,
+            "#[consumer] is applied twice to this function; remove one",
+        );
+    }
+    let name = function.sig.ident.unraw().to_string();
+    let Some(args) = args else {
+        signature(&function.sig, errors);
+        return None;
+    };
+
+    let routing_keys = match &args.routing_key {
+        Some(routing_key) => {
+            if routing_key.keys.is_empty() {
+                errors.at(
+                    routing_key.value_span,
+                    "`routing_key` needs at least one routing key, e.g. `routing_key = [\"orders.placed\"]`",
+                );
+            }
+            routing_keys(&routing_key.keys, errors);
+            Some(&routing_key.keys[..])
+        }
+        // `routing_key = KEY` or `routing_keys = ...` already has its error.
+        None if args.mentioned.contains(&"routing_key") => None,
+        None => {
+            errors.at(
+                Span::call_site(),
+                "#[consumer] needs a routing key to bind its queue with: \
+                 add `routing_key = \"orders.placed\"` (or a list, `routing_key = [\"orders.*\", \"refunds.#\"]`)",
+            );
+            None
+        }
+    };
+
+    if let Some(queue) = &args.queue {
+        if let Err(problem) = validate_name(NameKind::Queue, &queue.value()) {
+            errors.at(queue.span(), problem);
+        }
+    } else if let Err(problem) = validate_name(NameKind::Queue, &name) {
+        errors.at(
+            function.sig.ident.span(),
+            format_args!(
+                "the queue is named after the function, but {problem}; give the queue a name with `queue = \"...\"`"
+            ),
+        );
+    }
+    if let Some(group) = &args.group {
+        if let Err(problem) = validate_name(NameKind::Group, &group.value()) {
+            errors.at(group.span(), problem);
+        }
+    }
+
+    let body_type = signature(&function.sig, errors);
+    Some(Consumer {
+        function,
+        name,
+        routing_keys: routing_keys?,
+        queue: args.queue.as_ref(),
+        group: args.group.as_ref(),
+        body_type: body_type?,
+        output_span: match &function.sig.output {
+            ReturnType::Type(_, ty) => ty.span(),
+            ReturnType::Default => function.sig.ident.span(),
+        },
+    })
+}
+
+/// `#[consumer]` or `#[hutch_rs::consumer]`, left on the function by a second
+/// application of the attribute.
+fn is_consumer_attribute(attribute: &syn::Attribute) -> bool {
+    let path = attribute.path();
+    path.is_ident("consumer")
+        || (path.segments.len() == 2
+            && path.segments[0].ident == "hutch_rs"
+            && path.segments[1].ident == "consumer")
+}
+
+fn routing_keys(keys: &[LitStr], errors: &mut Errors) {
+    let mut seen: Vec<String> = Vec::with_capacity(keys.len());
+    for key in keys {
+        let value = key.value();
+        if let Err(problem) = validate_routing_key(&value) {
+            errors.at(key.span(), problem);
+        } else if seen.contains(&value) {
+            errors.at(
+                key.span(),
+                format_args!("routing key \"{value}\" is listed twice; remove one"),
+            );
+        }
+        seen.push(value);
+    }
+}
+
+/// Checks that `key` is an AMQP topic pattern: dot-separated words, where
+/// `*` (exactly one word) and `#` (zero or more words) stand for whole words.
+pub(crate) fn validate_routing_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err(
+            "routing key is empty; write a dot-separated topic such as \"orders.placed\" \
+                    (or \"#\" to receive every message)"
+                .to_owned(),
+        );
+    }
+    if key.len() > MAX_ROUTING_KEY_BYTES {
+        return Err(format!(
+            "routing key is {} bytes long; AMQP allows at most {MAX_ROUTING_KEY_BYTES}",
+            key.len()
+        ));
+    }
+    if key.starts_with('.') {
+        return Err(format!(
+            "routing key \"{key}\" starts with a dot; remove the leading `.`"
+        ));
+    }
+    if key.ends_with('.') {
+        return Err(format!(
+            "routing key \"{key}\" ends with a dot; remove the trailing `.`"
+        ));
+    }
+    if key.contains("..") {
+        return Err(format!(
+            "routing key \"{key}\" has an empty word between two dots; use a single `.` between words"
+        ));
+    }
+    for word in key.split('.') {
+        for wildcard in ['*', '#'] {
+            if word.contains(wildcard) && word != wildcard.to_string() {
+                let within = if word == key {
+                    String::new()
+                } else {
+                    format!(", not part of \"{word}\"")
+                };
+                return Err(format!(
+                    "in routing key \"{key}\", `{wildcard}` must be a whole word between dots{within} \
+                     (`*` matches exactly one word, `#` zero or more: \"orders.*\", \"orders.#\")"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameKind {
+    Queue,
+    Group,
+}
+
+impl NameKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Queue => "queue",
+            Self::Group => "group",
+        }
+    }
+
+    fn example(self) -> &'static str {
+        match self {
+            Self::Queue => "billing_audit",
+            Self::Group => "billing",
+        }
+    }
+}
+
+/// Checks a queue or group name: short, made of characters that need no
+/// quoting anywhere (management UI, URLs, shell), and not reserved.
+pub(crate) fn validate_name(kind: NameKind, name: &str) -> Result<(), String> {
+    let kind_name = kind.as_str();
+    if name.is_empty() {
+        return Err(format!(
+            "{kind_name} name is empty; remove `{kind_name}` or give a name such as \"{}\"",
+            kind.example()
+        ));
+    }
+    if let Some(invalid) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        return Err(format!(
+            "{kind_name} name \"{name}\" contains {invalid:?}; use only ASCII letters, digits, `_`, `-`, `.` and `:`"
+        ));
+    }
+    if kind == NameKind::Queue && name.starts_with("amq.") {
+        return Err(format!(
+            "queue name \"{name}\" starts with \"amq.\", which RabbitMQ reserves for its own queues; choose another name"
+        ));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "{kind_name} name is {} bytes long; at most {MAX_NAME_BYTES} are allowed \
+             (room is kept for the namespace prefix and the \":dead\" suffix)",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the function is `async fn name(msg: Message<T>)` and returns `T`.
+fn signature<'a>(sig: &'a Signature, errors: &mut Errors) -> Option<&'a Type> {
+    let mut valid = true;
+    let mut refuse = |errors: &mut Errors, tokens: &dyn ToTokens, message: &str| {
+        errors.spanned(tokens, message);
+        valid = false;
+    };
+
+    if let Some(constness) = &sig.constness {
+        refuse(
+            errors,
+            constness,
+            "a #[consumer] function cannot be `const`; remove `const`",
+        );
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        refuse(
+            errors,
+            unsafety,
+            "a #[consumer] function cannot be `unsafe`: the runtime calls it with no way to uphold its \
+             safety contract; remove `unsafe`",
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        refuse(
+            errors,
+            abi,
+            "a #[consumer] function cannot be `extern`; remove the ABI",
+        );
+    }
+    if sig.asyncness.is_none() {
+        refuse(
+            errors,
+            &sig.fn_token,
+            "a #[consumer] function must be `async`: write `async fn`",
+        );
+    }
+    if !sig.generics.params.is_empty() {
+        refuse(
+            errors,
+            &sig.generics,
+            "a #[consumer] function cannot be generic: the runtime needs one concrete message type; \
+             remove the generic parameters and name the type in `Message<...>`",
+        );
+    }
+    if let Some(where_clause) = &sig.generics.where_clause {
+        refuse(
+            errors,
+            where_clause,
+            "a #[consumer] function cannot have a `where` clause; remove it",
+        );
+    }
+    if let Some(variadic) = &sig.variadic {
+        refuse(
+            errors,
+            variadic,
+            "a #[consumer] function cannot be variadic",
+        );
+    }
+
+    let mut inputs = sig.inputs.iter();
+    let body_type = match inputs.next() {
+        None => {
+            errors.at(
+                sig.paren_token.span.join(),
+                "a #[consumer] function takes one argument, the message: `msg: Message<T>`, \
+                 where `T` is the body type",
+            );
+            None
+        }
+        Some(FnArg::Receiver(receiver)) => {
+            errors.spanned(
+                receiver,
+                "a #[consumer] function cannot take `self`: it must be a free function \
+                 taking `msg: Message<T>`; move it out of the `impl` block",
+            );
+            return None;
+        }
+        Some(FnArg::Typed(argument)) => message_body_type(&argument.ty, errors),
+    };
+    let extra: Vec<&FnArg> = inputs.collect();
+    if !extra.is_empty() {
+        errors.spanned(
+            quote::quote!(#(#extra),*),
+            "a #[consumer] function takes exactly one argument, `msg: Message<T>`; remove the others \
+             (the message's routing key, headers and properties are methods of `Message`)",
+        );
+        return None;
+    }
+    if valid { body_type } else { None }
+}
+
+/// `T` in `Message<T>`, `hutch_rs::Message<T>` or any other path ending in
+/// `Message` with one type argument. Checked by name only: a type alias or a
+/// different `Message` type is left to the type checker.
+fn message_body_type<'a>(ty: &'a Type, errors: &mut Errors) -> Option<&'a Type> {
+    let mut unwrapped = ty;
+    while let Type::Group(group) = unwrapped {
+        unwrapped = &group.elem;
+    }
+    let body_type = match unwrapped {
+        Type::Path(path) if path.qself.is_none() => path
+            .path
+            .segments
+            .last()
+            .filter(|segment| segment.ident == "Message")
+            .and_then(|segment| match &segment.arguments {
+                PathArguments::AngleBracketed(generics) if generics.args.len() == 1 => {
+                    match &generics.args[0] {
+                        GenericArgument::Type(body_type) => Some(body_type),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }),
+        _ => None,
+    };
+    let Some(body_type) = body_type else {
+        errors.spanned(
+            ty,
+            "the argument of a #[consumer] function must be `Message<T>` (`hutch_rs::Message`), \
+             where `T` is the body type, e.g. `msg: Message<OrderPlaced>`",
+        );
+        return None;
+    };
+    // `Message<impl Trait>` makes the function generic in disguise.
+    if let Some(impl_token) = find_impl_keyword(body_type.to_token_stream()) {
+        errors.at(
+            impl_token,
+            "the message type cannot be `impl Trait`: the runtime decodes into one concrete type; name it",
+        );
+        return None;
+    }
+    Some(body_type)
+}
+
+fn find_impl_keyword(tokens: TokenStream) -> Option<Span> {
+    tokens.into_iter().find_map(|token| match token {
+        TokenTree::Ident(ident) if ident == "impl" => Some(ident.span()),
+        TokenTree::Group(group) => find_impl_keyword(group.stream()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_topic_patterns() {
+        for key in [
+            "orders",
+            "orders.placed",
+            "orders.*",
+            "orders.#",
+            "*",
+            "#",
+            "#.placed",
+            "*.orders.#",
+            "a.*.*.b",
+            "orders-v2.placed_at",
+            "ünïcödé.ключ",
+        ] {
+            assert_eq!(validate_routing_key(key), Ok(()), "{key}");
+        }
+        assert_eq!(validate_routing_key(&"a".repeat(255)), Ok(()));
+    }
+
+    #[test]
+    fn refuses_empty_keys_and_words() {
+        let empty = validate_routing_key("").unwrap_err();
+        assert!(empty.contains("empty"), "{empty}");
+        let leading = validate_routing_key(".orders").unwrap_err();
+        assert!(leading.contains("starts with a dot"), "{leading}");
+        let trailing = validate_routing_key("orders.").unwrap_err();
+        assert!(trailing.contains("ends with a dot"), "{trailing}");
+        let double = validate_routing_key("orders..placed").unwrap_err();
+        assert!(double.contains("empty word"), "{double}");
+        assert!(validate_routing_key(".").is_err());
+    }
+
+    #[test]
+    fn refuses_wildcards_inside_words() {
+        for key in ["orders.*x", "ord#ers", "orders.**", "#.##", "x*", "*#"] {
+            let problem = validate_routing_key(key).unwrap_err();
+            assert!(problem.contains("must be a whole word"), "{key}: {problem}");
+        }
+    }
+
+    #[test]
+    fn refuses_keys_longer_than_255_bytes() {
+        let problem = validate_routing_key(&"a".repeat(256)).unwrap_err();
+        assert!(problem.contains("256 bytes"), "{problem}");
+        // Bytes, not characters: 128 two-byte characters are 256 bytes.
+        assert!(validate_routing_key(&"é".repeat(128)).is_err());
+    }
+
+    #[test]
+    fn validates_queue_and_group_names() {
+        for name in ["billing_audit", "shop:billing", "a.b-c", "Q1"] {
+            assert_eq!(validate_name(NameKind::Queue, name), Ok(()), "{name}");
+            assert_eq!(validate_name(NameKind::Group, name), Ok(()), "{name}");
+        }
+        assert!(
+            validate_name(NameKind::Queue, "")
+                .unwrap_err()
+                .contains("empty")
+        );
+        assert!(
+            validate_name(NameKind::Group, "bill ing")
+                .unwrap_err()
+                .contains("' '")
+        );
+        assert!(
+            validate_name(NameKind::Queue, "café")
+                .unwrap_err()
+                .contains("'é'")
+        );
+        assert!(
+            validate_name(NameKind::Queue, "amq.audit")
+                .unwrap_err()
+                .contains("reserves")
+        );
+        assert_eq!(validate_name(NameKind::Group, "amq.audit"), Ok(()));
+        assert_eq!(validate_name(NameKind::Queue, &"q".repeat(200)), Ok(()));
+        assert!(
+            validate_name(NameKind::Queue, &"q".repeat(201))
+                .unwrap_err()
+                .contains("201 bytes")
+        );
+    }
+}

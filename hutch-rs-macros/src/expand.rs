@@ -1,0 +1,77 @@
+//! The code `#[consumer]` generates: the function, unchanged, and a hidden
+//! registration that `hutch_rs::consumers()` finds at startup.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+
+use crate::check::Consumer;
+
+/// The function followed by its registration.
+///
+/// Everything is reached through `::hutch_rs::__private`, so users depend on
+/// `hutch-rs` alone. The registration sits in an anonymous `const` so that its
+/// helper items cannot collide with the user's, and so that it is allowed
+/// wherever the function is: at module level or inside a function body.
+pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
+    let function = consumer.function;
+    let name = &consumer.name;
+    let routing_keys = consumer.routing_keys;
+    let body_type = consumer.body_type;
+    let queue = consumer.queue.map(|queue| quote!(.with_queue(#queue)));
+    let group = consumer.group.map(|group| quote!(.with_group(#group)));
+
+    // A wrong return type fails `call_handler`'s bounds, reported at the
+    // call; located at the return type, the error points where the fix goes.
+    // `located_at` moves only the location: names resolve as at the call site.
+    let call_span = Span::call_site().located_at(consumer.output_span);
+    let handler = &function.sig.ident;
+
+    // `#[consumer] #[cfg(...)] async fn` removes the function when the cfg is
+    // off; its registration has to go with it.
+    let cfgs = function
+        .attrs
+        .iter()
+        .filter(|attribute| attribute.path().is_ident("cfg"));
+
+    let call = quote_spanned! {call_span=>
+        ::hutch_rs::__private::call_handler::<#body_type, _, _>(#handler, incoming)
+    };
+
+    quote! {
+        #function
+
+        #(#cfgs)*
+        const _: () = {
+            // The user decides whether calling a deprecated consumer warns.
+            #[allow(deprecated)]
+            fn __hutch_rs_handler(
+                incoming: ::hutch_rs::__private::Incoming,
+            ) -> ::hutch_rs::__private::HandlerFuture {
+                // Naming `T` makes a body type without `Deserialize` fail
+                // at the `T` of `Message<T>`.
+                #call
+            }
+
+            ::hutch_rs::__private::inventory::submit! {
+                ::hutch_rs::__private::ConsumerRegistration::new(
+                    #name,
+                    ::core::module_path!(),
+                    &[#(#routing_keys),*],
+                    __hutch_rs_handler,
+                )
+                #queue
+                #group
+            }
+        };
+    }
+}
+
+/// The item as written, followed by the errors: the function still exists, so
+/// the rest of the crate type-checks and IDEs keep completing it.
+pub(crate) fn with_errors(item: TokenStream, error: syn::Error) -> TokenStream {
+    let errors = error.into_compile_error();
+    quote! {
+        #item
+        #errors
+    }
+}

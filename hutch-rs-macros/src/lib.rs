@@ -1,0 +1,210 @@
+//! The `#[consumer]` attribute of [hutch-rs](https://docs.rs/hutch-rs).
+//!
+//! Use it as `hutch_rs::consumer`: the code it generates refers to `hutch_rs`,
+//! and this crate's version is pinned to hutch-rs's.
+
+mod attr;
+mod check;
+mod errors;
+mod expand;
+
+use proc_macro::TokenStream;
+
+use crate::errors::Errors;
+
+/// Declares an `async fn` as a consumer of RabbitMQ messages.
+///
+/// ```
+/// use hutch_rs::{consumer, Message};
+/// use serde::Deserialize;
+///
+/// #[derive(Deserialize)]
+/// struct OrderPlaced {
+///     order_id: u64,
+/// }
+///
+/// #[consumer(routing_key = "orders.placed")]
+/// async fn send_receipt(msg: Message<OrderPlaced>) -> Result<(), hutch_rs::BoxError> {
+///     println!("receipt for order {} ({})", msg.order_id, msg.routing_key());
+///     Ok(())
+/// }
+/// ```
+///
+/// The function stays an ordinary function. The attribute also registers it,
+/// so that `hutch_rs::run()` and `Hutch::start` find every consumer linked into
+/// the binary without a central list (`hutch_rs::consumers()` lists them).
+/// For each consumer the runtime declares a durable queue, binds it to the
+/// topic exchange once per routing key, decodes each message's JSON body into
+/// `T` and calls the function with it. `Ok(())` acknowledges the message; an
+/// `Err`, a panic or a body that cannot be decoded is handled by the runtime
+/// and never redelivered in an endless loop.
+///
+/// # Arguments
+///
+/// ```
+/// # use hutch_rs::{consumer, Message};
+/// #[consumer(routing_key = ["billing.#", "refunds.*"], queue = "billing_audit", group = "billing")]
+/// async fn audit(msg: Message<serde_json::Value>) -> Result<(), hutch_rs::BoxError> {
+///     Ok(())
+/// }
+/// ```
+///
+/// | argument | | value |
+/// |---|---|---|
+/// | `routing_key` | required | A topic pattern, `"orders.placed"`, or a non-empty list of them, `["billing.#", "refunds.*"]`. The queue is bound with each one. |
+/// | `queue` | optional | The queue's name. Defaults to the function's name. When a namespace is set, it is prefixed: `shop:billing_audit`. |
+/// | `group` | optional | The consumer's group. A process started with a group (`HUTCH_GROUP`, `Hutch::builder().group(..)`) runs that group's consumers only; one started without runs them all. |
+///
+/// Values are string literals, written in the attribute, so that they can be
+/// checked when the crate compiles.
+///
+/// ## Routing keys
+///
+/// A routing key is a topic pattern: words separated by dots. Two wildcards
+/// stand for whole words: `*` matches exactly one word, `#` zero or more.
+///
+/// | pattern | matches | does not match |
+/// |---|---|---|
+/// | `orders.placed` | `orders.placed` | `orders.placed.eu` |
+/// | `orders.*` | `orders.placed`, `orders.cancelled` | `orders`, `orders.placed.eu` |
+/// | `orders.#` | `orders`, `orders.placed`, `orders.placed.eu` | `refunds.placed` |
+/// | `*.placed` | `orders.placed`, `refunds.placed` | `placed` |
+/// | `#` | every message | |
+///
+/// A key must not be empty, have an empty word (`.orders`, `orders.`,
+/// `orders..placed`), use a wildcard inside a word (`orders.*x`, `ord#ers`),
+/// be longer than 255 bytes, or appear twice in the list.
+///
+/// ## Queue and group names
+///
+/// ASCII letters, digits, `_`, `-`, `.` and `:`, at most 200 bytes (room is
+/// kept for the namespace prefix and the `:dead` suffix). A queue name cannot
+/// start with `amq.`, which RabbitMQ reserves. When `queue` is not given, the
+/// function's name must follow the same rules (a non-ASCII identifier needs
+/// an explicit `queue`).
+///
+/// # The function
+///
+/// - It is an `async fn`: not `const`, `unsafe` or `extern`, and not generic
+///   (no type or lifetime parameters, no `where` clause).
+/// - It takes exactly one argument, of type `Message<T>`: the attribute looks
+///   for a type written `Message<...>` or as a path ending in `Message<...>`,
+///   such as `hutch_rs::Message<...>` (a type alias is not recognised). The
+///   argument's pattern is free: `msg`, `_msg`, `mut msg`.
+/// - `T` is the body type: `serde::de::DeserializeOwned + Send + 'static`,
+///   such as your own `#[derive(Deserialize)]` struct or `serde_json::Value`.
+/// - It returns `Result<(), E>` where `E: Into<hutch_rs::BoxError>`:
+///   `hutch_rs::BoxError`, `anyhow::Error`, `std::io::Error` or your own error
+///   type.
+/// - Its future is `Send`: do not hold an `Rc` or a `std::sync::MutexGuard`
+///   across an `.await`.
+///
+/// ```
+/// use hutch_rs::{consumer, Message};
+///
+/// #[derive(Debug)]
+/// struct RefundError(String);
+///
+/// impl std::fmt::Display for RefundError {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         write!(f, "refund failed: {}", self.0)
+///     }
+/// }
+///
+/// impl std::error::Error for RefundError {}
+///
+/// #[consumer(routing_key = "refunds.requested")]
+/// async fn refund(msg: Message<serde_json::Value>) -> Result<(), RefundError> {
+///     let mut body = msg.into_body();
+///     let amount = body["amount"].take();
+///     if amount.is_null() {
+///         return Err(RefundError("no amount".into()));
+///     }
+///     Ok(())
+/// }
+/// ```
+///
+/// # Where it can be used
+///
+/// On a free function, at any visibility, in any module, also inside another
+/// function's body (such as a test). Not on a method: in an `impl` block or a
+/// trait, move the function out.
+///
+/// A consumer is registered as `module_path!()` plus the function's name, when
+/// the program starts, whether or not the function around it ever runs. A
+/// function body does not add to the module path, so two consumers with the
+/// same name in two function bodies of one module would share a queue: name
+/// them apart or give them a `queue`. A consumer defined in a library is only
+/// registered in a binary that links that library, i.e. that uses something
+/// from it.
+///
+/// # Testing a consumer
+///
+/// Call the function with a message built by `Message::new`:
+///
+/// ```
+/// use hutch_rs::{consumer, Message};
+///
+/// #[consumer(routing_key = "orders.placed")]
+/// async fn count_items(msg: Message<Vec<String>>) -> Result<(), hutch_rs::BoxError> {
+///     if msg.is_empty() {
+///         return Err("an order without items".into());
+///     }
+///     Ok(())
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// // In a #[tokio::test]:
+/// let msg = Message::new(vec!["book".to_string()]).with_routing_key("orders.placed");
+/// assert!(count_items(msg).await.is_ok());
+/// assert!(count_items(Message::new(vec![])).await.is_err());
+/// # });
+/// ```
+///
+/// # Compile errors
+///
+/// Every mistake the attribute can see is reported at once, at the token to
+/// fix: a missing `routing_key`, an unknown or repeated argument, an invalid
+/// routing key, queue or group name, a function that is not `async`, a
+/// `self` receiver, a missing, extra or non-`Message` argument. A body type
+/// without `Deserialize` and a wrong return type are reported by the type
+/// checker, at the `T` of `Message<T>` and at the return type.
+///
+/// ```compile_fail
+/// # use hutch_rs::{consumer, Message};
+/// // error: in routing key "orders.*x", `*` must be a whole word between dots
+/// #[consumer(routing_key = "orders.*x")]
+/// async fn placed(msg: Message<u64>) -> Result<(), hutch_rs::BoxError> {
+///     Ok(())
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn consumer(args: TokenStream, item: TokenStream) -> TokenStream {
+    let item = proc_macro2::TokenStream::from(item);
+    let mut errors = Errors::default();
+    let args = attr::parse(args.into(), &mut errors);
+    let function = match syn::parse2::<syn::ItemFn>(item.clone()) {
+        Ok(function) => function,
+        Err(_) => {
+            errors.spanned(
+                &item,
+                "#[consumer] goes on an `async fn` that takes a `Message<T>`",
+            );
+            return expand::with_errors(item, errors.finish().unwrap_err()).into();
+        }
+    };
+    let consumer = check::consumer(args.as_ref(), &function, &mut errors);
+    match (errors.finish(), consumer) {
+        (Ok(()), Some(consumer)) => expand::consumer(&consumer).into(),
+        (Err(error), _) => expand::with_errors(item, error).into(),
+        // Every refusal records an error; this arm only guards against a bug.
+        (Ok(()), None) => expand::with_errors(
+            item,
+            syn::Error::new(
+                proc_macro2::Span::call_site(),
+                "#[consumer] refused this function without saying why; please report this bug",
+            ),
+        )
+        .into(),
+    }
+}

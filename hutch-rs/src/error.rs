@@ -1,0 +1,151 @@
+//! The crate's error and result types.
+
+use std::time::Duration;
+
+/// The error type handlers return: any error that is `Send + Sync`.
+///
+/// `anyhow::Error`, `std::io::Error` and your own error types convert into it
+/// with `?` or `.into()`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `Result<T, hutch_rs::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in hutch-rs.
+///
+/// Messages name the setting, resource or routing key at fault. Broker URIs in
+/// messages have their password masked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid; reported by `build()` before any connection.
+    #[error("invalid setting {setting}: {reason}")]
+    Config {
+        /// The setting: the builder method or environment variable it came from.
+        setting: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The broker could not be reached, or refused the connection.
+    #[error("could not connect to {uri}: {source}")]
+    Connect {
+        /// The broker URI, password masked.
+        uri: String,
+        /// lapin's error.
+        #[source]
+        source: Box<lapin::Error>,
+    },
+
+    /// The broker refused to declare or bind something (e.g. 406
+    /// PRECONDITION_FAILED: it exists with other arguments, or 403
+    /// ACCESS_REFUSED).
+    #[error("the broker refused to declare {resource}: {source}")]
+    Declare {
+        /// What was being declared, e.g. `queue "shop:send_receipt"`.
+        resource: String,
+        /// lapin's error, carrying the broker's reply text.
+        #[source]
+        source: Box<lapin::Error>,
+    },
+
+    /// Two consumers resolve to the same queue name.
+    #[error(
+        "queue {queue:?} is claimed by two consumers, {first} and {second}: give one of them another `queue = \"...\"` or function name"
+    )]
+    DuplicateQueue {
+        /// The queue name, with namespace.
+        queue: String,
+        /// One consumer function.
+        first: String,
+        /// The other consumer function.
+        second: String,
+    },
+
+    /// The value to publish could not be serialized as JSON.
+    #[error("could not encode the message for routing key {routing_key:?} as JSON: {source}")]
+    Encode {
+        /// The routing key of the publish.
+        routing_key: String,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The routing key of a publish is not usable.
+    #[error("invalid routing key {routing_key:?}: {reason}")]
+    InvalidRoutingKey {
+        /// The routing key.
+        routing_key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A publish failed before the broker confirmed it.
+    #[error("publish to {routing_key:?} on exchange {exchange:?} failed: {source}")]
+    Publish {
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+        /// lapin's error.
+        #[source]
+        source: Box<lapin::Error>,
+    },
+
+    /// The broker answered the publish with a nack: it did not take
+    /// responsibility for the message.
+    #[error("the broker rejected (nacked) the message for routing key {routing_key:?}")]
+    PublishNacked {
+        /// The routing key.
+        routing_key: String,
+    },
+
+    /// No publisher confirm arrived in time. The message may or may not have
+    /// reached the broker.
+    #[error("no publisher confirm for routing key {routing_key:?} within {timeout:?}")]
+    PublishTimeout {
+        /// The routing key.
+        routing_key: String,
+        /// The confirm timeout that elapsed.
+        timeout: Duration,
+    },
+
+    /// A consumer stopped on its own: the broker cancelled it, closed its
+    /// channel, or the connection was lost.
+    #[error("consumer {consumer} (queue {queue:?}) stopped: {reason}")]
+    ConsumerStopped {
+        /// The consumer function.
+        consumer: String,
+        /// Its queue.
+        queue: String,
+        /// Why it stopped.
+        reason: String,
+    },
+
+    /// In-flight handlers did not finish within the shutdown timeout; their
+    /// messages were not acknowledged and the broker will deliver them again.
+    #[error(
+        "shutdown timed out after {timeout:?}: {in_flight} consumer(s) still handling a message"
+    )]
+    ShutdownTimeout {
+        /// The shutdown timeout.
+        timeout: Duration,
+        /// How many consumers had not finished.
+        in_flight: usize,
+    },
+
+    /// Closing the connection failed.
+    #[error("could not close the {connection} connection cleanly: {source}")]
+    Close {
+        /// Which connection ("consume" or "publish").
+        connection: &'static str,
+        /// lapin's error.
+        #[source]
+        source: Box<lapin::Error>,
+    },
+
+    /// Listening for SIGINT/SIGTERM failed.
+    #[error("could not listen for shutdown signals: {0}")]
+    Signal(#[source] std::io::Error),
+}

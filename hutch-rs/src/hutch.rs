@@ -1,0 +1,163 @@
+//! `Hutch`: the configured framework, a handle to publish with and to run
+//! consumers from.
+
+use std::{future::Future, sync::Arc};
+
+use serde::Serialize;
+
+use crate::{
+    HutchBuilder, Result, Running,
+    config::Settings,
+    publisher::Publisher,
+    registry,
+    topology::{self, ConsumerPlan},
+};
+
+/// A configured hutch-rs: publishes, and runs the registered `#[consumer]`
+/// functions.
+///
+/// Cheap to clone; clones share one publishing connection.
+///
+/// ```no_run
+/// # async fn example() -> hutch_rs::Result<()> {
+/// let hutch = hutch_rs::Hutch::builder().namespace("shop").build()?;
+/// hutch.publish("orders.placed", &serde_json::json!({ "order_id": 1 })).await?;
+/// let running = hutch.start().await?;
+/// // ...
+/// running.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Hutch {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Arc<Settings>,
+    publisher: Publisher,
+}
+
+impl Hutch {
+    /// A builder starting from the defaults overlaid with the `HUTCH_*`
+    /// environment variables; its setters win over both.
+    pub fn builder() -> HutchBuilder {
+        HutchBuilder::from_env()
+    }
+
+    /// `Hutch::builder().build()`: the defaults overlaid with the environment.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) naming the environment variable
+    /// that holds an invalid value.
+    pub fn from_env() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    pub(crate) fn from_settings(settings: Settings) -> Self {
+        let settings = Arc::new(settings);
+        Self {
+            inner: Arc::new(Inner {
+                publisher: Publisher::new(settings.clone()),
+                settings,
+            }),
+        }
+    }
+
+    /// The exchange this instance publishes to and binds queues to.
+    #[must_use]
+    pub fn exchange(&self) -> &str {
+        &self.inner.settings.exchange
+    }
+
+    /// The namespace prefixed to queue names, if any.
+    #[must_use]
+    pub fn namespace(&self) -> Option<&str> {
+        self.inner.settings.namespace.as_deref()
+    }
+
+    /// The consumer group this instance runs, if any.
+    #[must_use]
+    pub fn group(&self) -> Option<&str> {
+        self.inner.settings.group.as_deref()
+    }
+
+    /// The queue names of the consumers this instance would run (the
+    /// selected group, the namespace applied), in order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateQueue`](crate::Error::DuplicateQueue) when two
+    /// consumers resolve to one queue.
+    pub fn queue_names(&self) -> Result<Vec<String>> {
+        Ok(self.plan()?.into_iter().map(|plan| plan.queue).collect())
+    }
+
+    fn plan(&self) -> Result<Vec<ConsumerPlan>> {
+        topology::plan_consumers(&self.inner.settings, &registry::consumers())
+    }
+
+    /// Publishes `value` as JSON to the exchange with `routing_key`:
+    /// persistent, content type `application/json`, a fresh UUID message id
+    /// and a timestamp. Resolves once the broker has confirmed the message.
+    ///
+    /// Safe to call from many tasks at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`](crate::Error::Encode) if `value` does not serialize,
+    /// [`Error::Connect`](crate::Error::Connect) if the broker is unreachable,
+    /// [`Error::PublishNacked`](crate::Error::PublishNacked) or
+    /// [`Error::PublishTimeout`](crate::Error::PublishTimeout) if the broker
+    /// did not confirm it, [`Error::Publish`](crate::Error::Publish) if the
+    /// channel failed.
+    pub async fn publish<T: Serialize + ?Sized>(&self, routing_key: &str, value: &T) -> Result<()> {
+        self.inner.publisher.publish_json(routing_key, value).await
+    }
+
+    /// Connects, declares the exchange, the selected consumers' queues and
+    /// bindings, and starts consuming. Resolves once every consumer consumes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateQueue`](crate::Error::DuplicateQueue),
+    /// [`Error::Connect`](crate::Error::Connect) (unreachable broker, refused
+    /// credentials), [`Error::Declare`](crate::Error::Declare) (a declaration
+    /// the broker refuses, e.g. a queue that exists with other arguments).
+    pub async fn start(&self) -> Result<Running> {
+        let plans = self.plan()?;
+        if plans.is_empty() {
+            tracing::warn!(group = ?self.group(), "no consumers selected; nothing will be consumed");
+        }
+        Running::start(self.inner.settings.clone(), plans).await
+    }
+
+    /// Starts the consumers, runs until `shutdown` resolves, then shuts down
+    /// cleanly (see [`Running::shutdown`]).
+    ///
+    /// # Errors
+    ///
+    /// Whatever [`start`](Self::start) returns; a consumer that stopped on its
+    /// own ([`Error::ConsumerStopped`](crate::Error::ConsumerStopped)); or
+    /// what shutdown returns.
+    pub async fn run_until<F: Future<Output = ()>>(&self, shutdown: F) -> Result<()> {
+        let mut running = self.start().await?;
+        let outcome = tokio::select! {
+            () = shutdown => Ok(()),
+            failure = running.failure() => Err(failure),
+        };
+        let stopped = running.shutdown().await;
+        outcome.and(stopped)
+    }
+
+    /// Closes the publishing connection (opened by the first publish). A
+    /// later publish opens it again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Close`](crate::Error::Close) if the broker did not confirm the close.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.publisher.close().await
+    }
+}

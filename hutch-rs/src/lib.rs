@@ -1,0 +1,162 @@
+//! An opinionated RabbitMQ framework, in the spirit of Ruby's
+//! [Hutch](https://github.com/ruby-amqp/hutch): annotate async functions with
+//! [`#[consumer]`](consumer), call [`run`], publish with [`publish`]. The
+//! framework declares a durable topic exchange and one durable queue per
+//! consumer, decodes JSON into your types, and acks what your handlers finish.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use hutch_rs::{consumer, Message};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct OrderPlaced {
+//!     order_id: u64,
+//! }
+//!
+//! // Queue `send_receipt`, bound to the `hutch` exchange with `orders.placed`.
+//! #[consumer(routing_key = "orders.placed")]
+//! async fn send_receipt(msg: Message<OrderPlaced>) -> Result<(), hutch_rs::BoxError> {
+//!     println!("receipt for order {} ({})", msg.order_id, msg.routing_key());
+//!     Ok(())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> hutch_rs::Result<()> {
+//!     // Resolves once the broker has confirmed the message.
+//!     hutch_rs::publish("orders.placed", &OrderPlaced { order_id: 1 }).await?;
+//!     // Every registered consumer, until SIGINT or SIGTERM.
+//!     hutch_rs::run().await
+//! }
+//! ```
+//!
+//! Settings come from `HUTCH_URI`, `HUTCH_EXCHANGE`, `HUTCH_NAMESPACE` and
+//! `HUTCH_GROUP` (see [`HutchBuilder`]); [`Hutch::builder`] sets them in code.
+//!
+//! # Conventions
+//!
+//! - One durable topic exchange (default `hutch`).
+//! - One durable queue per consumer, named after the function or its
+//!   `queue = "..."` argument, prefixed `"<namespace>:"` when a namespace is
+//!   set; one binding per routing key.
+//! - Published messages are persistent JSON (`application/json`) with a fresh
+//!   message id and a timestamp; a publish resolves after the broker's confirm.
+//! - A handler's `Ok` acks the message. An `Err`, a panic or a body that
+//!   cannot be decoded is logged and rejected without requeue, so a bad
+//!   message never loops.
+//!
+//! # Features
+//!
+//! - `testing`: [`testing::Broker`], a private RabbitMQ node for your tests.
+
+extern crate self as hutch_rs;
+
+mod config;
+mod error;
+mod handler;
+mod hutch;
+mod message;
+mod publisher;
+mod registry;
+mod supervisor;
+mod topology;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::{
+    DEFAULT_CONFIRM_TIMEOUT, DEFAULT_EXCHANGE, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_URI, HutchBuilder,
+};
+pub use error::{BoxError, Error, Result};
+pub use hutch::Hutch;
+pub use message::{DecodeError, Message};
+pub use registry::{ConsumerRegistration, consumers};
+pub use supervisor::app::Running;
+
+/// Marks an async function as a consumer. See the [crate docs](crate) and
+/// the attribute's own documentation.
+pub use hutch_rs_macros::consumer;
+
+/// The AMQP types that appear in hutch-rs's API (headers, properties), from lapin.
+pub mod amqp {
+    pub use lapin::{
+        BasicProperties,
+        types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString},
+    };
+}
+
+use std::sync::OnceLock;
+
+/// The instance behind [`run`] and [`publish`], built from the environment on
+/// first use so that every `publish` shares one connection.
+static FROM_ENV: OnceLock<Hutch> = OnceLock::new();
+
+fn from_env() -> Result<&'static Hutch> {
+    if let Some(hutch) = FROM_ENV.get() {
+        return Ok(hutch);
+    }
+    let hutch = Hutch::from_env()?;
+    Ok(FROM_ENV.get_or_init(|| hutch))
+}
+
+/// Runs every registered consumer (or those of `HUTCH_GROUP`) with settings
+/// from the environment until SIGINT or SIGTERM, then shuts down cleanly.
+///
+/// # Errors
+///
+/// A configuration error, a fatal broker error at startup (unreachable
+/// broker, refused credentials, refused declaration), a consumer that
+/// stopped on its own, or a shutdown that timed out. See [`Hutch::run_until`].
+pub async fn run() -> Result<()> {
+    let hutch = from_env()?;
+    let signal = shutdown_signal()?;
+    let outcome = hutch.run_until(signal).await;
+    let closed = hutch.close().await;
+    outcome.and(closed)
+}
+
+/// Publishes `value` as JSON with settings from the environment; resolves
+/// once the broker confirms. See [`Hutch::publish`].
+///
+/// # Errors
+///
+/// See [`Hutch::publish`].
+pub async fn publish<T: serde::Serialize + ?Sized>(routing_key: &str, value: &T) -> Result<()> {
+    from_env()?.publish(routing_key, value).await
+}
+
+/// A future that resolves on SIGINT (Ctrl-C) or SIGTERM. Listening starts
+/// when this is called, not when the future is first polled, so a signal that
+/// arrives during startup is not missed.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
+                _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
+/// What the code generated by `#[consumer]` refers to. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::handler::{
+        HandlerFn, HandlerFuture, HandlerOutcome, IntoHandlerResult, call_handler,
+    };
+    pub use crate::message::Incoming;
+    pub use crate::registry::ConsumerRegistration;
+    pub use inventory;
+}

@@ -1,0 +1,334 @@
+//! `Message<T>`: a decoded delivery as a handler sees it.
+
+use std::{
+    ops::Deref,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use serde::de::DeserializeOwned;
+
+/// A message delivered to a `#[consumer]` function: the decoded body plus the
+/// AMQP metadata it came with.
+///
+/// `Message<T>` dereferences to `T`, so `msg.order_id` reads the body.
+///
+/// Tests can build one with [`Message::new`] and call a consumer function
+/// directly:
+///
+/// ```
+/// use hutch_rs::Message;
+///
+/// let msg = Message::new(42_u64).with_routing_key("orders.placed");
+/// assert_eq!(*msg, 42);
+/// assert_eq!(msg.routing_key(), "orders.placed");
+/// assert!(!msg.redelivered());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Message<T> {
+    body: T,
+    exchange: String,
+    routing_key: String,
+    redelivered: bool,
+    properties: BasicProperties,
+}
+
+impl<T> Message<T> {
+    /// A message with `body`, an empty routing key and no properties: for
+    /// calling consumer functions in tests.
+    #[must_use]
+    pub fn new(body: T) -> Self {
+        Self {
+            body,
+            exchange: String::new(),
+            routing_key: String::new(),
+            redelivered: false,
+            properties: BasicProperties::default(),
+        }
+    }
+
+    /// Sets the routing key (for tests).
+    #[must_use]
+    pub fn with_routing_key(mut self, routing_key: impl Into<String>) -> Self {
+        self.routing_key = routing_key.into();
+        self
+    }
+
+    /// Sets the exchange (for tests).
+    #[must_use]
+    pub fn with_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// Sets the message id (for tests).
+    #[must_use]
+    pub fn with_message_id(mut self, message_id: impl Into<String>) -> Self {
+        self.properties = self
+            .properties
+            .with_message_id(ShortString::from(message_id.into()));
+        self
+    }
+
+    /// Marks the message as redelivered (for tests).
+    #[must_use]
+    pub fn with_redelivered(mut self, redelivered: bool) -> Self {
+        self.redelivered = redelivered;
+        self
+    }
+
+    /// Adds an AMQP header (for tests).
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: impl Into<AMQPValue>) -> Self {
+        let mut headers = self.properties.headers().clone().unwrap_or_default();
+        headers.insert(ShortString::from(name), value.into());
+        self.properties = self.properties.with_headers(headers);
+        self
+    }
+
+    /// The decoded body.
+    #[must_use]
+    pub fn body(&self) -> &T {
+        &self.body
+    }
+
+    /// Takes the decoded body out of the message.
+    #[must_use]
+    pub fn into_body(self) -> T {
+        self.body
+    }
+
+    /// The routing key the message was published with.
+    #[must_use]
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
+    /// The exchange the message was published to.
+    #[must_use]
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The publisher's message id (hutch-rs publishers always set one).
+    #[must_use]
+    pub fn message_id(&self) -> Option<&str> {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(ShortString::as_str)
+    }
+
+    /// The correlation id, if the publisher set one.
+    #[must_use]
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.properties
+            .correlation_id()
+            .as_ref()
+            .map(ShortString::as_str)
+    }
+
+    /// Whether the broker delivered this message before (to this or another
+    /// consumer) without it being acknowledged.
+    #[must_use]
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// When the publisher sent the message (AMQP timestamps have one-second
+    /// resolution).
+    #[must_use]
+    pub fn timestamp(&self) -> Option<SystemTime> {
+        self.properties
+            .timestamp()
+            .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds))
+    }
+
+    /// The AMQP headers table, if the message has one.
+    #[must_use]
+    pub fn headers(&self) -> Option<&FieldTable> {
+        self.properties.headers().as_ref()
+    }
+
+    /// One AMQP header by name.
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&AMQPValue> {
+        self.headers()?.inner().get(name)
+    }
+
+    /// All AMQP properties of the message (content type, priority, reply-to…).
+    #[must_use]
+    pub fn properties(&self) -> &BasicProperties {
+        &self.properties
+    }
+}
+
+impl<T> Deref for Message<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.body
+    }
+}
+
+impl<T: DeserializeOwned> Message<T> {
+    pub(crate) fn decode(incoming: Incoming) -> Result<Self, DecodeError> {
+        check_content_type(&incoming.properties)?;
+        let body = serde_json::from_slice(&incoming.body).map_err(|source| DecodeError::Json {
+            type_name: std::any::type_name::<T>(),
+            source,
+        })?;
+        Ok(Self {
+            body,
+            exchange: incoming.exchange,
+            routing_key: incoming.routing_key,
+            redelivered: incoming.redelivered,
+            properties: incoming.properties,
+        })
+    }
+}
+
+/// Messages without a content type are taken as JSON (other publishers often
+/// leave it out); anything that names another format is refused rather than
+/// guessed at.
+fn check_content_type(properties: &BasicProperties) -> Result<(), DecodeError> {
+    if let Some(encoding) = properties.content_encoding() {
+        let encoding = encoding.as_str();
+        if !(encoding.is_empty()
+            || encoding.eq_ignore_ascii_case("identity")
+            || encoding.eq_ignore_ascii_case("utf-8"))
+        {
+            return Err(DecodeError::UnsupportedContentEncoding(encoding.to_owned()));
+        }
+    }
+    let Some(content_type) = properties.content_type() else {
+        return Ok(());
+    };
+    let essence = content_type
+        .as_str()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence.is_empty() || essence == "application/json" || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(DecodeError::UnsupportedContentType(
+            content_type.as_str().to_owned(),
+        ))
+    }
+}
+
+/// Why a delivery's body could not become the handler's message type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The content type is not JSON.
+    #[error("unsupported content type {0:?} (hutch-rs decodes application/json)")]
+    UnsupportedContentType(String),
+    /// The body is compressed or otherwise encoded.
+    #[error("unsupported content encoding {0:?}")]
+    UnsupportedContentEncoding(String),
+    /// The body is not valid JSON for the handler's type.
+    #[error("body is not valid JSON for {type_name}: {source}")]
+    Json {
+        /// The Rust type the handler expects.
+        type_name: &'static str,
+        /// What serde_json reported.
+        source: serde_json::Error,
+    },
+}
+
+/// A delivery before decoding: what the consumer hands to a registered
+/// handler.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Incoming {
+    pub(crate) body: Vec<u8>,
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) redelivered: bool,
+    pub(crate) properties: BasicProperties,
+}
+
+impl Incoming {
+    /// A delivery carrying `body` with the given properties; lets tests drive
+    /// a registered handler without a broker.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn new(body: Vec<u8>, routing_key: &str, properties: BasicProperties) -> Self {
+        Self {
+            body,
+            exchange: String::new(),
+            routing_key: routing_key.to_owned(),
+            redelivered: false,
+            properties,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Order {
+        id: u64,
+    }
+
+    fn incoming(body: &str, properties: BasicProperties) -> Incoming {
+        Incoming::new(body.as_bytes().to_vec(), "orders.placed", properties)
+    }
+
+    #[test]
+    fn decodes_json_with_or_without_content_type() {
+        let typed = BasicProperties::default().with_content_type("application/json".into());
+        let message = Message::<Order>::decode(incoming(r#"{"id":7}"#, typed)).unwrap();
+        assert_eq!(message.body(), &Order { id: 7 });
+        assert_eq!(message.routing_key(), "orders.placed");
+
+        let untyped = Message::<Order>::decode(incoming(r#"{"id":8}"#, BasicProperties::default()));
+        assert_eq!(untyped.unwrap().into_body(), Order { id: 8 });
+
+        let with_charset =
+            BasicProperties::default().with_content_type("application/json; charset=utf-8".into());
+        assert!(Message::<Order>::decode(incoming(r#"{"id":9}"#, with_charset)).is_ok());
+    }
+
+    #[test]
+    fn refuses_other_content_types_and_encodings() {
+        let xml = BasicProperties::default().with_content_type("application/xml".into());
+        let error = Message::<Order>::decode(incoming(r#"{"id":7}"#, xml)).unwrap_err();
+        assert!(
+            matches!(error, DecodeError::UnsupportedContentType(ref t) if t == "application/xml")
+        );
+
+        let gzip = BasicProperties::default().with_content_encoding("gzip".into());
+        let error = Message::<Order>::decode(incoming(r#"{"id":7}"#, gzip)).unwrap_err();
+        assert!(matches!(error, DecodeError::UnsupportedContentEncoding(_)));
+    }
+
+    #[test]
+    fn invalid_json_names_the_expected_type() {
+        let error = Message::<Order>::decode(incoming("not json", BasicProperties::default()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("Order"), "{error}");
+    }
+
+    #[test]
+    fn test_builders_set_metadata() {
+        let message = Message::new("x")
+            .with_message_id("m-1")
+            .with_header("tenant", AMQPValue::LongString("acme".into()))
+            .with_redelivered(true);
+        assert_eq!(message.message_id(), Some("m-1"));
+        assert!(message.redelivered());
+        assert!(message.header("tenant").is_some());
+        assert!(message.header("other").is_none());
+    }
+}

@@ -1,0 +1,129 @@
+//! The consumers that `#[consumer]` registers, collected across the whole binary by `inventory`.
+
+use crate::handler::HandlerFn;
+
+/// One function annotated with `#[consumer]`.
+///
+/// The attribute builds this value in a `const` context and submits it to
+/// [`inventory`], so every consumer linked into the binary is found at startup
+/// without a central list. [`consumers`] lists them.
+#[derive(Clone, Copy)]
+pub struct ConsumerRegistration {
+    function: &'static str,
+    module_path: &'static str,
+    routing_keys: &'static [&'static str],
+    queue: Option<&'static str>,
+    group: Option<&'static str>,
+    handler: HandlerFn,
+}
+
+impl ConsumerRegistration {
+    /// Used by `#[consumer]`; not a stable API.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn new(
+        function: &'static str,
+        module_path: &'static str,
+        routing_keys: &'static [&'static str],
+        handler: HandlerFn,
+    ) -> Self {
+        Self {
+            function,
+            module_path,
+            routing_keys,
+            queue: None,
+            group: None,
+            handler,
+        }
+    }
+
+    /// Used by `#[consumer]`; not a stable API.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn with_queue(mut self, queue: &'static str) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Used by `#[consumer]`; not a stable API.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn with_group(mut self, group: &'static str) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// The name of the annotated function.
+    #[must_use]
+    pub fn function(&self) -> &'static str {
+        self.function
+    }
+
+    /// The module the function is defined in (`module_path!()` at the attribute).
+    #[must_use]
+    pub fn module_path(&self) -> &'static str {
+        self.module_path
+    }
+
+    /// The function's path, `module::function`, as used in logs and errors.
+    #[must_use]
+    pub fn qualified_name(&self) -> String {
+        format!("{}::{}", self.module_path, self.function)
+    }
+
+    /// The routing keys (topic patterns) the consumer's queue is bound with.
+    #[must_use]
+    pub fn routing_keys(&self) -> &'static [&'static str] {
+        self.routing_keys
+    }
+
+    /// The `queue = "..."` argument, if given (without namespace).
+    #[must_use]
+    pub fn queue_argument(&self) -> Option<&'static str> {
+        self.queue
+    }
+
+    /// The queue name before the namespace prefix: the `queue` argument, or the function name.
+    #[must_use]
+    pub fn base_queue_name(&self) -> &'static str {
+        self.queue.unwrap_or(self.function)
+    }
+
+    /// The `group = "..."` argument, if given.
+    #[must_use]
+    pub fn group(&self) -> Option<&'static str> {
+        self.group
+    }
+
+    /// The generated entry point that decodes a delivery and calls the
+    /// function. Not a stable API.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn handler(&self) -> HandlerFn {
+        self.handler
+    }
+}
+
+impl std::fmt::Debug for ConsumerRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerRegistration")
+            .field("function", &self.qualified_name())
+            .field("routing_keys", &self.routing_keys)
+            .field("queue", &self.queue)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+inventory::collect!(ConsumerRegistration);
+
+/// Every consumer registered with `#[consumer]` in this binary, in a stable
+/// order (by module path, then function name).
+#[must_use]
+pub fn consumers() -> Vec<&'static ConsumerRegistration> {
+    let mut all: Vec<_> = inventory::iter::<ConsumerRegistration>
+        .into_iter()
+        .collect();
+    all.sort_by_key(|registration| (registration.module_path, registration.function));
+    all
+}

@@ -1,0 +1,117 @@
+//! What can go wrong with a private test broker, phrased as what to do about it.
+
+use std::{path::PathBuf, time::Duration};
+
+/// Why a private RabbitMQ node could not be started, queried or stopped.
+///
+/// Every message says what to do next; a failed start carries the last lines
+/// the node printed, because its directory is removed with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// `rabbitmq-server` or `rabbitmqctl` is not where the harness looks.
+    #[error(
+        "rabbitmq-server is not installed ({} not found): run `apt-get install rabbitmq-server` \
+         (scripts/test does this), or set {} to the directory holding rabbitmq-server and \
+         rabbitmqctl",
+        path.display(),
+        crate::testing::binaries::BIN_DIR_VAR
+    )]
+    NotInstalled {
+        /// The program that is missing.
+        path: PathBuf,
+    },
+
+    /// The node's temporary directory or one of its files could not be made.
+    #[error(
+        "could not prepare the test node ({what}): {source}; check that the temporary \
+         directory (TMPDIR, default /tmp) is writable and not full"
+    )]
+    Setup {
+        /// What was being prepared.
+        what: String,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A program could not be run at all.
+    #[error("could not run {program}: {source}; check that it is installed and executable")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The node exited or never became ready.
+    #[error(
+        "RabbitMQ test node {node} did not start: {reason}. If this keeps happening, check free \
+         memory and disk space. Last lines the node printed:\n{log_tail}"
+    )]
+    StartFailed {
+        /// The node name.
+        node: String,
+        /// What went wrong.
+        reason: String,
+        /// The end of the node's stdout and stderr.
+        log_tail: String,
+    },
+
+    /// `rabbitmqctl` ran but reported a failure.
+    #[error(
+        "`rabbitmqctl -n {node} {args}` failed ({status}): {stderr}; check the command's \
+         arguments and that the node is still running"
+    )]
+    Rabbitmqctl {
+        /// The node name.
+        node: String,
+        /// The arguments, space-separated.
+        args: String,
+        /// How it exited.
+        status: String,
+        /// What it printed on stderr (or stdout if stderr was empty).
+        stderr: String,
+    },
+
+    /// A command did not finish in time and was killed.
+    #[error(
+        "`{command}` did not finish within {timeout:?} and was killed; the test node may be \
+         overloaded or hung"
+    )]
+    Timeout {
+        /// The command line.
+        command: String,
+        /// How long it was given.
+        timeout: Duration,
+    },
+
+    /// A management API request failed or answered with an error status.
+    #[error(
+        "management API {method} {url} failed{}: {detail}",
+        status.map(|status| format!(" with HTTP {status}")).unwrap_or_default()
+    )]
+    Management {
+        /// The HTTP method.
+        method: String,
+        /// The full URL.
+        url: String,
+        /// The HTTP status, if the server answered.
+        status: Option<u16>,
+        /// The response body or the transport error.
+        detail: String,
+    },
+
+    /// A command's output was not what this harness understands.
+    #[error(
+        "could not parse the output of `{command}`: {detail}; this harness is tested with \
+         RabbitMQ 3.10 and may need adapting to the installed version"
+    )]
+    Parse {
+        /// The command line or URL.
+        command: String,
+        /// What was wrong.
+        detail: String,
+    },
+}

@@ -1,0 +1,205 @@
+//! What the broker holds, as `rabbitmqctl list_*` reports it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A queue on the node's default virtual host, read from `rabbitmqctl
+/// list_queues` (exact at the moment of the call, unlike the management
+/// API's periodically refreshed counters).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct QueueInfo {
+    /// The queue's name.
+    pub name: String,
+    /// Messages in the queue: ready plus delivered-but-unacknowledged.
+    pub messages: u64,
+    /// Whether the queue survives a broker restart.
+    pub durable: bool,
+    /// Whether the queue is deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Whether the queue belongs to one connection.
+    pub exclusive: bool,
+    /// How many consumers it has.
+    pub consumers: u64,
+    /// The `x-` arguments it was declared with (e.g. `x-queue-type`), by
+    /// name.
+    pub arguments: BTreeMap<String, Value>,
+}
+
+/// A binding on the node's default virtual host, read from `rabbitmqctl
+/// list_bindings`. The default exchange's implicit bindings (source `""`,
+/// one per queue) are included.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct BindingInfo {
+    /// The exchange messages come from (`""` is the default exchange).
+    pub source: String,
+    /// The queue or exchange they go to.
+    pub destination: String,
+    /// `"queue"` or `"exchange"`.
+    pub destination_kind: String,
+    /// The binding key.
+    pub routing_key: String,
+    /// The binding's arguments, by name.
+    pub arguments: BTreeMap<String, Value>,
+}
+
+/// An exchange on the node's default virtual host, read from `rabbitmqctl
+/// list_exchanges`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExchangeInfo {
+    /// The exchange's name (`""` is the default exchange).
+    pub name: String,
+    /// Its type: `"topic"`, `"direct"`, `"fanout"`, `"headers"`, …
+    pub kind: String,
+    /// Whether it survives a broker restart.
+    pub durable: bool,
+    /// Whether it is deleted when its last binding goes.
+    pub auto_delete: bool,
+}
+
+/// The columns requested from `list_queues`, in the names the rows use.
+pub(crate) const QUEUE_COLUMNS: &[&str] = &[
+    "name",
+    "messages",
+    "durable",
+    "auto_delete",
+    "exclusive",
+    "consumers",
+    "arguments",
+];
+
+/// One row of `list_queues --formatter json`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct QueueRow {
+    name: String,
+    messages: u64,
+    durable: bool,
+    auto_delete: bool,
+    exclusive: bool,
+    consumers: u64,
+    arguments: Arguments,
+}
+
+impl From<QueueRow> for QueueInfo {
+    fn from(row: QueueRow) -> Self {
+        Self {
+            name: row.name,
+            messages: row.messages,
+            durable: row.durable,
+            auto_delete: row.auto_delete,
+            exclusive: row.exclusive,
+            consumers: row.consumers,
+            arguments: row.arguments.into_map(),
+        }
+    }
+}
+
+/// The columns requested from `list_bindings`.
+pub(crate) const BINDING_COLUMNS: &[&str] = &[
+    "source_name",
+    "destination_name",
+    "destination_kind",
+    "routing_key",
+    "arguments",
+];
+
+/// One row of `list_bindings --formatter json`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct BindingRow {
+    source_name: String,
+    destination_name: String,
+    destination_kind: String,
+    routing_key: String,
+    arguments: Arguments,
+}
+
+impl From<BindingRow> for BindingInfo {
+    fn from(row: BindingRow) -> Self {
+        Self {
+            source: row.source_name,
+            destination: row.destination_name,
+            destination_kind: row.destination_kind,
+            routing_key: row.routing_key,
+            arguments: row.arguments.into_map(),
+        }
+    }
+}
+
+/// The columns requested from `list_exchanges`.
+pub(crate) const EXCHANGE_COLUMNS: &[&str] = &["name", "type", "durable", "auto_delete"];
+
+/// One row of `list_exchanges --formatter json`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ExchangeRow {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    durable: bool,
+    auto_delete: bool,
+}
+
+impl From<ExchangeRow> for ExchangeInfo {
+    fn from(row: ExchangeRow) -> Self {
+        Self {
+            name: row.name,
+            kind: row.kind,
+            durable: row.durable,
+            auto_delete: row.auto_delete,
+        }
+    }
+}
+
+/// An AMQP table as the CLI prints it: `[["x-max-length", "long", 10], …]`
+/// (name, AMQP type, value).
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Arguments(Vec<(String, String, Value)>);
+
+impl Arguments {
+    fn into_map(self) -> BTreeMap<String, Value> {
+        self.0
+            .into_iter()
+            .map(|(name, _type, value)| (name, value))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_queue_row_as_rabbitmq_3_10_prints_it() {
+        let row: QueueRow = serde_json::from_str(
+            r#"{"name":"q1","messages":1,"durable":true,"auto_delete":false,"exclusive":false,"arguments":[["x-max-length","long",10],["x-queue-type","longstr","classic"]],"consumers":0}"#,
+        )
+        .unwrap();
+        let queue = QueueInfo::from(row);
+        assert_eq!(queue.name, "q1");
+        assert_eq!(queue.messages, 1);
+        assert!(queue.durable);
+        assert_eq!(queue.arguments["x-max-length"], 10);
+        assert_eq!(queue.arguments["x-queue-type"], "classic");
+    }
+
+    #[test]
+    fn parses_binding_and_exchange_rows() {
+        let binding: BindingInfo = serde_json::from_str::<BindingRow>(
+            r#"{"source_name":"amq.topic","source_kind":"exchange","destination_name":"q1","destination_kind":"queue","routing_key":"a.#","arguments":[]}"#,
+        )
+        .unwrap()
+        .into();
+        assert_eq!(binding.source, "amq.topic");
+        assert_eq!(binding.routing_key, "a.#");
+        let exchange: ExchangeInfo = serde_json::from_str::<ExchangeRow>(
+            r#"{"name":"amq.topic","type":"topic","durable":true,"auto_delete":false}"#,
+        )
+        .unwrap()
+        .into();
+        assert_eq!(exchange.kind, "topic");
+    }
+}

@@ -1,0 +1,268 @@
+//! Topology by convention: one durable topic exchange, one durable queue per
+//! consumer, one binding per routing key.
+
+use std::collections::BTreeMap;
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+
+use crate::{ConsumerRegistration, Error, Result, config::Settings};
+
+/// AMQP short strings (names, routing keys) hold at most 255 bytes.
+const MAX_NAME_BYTES: usize = 255;
+
+/// Exchange and queue names starting with `amq.` are reserved by RabbitMQ;
+/// declaring one is refused with 403.
+const RESERVED_PREFIX: &str = "amq.";
+
+/// Checks an exchange name as RabbitMQ would, so the mistake surfaces in
+/// `build()` rather than as a channel error at startup.
+pub(crate) fn check_exchange_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err(
+            "the exchange name is empty; hutch-rs needs a named topic exchange (default \"hutch\")"
+                .into(),
+        );
+    }
+    check_name_part(name)
+}
+
+/// Checks a namespace, group or exchange name: letters, digits, `_`, `-`,
+/// `.`, `:`; not reserved; short enough to leave room for a queue name.
+pub(crate) fn check_name_part(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > 200 {
+        return Err(format!("{name:?} is longer than 200 bytes"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        return Err(format!(
+            "{name:?} contains {bad:?}; use letters, digits, '_', '-', '.' and ':'"
+        ));
+    }
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(format!(
+            "{name:?} starts with \"amq.\", which RabbitMQ reserves for itself"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the routing key of a publish. Any bytes are allowed; the length is
+/// the protocol's limit.
+pub(crate) fn check_publish_routing_key(routing_key: &str) -> Result<()> {
+    if routing_key.len() > MAX_NAME_BYTES {
+        return Err(Error::InvalidRoutingKey {
+            routing_key: routing_key.to_owned(),
+            reason: format!("longer than {MAX_NAME_BYTES} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// The queue name of a consumer: `queue = "..."` or the function name,
+/// prefixed `"<namespace>:"` when a namespace is set.
+pub(crate) fn queue_name(namespace: Option<&str>, registration: &ConsumerRegistration) -> String {
+    match namespace {
+        Some(namespace) => format!("{namespace}:{}", registration.base_queue_name()),
+        None => registration.base_queue_name().to_owned(),
+    }
+}
+
+/// One consumer selected to run, with its resolved queue.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerPlan {
+    pub(crate) registration: &'static ConsumerRegistration,
+    pub(crate) queue: String,
+}
+
+impl ConsumerPlan {
+    pub(crate) fn name(&self) -> String {
+        self.registration.qualified_name()
+    }
+}
+
+/// Picks the consumers this process runs (all, or those of the configured
+/// group) and resolves their queues. Two consumers on one queue would split
+/// its messages between two different functions, so that is refused.
+pub(crate) fn plan_consumers(
+    settings: &Settings,
+    registrations: &[&'static ConsumerRegistration],
+) -> Result<Vec<ConsumerPlan>> {
+    let mut by_queue: BTreeMap<String, ConsumerPlan> = BTreeMap::new();
+    let selected = registrations.iter().filter(|registration| {
+        settings
+            .group
+            .as_deref()
+            .is_none_or(|group| registration.group() == Some(group))
+    });
+    for &registration in selected {
+        let queue = queue_name(settings.namespace.as_deref(), registration);
+        if queue.len() > MAX_NAME_BYTES {
+            return Err(Error::Config {
+                setting: "namespace".into(),
+                reason: format!(
+                    "queue name {queue:?} of consumer {} is longer than {MAX_NAME_BYTES} bytes",
+                    registration.qualified_name()
+                ),
+            });
+        }
+        if let Some(existing) = by_queue.get(&queue) {
+            return Err(Error::DuplicateQueue {
+                queue,
+                first: existing.name(),
+                second: registration.qualified_name(),
+            });
+        }
+        by_queue.insert(
+            queue.clone(),
+            ConsumerPlan {
+                registration,
+                queue,
+            },
+        );
+    }
+    Ok(by_queue.into_values().collect())
+}
+
+/// Declares the durable topic exchange.
+pub(crate) async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<()> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| Error::Declare {
+            resource: format!("exchange {exchange:?} (durable topic)"),
+            source: Box::new(source),
+        })
+}
+
+/// Declares a consumer's durable queue and binds it once per routing key.
+///
+/// Named and durable, never exclusive or auto-delete: after a reconnect the
+/// queue is still there with everything published meanwhile.
+pub(crate) async fn declare_consumer_queue(
+    channel: &Channel,
+    exchange: &str,
+    plan: &ConsumerPlan,
+) -> Result<()> {
+    channel
+        .queue_declare(
+            plan.queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| Error::Declare {
+            resource: format!(
+                "queue {:?} (durable) of consumer {}",
+                plan.queue,
+                plan.name()
+            ),
+            source: Box::new(source),
+        })?;
+    for routing_key in plan.registration.routing_keys() {
+        channel
+            .queue_bind(
+                plan.queue.as_str().into(),
+                exchange.into(),
+                (*routing_key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| Error::Declare {
+                resource: format!(
+                    "binding of queue {:?} to exchange {exchange:?} with routing key {routing_key:?}",
+                    plan.queue
+                ),
+                source: Box::new(source),
+            })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HutchBuilder;
+    use crate::handler::HandlerFuture;
+    use crate::message::Incoming;
+
+    fn never(_: Incoming) -> HandlerFuture {
+        unreachable!("handlers are not called in topology tests")
+    }
+
+    static SEND_RECEIPT: ConsumerRegistration =
+        ConsumerRegistration::new("send_receipt", "shop", &["orders.placed"], never);
+    static AUDIT: ConsumerRegistration =
+        ConsumerRegistration::new("audit", "billing", &["billing.#", "refunds.*"], never)
+            .with_queue("billing_audit")
+            .with_group("billing");
+    static OTHER_AUDIT: ConsumerRegistration =
+        ConsumerRegistration::new("billing_audit", "other", &["x"], never);
+
+    fn settings(builder: HutchBuilder) -> Settings {
+        builder.validate().unwrap()
+    }
+
+    #[test]
+    fn queue_names_follow_the_convention() {
+        assert_eq!(queue_name(None, &SEND_RECEIPT), "send_receipt");
+        assert_eq!(queue_name(Some("shop"), &SEND_RECEIPT), "shop:send_receipt");
+        assert_eq!(queue_name(Some("shop"), &AUDIT), "shop:billing_audit");
+    }
+
+    #[test]
+    fn group_selects_only_its_consumers() {
+        let all = plan_consumers(
+            &settings(HutchBuilder::defaults()),
+            &[&SEND_RECEIPT, &AUDIT],
+        );
+        assert_eq!(all.unwrap().len(), 2);
+        let billing = plan_consumers(
+            &settings(HutchBuilder::defaults().group("billing")),
+            &[&SEND_RECEIPT, &AUDIT],
+        )
+        .unwrap();
+        assert_eq!(billing.len(), 1);
+        assert_eq!(billing[0].queue, "billing_audit");
+    }
+
+    #[test]
+    fn two_consumers_on_one_queue_are_refused_naming_both() {
+        let error = plan_consumers(&settings(HutchBuilder::defaults()), &[&AUDIT, &OTHER_AUDIT])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("billing::audit"), "{error}");
+        assert!(error.contains("other::billing_audit"), "{error}");
+    }
+
+    #[test]
+    fn reserved_and_odd_names_are_refused() {
+        assert!(check_exchange_name("amq.topic").is_err());
+        assert!(check_exchange_name("").is_err());
+        assert!(check_exchange_name("my exchange").is_err());
+        assert!(check_exchange_name("hutch").is_ok());
+        assert!(check_name_part("shop-eu.1:a_b").is_ok());
+        assert!(check_publish_routing_key(&"a".repeat(256)).is_err());
+        assert!(check_publish_routing_key(&"a".repeat(255)).is_ok());
+    }
+}

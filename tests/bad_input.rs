@@ -1,0 +1,331 @@
+//! Bad input gets a clear error and loses nothing: malformed bodies, failing
+//! and panicking handlers, conflicting consumers, refused declarations,
+//! refused credentials.
+
+use std::{
+    io::Write,
+    sync::{Arc, LazyLock, Mutex},
+    time::Duration,
+};
+
+use hutch_rs::{BoxError, Error, Hutch, Message, consumer};
+use hutch_rs_tests::{JOURNAL, Scope, Seen, broker, queue_depth, raw_channel, raw_publish};
+use lapin::{
+    BasicProperties,
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable},
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Invoice {
+    invoice_id: u64,
+    amount_cents: i64,
+}
+
+#[consumer(routing_key = "invoices.created", group = "bad_body")]
+async fn bad_body(msg: Message<Invoice>) -> Result<(), BoxError> {
+    JOURNAL.record(Seen::of("bad_body", &msg));
+    Ok(())
+}
+
+#[consumer(routing_key = "fails.#", group = "failing")]
+async fn always_fails(msg: Message<serde_json::Value>) -> Result<(), BoxError> {
+    JOURNAL.record(Seen::of("always_fails", &msg));
+    Err(std::io::Error::other("the payment provider is down").into())
+}
+
+#[consumer(routing_key = "panics.#", group = "panicking")]
+async fn panics_on_odd(msg: Message<serde_json::Value>) -> Result<(), BoxError> {
+    JOURNAL.record(Seen::of("panics_on_odd", &msg));
+    if msg["n"].as_u64().unwrap() % 2 == 1 {
+        panic!("odd message {}", msg["n"]);
+    }
+    Ok(())
+}
+
+#[consumer(routing_key = "dup.one", queue = "shared_queue", group = "duplicate")]
+async fn first_claimant(_msg: Message<serde_json::Value>) -> Result<(), BoxError> {
+    Ok(())
+}
+
+#[consumer(routing_key = "dup.two", queue = "shared_queue", group = "duplicate")]
+async fn second_claimant(_msg: Message<serde_json::Value>) -> Result<(), BoxError> {
+    Ok(())
+}
+
+#[consumer(routing_key = "predeclared", group = "predeclared")]
+async fn predeclared(_msg: Message<serde_json::Value>) -> Result<(), BoxError> {
+    Ok(())
+}
+
+/// Everything hutch-rs logs in this test binary, to check what an operator
+/// would read.
+static LOGS: LazyLock<Arc<Mutex<Vec<u8>>>> = LazyLock::new(|| {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let writer = LogWriter(buffer.clone());
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter("hutch_rs=info")
+        .with_writer(move || writer.clone())
+        .init();
+    buffer
+});
+
+#[derive(Clone)]
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_lines_with(needle: &str) -> Vec<String> {
+    let logs = LOGS.lock().unwrap();
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_messages_are_logged_and_rejected_once_without_calling_the_handler() {
+    LazyLock::force(&LOGS);
+    let scope = Scope::new("bad-body");
+    let hutch = scope.hutch("bad_body");
+    let running = hutch.start().await.expect("start");
+    let queue = scope.queue("bad_body");
+
+    let bad = [
+        (
+            "bad-not-json",
+            b"this is not json".to_vec(),
+            BasicProperties::default(),
+        ),
+        (
+            "bad-wrong-shape",
+            br#"{"invoice_id":"seven"}"#.to_vec(),
+            BasicProperties::default(),
+        ),
+        (
+            "bad-content-type",
+            br#"{"invoice_id":1,"amount_cents":5}"#.to_vec(),
+            BasicProperties::default().with_content_type("application/xml".into()),
+        ),
+    ];
+    for (id, body, properties) in bad {
+        let properties = properties.with_message_id(id.into());
+        raw_publish(&scope.exchange, "invoices.created", &body, properties).await;
+    }
+    // A good message after the bad ones: once it is handled, the bad ones
+    // (ahead of it in the queue) have been dealt with.
+    hutch
+        .publish(
+            "invoices.created",
+            &Invoice {
+                invoice_id: 9,
+                amount_cents: 100,
+            },
+        )
+        .await
+        .unwrap();
+    let seen = JOURNAL.wait_for("bad_body", 1).await;
+    assert_eq!(
+        seen.len(),
+        1,
+        "the handler only ever saw the good message: {seen:?}"
+    );
+    assert_eq!(seen[0].body["invoice_id"], 9);
+
+    running.shutdown().await.expect("clean shutdown");
+    // Rejected without requeue: had they been requeued they would be back in
+    // the queue (or looping through the handler) now.
+    assert_eq!(queue_depth(&queue), 0);
+    assert_eq!(JOURNAL.by("bad_body").len(), 1);
+
+    for id in ["bad-not-json", "bad-wrong-shape", "bad-content-type"] {
+        let lines = log_lines_with(id);
+        assert_eq!(lines.len(), 1, "one log line for {id}: {lines:#?}");
+        assert!(
+            lines[0].contains(&queue),
+            "the log names the queue: {}",
+            lines[0]
+        );
+        assert!(lines[0].contains("ERROR"), "{}", lines[0]);
+    }
+    assert!(log_lines_with("bad-content-type")[0].contains("application/xml"));
+    assert!(log_lines_with("bad-wrong-shape")[0].contains("Invoice"));
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_error_is_logged_and_the_message_rejected_not_redelivered() {
+    LazyLock::force(&LOGS);
+    let scope = Scope::new("failing");
+    let hutch = scope.hutch("failing");
+    let running = hutch.start().await.expect("start");
+
+    hutch
+        .publish("fails.now", &serde_json::json!({ "n": 1 }))
+        .await
+        .unwrap();
+    hutch
+        .publish("fails.now", &serde_json::json!({ "n": 2 }))
+        .await
+        .unwrap();
+    let seen = JOURNAL.wait_for("always_fails", 2).await;
+    // The second message is handled only after the first was settled; had the
+    // first been requeued it would have come back ahead of or right after it.
+    running.shutdown().await.expect("clean shutdown");
+    assert_eq!(queue_depth(&scope.queue("always_fails")), 0);
+    let seen_after = JOURNAL.by("always_fails");
+    assert_eq!(
+        seen_after.len(),
+        2,
+        "each message was handled exactly once: {seen_after:?}"
+    );
+    assert!(seen.iter().all(|s| !s.redelivered));
+
+    let id = seen[0].message_id.clone().unwrap();
+    let lines = log_lines_with(&id);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("the payment provider is down"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(&scope.queue("always_fails")),
+        "{}",
+        lines[0]
+    );
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_rejects_that_message_and_the_consumer_goes_on() {
+    LazyLock::force(&LOGS);
+    let scope = Scope::new("panicking");
+    let hutch = scope.hutch("panicking");
+    let running = hutch.start().await.expect("start");
+
+    for n in 1..=4 {
+        hutch
+            .publish("panics.maybe", &serde_json::json!({ "n": n }))
+            .await
+            .unwrap();
+    }
+    let seen = JOURNAL.wait_for("panics_on_odd", 4).await;
+    let order: Vec<_> = seen.iter().map(|s| s.body["n"].as_u64().unwrap()).collect();
+    assert_eq!(
+        order,
+        [1, 2, 3, 4],
+        "the consumer kept going after each panic"
+    );
+    running.shutdown().await.expect("clean shutdown");
+    assert_eq!(queue_depth(&scope.queue("panics_on_odd")), 0);
+    assert_eq!(JOURNAL.by("panics_on_odd").len(), 4, "no message came back");
+    assert_eq!(log_lines_with("odd message").len(), 2);
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_on_one_queue_fail_startup_naming_both() {
+    let scope = Scope::new("duplicate");
+    let error = scope.hutch("duplicate").start().await.unwrap_err();
+    let Error::DuplicateQueue {
+        queue,
+        first,
+        second,
+    } = &error
+    else {
+        panic!("expected DuplicateQueue, got {error:?}");
+    };
+    assert_eq!(queue, &scope.queue("shared_queue"));
+    let mut names = [first.as_str(), second.as_str()];
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["bad_input::first_claimant", "bad_input::second_claimant"]
+    );
+    assert!(
+        error.to_string().contains("first_claimant")
+            && error.to_string().contains("second_claimant")
+    );
+    let ours = broker()
+        .queues()
+        .unwrap()
+        .into_iter()
+        .filter(|q| q.name.starts_with(&scope.namespace))
+        .count();
+    assert_eq!(ours, 0, "nothing was declared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_exists_with_other_arguments_fails_startup_naming_it() {
+    let scope = Scope::new("predeclared");
+    let queue = scope.queue("predeclared");
+    let (connection, channel) = raw_channel().await;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(10));
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+
+    let error = tokio::time::timeout(Duration::from_secs(10), scope.hutch("predeclared").start())
+        .await
+        .expect("a refused declaration fails at once, without retrying")
+        .unwrap_err();
+    assert!(matches!(error, Error::Declare { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains(&queue), "{message}");
+    assert!(
+        message.contains("PRECONDITION_FAILED") && message.contains("x-max-length"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_fails_startup_without_showing_it() {
+    let scope = Scope::new("password");
+    let uri = format!(
+        "amqp://guest:hunter2-wrong@127.0.0.1:{}/%2f",
+        broker().amqp_port()
+    );
+    let hutch = Hutch::builder()
+        .uri(uri)
+        .exchange(&scope.exchange)
+        .namespace(&scope.namespace)
+        .group("predeclared")
+        .build()
+        .unwrap();
+    assert!(!format!("{hutch:?}").contains("hunter2"));
+    let error = tokio::time::timeout(Duration::from_secs(10), hutch.start())
+        .await
+        .expect("refused credentials fail at once, without retrying")
+        .unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(message.contains("guest:***@127.0.0.1"), "{message}");
+    assert!(!format!("{error:?}").contains("hunter2"));
+
+    let publish = hutch.publish("x", &1).await.unwrap_err();
+    assert!(!publish.to_string().contains("hunter2"), "{publish}");
+}

@@ -1,0 +1,177 @@
+//! A publish resolves only after the broker's publisher confirm: Ok means
+//! the broker holds the message, a nack or a missing confirm is an Err.
+
+use std::time::Duration;
+
+use hutch_rs::Error;
+use hutch_rs_tests::{Scope, broker, init_logging, queue_depth, raw_channel};
+use lapin::{
+    ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+use tokio::sync::Mutex;
+
+/// The alarm test blocks the whole node; the tests of this binary take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// Declares the scope's exchange and a queue bound to it with `routing_key`.
+async fn bound_queue(
+    scope: &Scope,
+    name: &str,
+    routing_key: &str,
+    arguments: FieldTable,
+) -> String {
+    let queue = scope.queue(name);
+    let (connection, channel) = raw_channel().await;
+    channel
+        .exchange_declare(
+            scope.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            scope.exchange.as_str().into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+    queue
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ok_means_the_broker_holds_the_message() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let scope = Scope::new("confirmed");
+    let queue = bound_queue(&scope, "sink", "confirmed.key", FieldTable::default()).await;
+    let hutch = scope.hutch("none");
+    for n in 1..=3 {
+        hutch.publish("confirmed.key", &n).await.expect("confirmed");
+        assert_eq!(
+            queue_depth(&queue),
+            n,
+            "the message is in the queue when publish returns"
+        );
+    }
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_from_the_broker_is_an_error() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let scope = Scope::new("nacked");
+    // A queue that refuses every message: the broker nacks the publish.
+    let mut full = FieldTable::default();
+    full.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    full.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let queue = bound_queue(&scope, "full", "nacked.key", full).await;
+
+    let hutch = scope.hutch("none");
+    let error = hutch.publish("nacked.key", &"refused").await.unwrap_err();
+    assert!(
+        matches!(&error, Error::PublishNacked { routing_key } if routing_key == "nacked.key"),
+        "{error:?}"
+    );
+    assert_eq!(queue_depth(&queue), 0);
+    // The channel survives a nack: the next publish to a willing queue works.
+    let open = bound_queue(&scope, "open", "open.key", FieldTable::default()).await;
+    hutch
+        .publish("open.key", &"accepted")
+        .await
+        .expect("confirmed");
+    assert_eq!(queue_depth(&open), 1);
+    hutch.close().await.unwrap();
+}
+
+/// Sets a memory alarm on the node and clears it when dropped, even if the
+/// test fails.
+struct MemoryAlarm;
+
+impl MemoryAlarm {
+    fn raise() -> Self {
+        broker()
+            .rabbitmqctl(&[
+                "eval",
+                "rabbit_alarm:set_alarm({{resource_limit, memory, node()}, []}).",
+            ])
+            .expect("set the alarm");
+        MemoryAlarm
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        broker()
+            .rabbitmqctl(&[
+                "eval",
+                "rabbit_alarm:clear_alarm({resource_limit, memory, node()}).",
+            ])
+            .expect("clear the alarm");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_confirm_within_the_timeout_is_an_error() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let scope = Scope::new("blocked");
+    let queue = bound_queue(&scope, "sink", "blocked.key", FieldTable::default()).await;
+    let hutch = scope
+        .builder("none")
+        .confirm_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    // Open the publishing connection before the alarm, as a running
+    // application would have.
+    hutch
+        .publish("blocked.key", &0)
+        .await
+        .expect("confirmed before the alarm");
+
+    let alarm = MemoryAlarm::raise();
+    let error = tokio::time::timeout(Duration::from_secs(10), hutch.publish("blocked.key", &1))
+        .await
+        .expect("publish gives up at its confirm timeout")
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::PublishTimeout { routing_key, timeout } if routing_key == "blocked.key" && *timeout == Duration::from_secs(2)),
+        "{error:?}"
+    );
+    drop(alarm);
+
+    hutch
+        .publish("blocked.key", &2)
+        .await
+        .expect("confirmed after the alarm cleared");
+    // The timed-out message was not lost by hutch-rs: the broker took it in
+    // once unblocked. Only the confirm came too late.
+    assert_eq!(queue_depth(&queue), 3);
+    hutch.close().await.unwrap();
+}

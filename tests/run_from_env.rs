@@ -1,0 +1,119 @@
+//! `hutch_rs::run()` and `hutch_rs::publish()` take their settings from the
+//! `HUTCH_*` environment and stop on SIGTERM. The environment belongs to the
+//! whole process, so the application runs as a child process: this test
+//! binary again, running only `application_entry_point`.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use hutch_rs::{BoxError, Message, consumer};
+use hutch_rs_tests::{PATIENCE, Scope, broker, queue_depth};
+
+/// Set in the child's environment to make it the application.
+const ROLE: &str = "HUTCH_RS_TEST_ROLE";
+
+#[consumer(routing_key = "env.ping", group = "from_env")]
+async fn env_consumer(msg: Message<serde_json::Value>) -> Result<(), BoxError> {
+    println!("HANDLED {} {}", msg.routing_key(), msg.body());
+    Ok(())
+}
+
+/// The application under test when run as the child; does nothing otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_entry_point() {
+    if std::env::var(ROLE).as_deref() != Ok("application") {
+        return;
+    }
+    hutch_rs::publish("env.ping", &serde_json::json!({ "hello": "env" }))
+        .await
+        .expect("publish from the environment's settings");
+    println!("RUNNING");
+    hutch_rs::run().await.expect("run ends cleanly on SIGTERM");
+    println!("STOPPED");
+}
+
+#[test]
+fn run_and_publish_use_the_environment_and_stop_on_sigterm() {
+    let scope = Scope::new("env");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "application_entry_point",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, "application")
+        .env("HUTCH_URI", broker().amqp_uri())
+        .env("HUTCH_EXCHANGE", &scope.exchange)
+        .env("HUTCH_NAMESPACE", &scope.namespace)
+        .env("HUTCH_GROUP", "from_env")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the application");
+    let (lines, output) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let expect_line = |prefix: &str| loop {
+        let line = output
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("the application never printed {prefix:?}"));
+        // libtest prints the test's name on the same line as its first output.
+        if let Some(start) = line.find(prefix) {
+            return line[start..].to_owned();
+        }
+    };
+
+    // The message published before `run()` declared the queue was unroutable,
+    // so publish one more now that the consumer runs.
+    expect_line("RUNNING");
+    let queue = scope.queue("env_consumer");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while broker()
+        .queue(&queue)
+        .unwrap()
+        .is_none_or(|q| q.consumers == 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the consumer never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let hutch = scope.hutch("from_env");
+        hutch
+            .publish("env.ping", &serde_json::json!({ "n": 2 }))
+            .await
+            .unwrap();
+        hutch.close().await.unwrap();
+    });
+    let handled = expect_line("HANDLED");
+    assert_eq!(handled, r#"HANDLED env.ping {"n":2}"#);
+
+    let exchanges = broker().exchanges().unwrap();
+    assert!(
+        exchanges
+            .iter()
+            .any(|x| x.name == scope.exchange && x.kind == "topic")
+    );
+
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("send SIGTERM");
+    expect_line("STOPPED");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the application exited with {status}");
+    let info = broker().queue(&queue).unwrap().unwrap();
+    assert_eq!((info.consumers, queue_depth(&queue)), (0, 0));
+}

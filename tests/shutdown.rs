@@ -1,0 +1,207 @@
+//! Shutdown stops consuming, lets the in-flight handler finish and be acked,
+//! and gives up after the shutdown timeout without losing the message.
+
+use std::time::{Duration, Instant};
+
+use hutch_rs::{BoxError, Error, Message, consumer};
+use hutch_rs_tests::{
+    JOURNAL, PATIENCE, Scope, Seen, broker, init_logging, queue_depth, raw_channel,
+};
+use tokio::sync::Semaphore;
+
+/// Lets the `slow` handler finish, one permit per message.
+static RELEASE_SLOW: Semaphore = Semaphore::const_new(0);
+/// Never released: the `stuck` handler outlives any shutdown timeout.
+static NEVER: Semaphore = Semaphore::const_new(0);
+
+#[consumer(routing_key = "slow.work", group = "slow")]
+async fn slow(msg: Message<serde_json::Value>) -> Result<(), BoxError> {
+    JOURNAL.record(Seen::of("slow:started", &msg));
+    RELEASE_SLOW.acquire().await?.forget();
+    JOURNAL.record(Seen::of("slow:finished", &msg));
+    Ok(())
+}
+
+#[consumer(routing_key = "stuck.work", group = "stuck")]
+async fn stuck(msg: Message<serde_json::Value>) -> Result<(), BoxError> {
+    JOURNAL.record(Seen::of("stuck:started", &msg));
+    NEVER.acquire().await?.forget();
+    Ok(())
+}
+
+#[consumer(routing_key = "quick.work", group = "quick")]
+async fn quick(msg: Message<serde_json::Value>) -> Result<(), BoxError> {
+    JOURNAL.record(Seen::of("quick", &msg));
+    Ok(())
+}
+
+/// Waits until the broker reports `consumers` consumers on `queue`. The
+/// broker's state can only be polled; the deadline turns a hang into a failure.
+fn await_consumer_count(queue: &str, consumers: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let info = broker().queue(queue).unwrap().expect("queue exists");
+        if info.consumers == consumers {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue {queue} still has {} consumer(s)",
+            info.consumers
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_consuming_then_waits_for_the_in_flight_handler() {
+    init_logging();
+    let scope = Scope::new("slow");
+    let hutch = scope.hutch("slow");
+    let queue = scope.queue("slow");
+    let running = hutch.start().await.expect("start");
+
+    hutch
+        .publish("slow.work", &serde_json::json!({ "n": 1 }))
+        .await
+        .unwrap();
+    hutch
+        .publish("slow.work", &serde_json::json!({ "n": 2 }))
+        .await
+        .unwrap();
+    JOURNAL.wait_for("slow:started", 1).await;
+
+    let shutdown = tokio::spawn(running.shutdown());
+    // The consumer is cancelled at once, while its handler is still running.
+    tokio::task::spawn_blocking({
+        let queue = queue.clone();
+        move || await_consumer_count(&queue, 0)
+    })
+    .await
+    .unwrap();
+    assert!(!shutdown.is_finished(), "shutdown waits for the handler");
+    assert!(JOURNAL.by("slow:finished").is_empty());
+
+    RELEASE_SLOW.add_permits(1);
+    shutdown.await.unwrap().expect("clean shutdown");
+
+    let finished = JOURNAL.by("slow:finished");
+    assert_eq!(finished.len(), 1, "the in-flight handler ran to completion");
+    assert_eq!(finished[0].body["n"], 1);
+    assert_eq!(
+        JOURNAL.by("slow:started").len(),
+        1,
+        "nothing new was handled after shutdown began"
+    );
+    // Message 1 was acked; message 2, prefetched but never handled, is back.
+    assert_eq!(queue_depth(&queue), 1);
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_outlives_the_shutdown_timeout_is_abandoned_and_its_message_kept() {
+    init_logging();
+    let scope = Scope::new("stuck");
+    let hutch = scope
+        .builder("stuck")
+        .shutdown_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let running = hutch.start().await.expect("start");
+    hutch
+        .publish("stuck.work", &serde_json::json!({ "n": 1 }))
+        .await
+        .unwrap();
+    JOURNAL.wait_for("stuck:started", 1).await;
+
+    let error = running.shutdown().await.unwrap_err();
+    assert!(
+        matches!(error, Error::ShutdownTimeout { in_flight: 1, timeout } if timeout == Duration::from_millis(500)),
+        "{error:?}"
+    );
+    // Not acked, so the broker kept it.
+    assert_eq!(queue_depth(&scope.queue("stuck")), 1);
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_until_returns_when_its_future_resolves() {
+    init_logging();
+    let scope = Scope::new("quick");
+    let hutch = scope.hutch("quick");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn({
+        let hutch = hutch.clone();
+        async move {
+            hutch
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    // run_until has started once the queue has its consumer.
+    let queue = scope.queue("quick");
+    tokio::task::spawn_blocking({
+        let queue = queue.clone();
+        move || {
+            let deadline = Instant::now() + PATIENCE;
+            while broker()
+                .queue(&queue)
+                .unwrap()
+                .is_none_or(|q| q.consumers == 0)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "run_until never started consuming"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
+    .await
+    .unwrap();
+    hutch
+        .publish("quick.work", &serde_json::json!({ "n": 1 }))
+        .await
+        .unwrap();
+    JOURNAL.wait_for("quick", 1).await;
+
+    stop.send(()).unwrap();
+    run.await.unwrap().expect("run_until ends cleanly");
+    let info = broker().queue(&queue).unwrap().unwrap();
+    assert_eq!((info.consumers, info.messages), (0, 0));
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_until_reports_a_consumer_the_broker_cancelled() {
+    init_logging();
+    let scope = Scope::new("cancelled");
+    let hutch = scope.hutch("quick");
+    let mut running = hutch.start().await.expect("start");
+    let queue = scope.queue("quick");
+
+    let (connection, channel) = raw_channel().await;
+    channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+
+    let failure = tokio::time::timeout(PATIENCE, running.failure())
+        .await
+        .expect("the cancelled consumer is reported");
+    let Error::ConsumerStopped {
+        consumer,
+        queue: failed_queue,
+        reason,
+    } = &failure
+    else {
+        panic!("expected ConsumerStopped, got {failure:?}");
+    };
+    assert_eq!(consumer, "shutdown::quick");
+    assert_eq!(failed_queue, &queue);
+    assert!(reason.contains("cancelled"), "{reason}");
+    running.shutdown().await.expect("shutdown after a failure");
+}

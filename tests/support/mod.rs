@@ -1,0 +1,246 @@
+//! Helpers shared by the integration tests: the private broker, unique names,
+//! a journal that handlers write to and tests wait on, and raw lapin access
+//! for publishing what hutch-rs itself never would.
+
+use std::{
+    sync::{LazyLock, Mutex},
+    time::Duration,
+};
+
+use hutch_rs::{Hutch, HutchBuilder, testing::Broker};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, options::BasicPublishOptions,
+};
+use tokio::sync::watch;
+
+/// How long a test waits for something the broker or a handler should do
+/// promptly; reaching it means the behaviour is broken, not slow.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The private RabbitMQ node of this test binary.
+pub fn broker() -> &'static Broker {
+    Broker::shared()
+}
+
+/// A name no other test uses, so tests sharing a node do not see each other.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Names isolating one test on the shared node.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// A fresh exchange.
+    pub exchange: String,
+    /// A fresh namespace.
+    pub namespace: String,
+}
+
+impl Scope {
+    /// A fresh exchange and namespace.
+    pub fn new(test: &str) -> Self {
+        Self {
+            exchange: unique(&format!("x-{test}")),
+            namespace: unique(test),
+        }
+    }
+
+    /// A builder aimed at the shared node, this scope's exchange and
+    /// namespace, running `group`.
+    pub fn builder(&self, group: &str) -> HutchBuilder {
+        Hutch::builder()
+            .uri(broker().amqp_uri())
+            .exchange(&self.exchange)
+            .namespace(&self.namespace)
+            .group(group)
+    }
+
+    /// A built [`Hutch`] for `group`.
+    pub fn hutch(&self, group: &str) -> Hutch {
+        self.builder(group)
+            .build()
+            .expect("test settings are valid")
+    }
+
+    /// The full name of a queue in this scope's namespace.
+    pub fn queue(&self, base: &str) -> String {
+        format!("{}:{base}", self.namespace)
+    }
+}
+
+/// What a handler saw of one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    /// Which consumer saw it.
+    pub consumer: &'static str,
+    /// The routing key.
+    pub routing_key: String,
+    /// The message id.
+    pub message_id: Option<String>,
+    /// The decoded body.
+    pub body: serde_json::Value,
+    /// The content type property.
+    pub content_type: Option<String>,
+    /// The delivery mode property (2 = persistent).
+    pub delivery_mode: Option<u8>,
+    /// Whether the timestamp property was set.
+    pub has_timestamp: bool,
+    /// Whether the broker flagged a redelivery.
+    pub redelivered: bool,
+}
+
+impl Seen {
+    /// Records what `msg` carries.
+    pub fn of<T: serde::Serialize>(consumer: &'static str, msg: &hutch_rs::Message<T>) -> Self {
+        Self {
+            consumer,
+            routing_key: msg.routing_key().to_owned(),
+            message_id: msg.message_id().map(str::to_owned),
+            body: serde_json::to_value(msg.body()).expect("bodies serialize"),
+            content_type: msg
+                .properties()
+                .content_type()
+                .as_ref()
+                .map(|t| t.to_string()),
+            delivery_mode: *msg.properties().delivery_mode(),
+            has_timestamp: msg.timestamp().is_some(),
+            redelivered: msg.redelivered(),
+        }
+    }
+}
+
+/// An append-only log that handlers write to and tests wait on.
+#[derive(Debug)]
+pub struct Journal {
+    entries: Mutex<Vec<Seen>>,
+    count: watch::Sender<usize>,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(Vec::new()),
+            count: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Journal {
+    /// Appends one entry.
+    pub fn record(&self, seen: Seen) {
+        let mut entries = self.entries.lock().unwrap();
+        entries.push(seen);
+        let len = entries.len();
+        drop(entries);
+        self.count.send_replace(len);
+    }
+
+    /// Everything recorded so far.
+    pub fn entries(&self) -> Vec<Seen> {
+        self.entries.lock().unwrap().clone()
+    }
+
+    /// Entries recorded by `consumer`.
+    pub fn by(&self, consumer: &str) -> Vec<Seen> {
+        self.entries()
+            .into_iter()
+            .filter(|seen| seen.consumer == consumer)
+            .collect()
+    }
+
+    /// Waits until at least `n` entries of `consumer` are recorded; panics
+    /// after [`PATIENCE`].
+    pub async fn wait_for(&self, consumer: &str, n: usize) -> Vec<Seen> {
+        let mut changes = self.count.subscribe();
+        let waited = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let seen = self.by(consumer);
+                if seen.len() >= n {
+                    return seen;
+                }
+                changes
+                    .changed()
+                    .await
+                    .expect("the journal lives as long as the test");
+            }
+        })
+        .await;
+        waited.unwrap_or_else(|_| {
+            panic!(
+                "{consumer} saw {} message(s), expected {n}: {:#?}",
+                self.by(consumer).len(),
+                self.by(consumer)
+            )
+        })
+    }
+}
+
+/// A journal per test binary.
+pub static JOURNAL: LazyLock<Journal> = LazyLock::new(Journal::default);
+
+/// A plain lapin channel on the shared node, for what hutch-rs would not do
+/// (publishing malformed bodies, pre-declaring queues).
+pub async fn raw_channel() -> (Connection, Channel) {
+    let connection = Connection::connect(&broker().amqp_uri(), ConnectionProperties::default())
+        .await
+        .expect("raw connection to the test node");
+    let channel = connection.create_channel().await.expect("raw channel");
+    (connection, channel)
+}
+
+/// Publishes `body` as-is with `properties` and waits until the broker has it.
+pub async fn raw_publish(
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) {
+    let (connection, channel) = raw_channel().await;
+    channel
+        .confirm_select(Default::default())
+        .await
+        .expect("confirm mode");
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("raw publish");
+    assert!(confirm.await.expect("raw confirm").is_ack());
+    connection
+        .close(200, "done".into())
+        .await
+        .expect("close raw connection");
+}
+
+/// The number of messages (ready + unacknowledged) in `queue`, read exactly
+/// from the broker; panics if the queue does not exist.
+pub fn queue_depth(queue: &str) -> u64 {
+    broker()
+        .queue(queue)
+        .expect("rabbitmqctl list_queues")
+        .unwrap_or_else(|| panic!("queue {queue:?} does not exist on the broker"))
+        .messages
+}
+
+/// Installs a log subscriber once per test binary, so `RUST_LOG=debug`
+/// shows what hutch-rs did.
+pub fn init_logging() {
+    static INIT: LazyLock<()> = LazyLock::new(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+    LazyLock::force(&INIT);
+}

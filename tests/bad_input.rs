@@ -9,10 +9,9 @@ use std::{
 };
 
 use hutch_rs::{BoxError, Error, Hutch, Message, consumer};
-use hutch_rs_tests::{JOURNAL, Scope, Seen, broker, queue_depth, raw_channel, raw_publish};
+use hutch_rs_tests::{JOURNAL, Scope, Seen, broker, declare_queue, queue_depth, raw_publish};
 use lapin::{
     BasicProperties,
-    options::QueueDeclareOptions,
     types::{AMQPValue, FieldTable},
 };
 use serde::{Deserialize, Serialize};
@@ -272,21 +271,9 @@ async fn two_consumers_on_one_queue_fail_startup_naming_both() {
 async fn a_queue_that_exists_with_other_arguments_fails_startup_naming_it() {
     let scope = Scope::new("predeclared");
     let queue = scope.queue("predeclared");
-    let (connection, channel) = raw_channel().await;
     let mut arguments = FieldTable::default();
     arguments.insert("x-max-length".into(), AMQPValue::LongInt(10));
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-        .unwrap();
-    connection.close(200, "done".into()).await.unwrap();
+    declare_queue(&queue, arguments).await;
 
     let error = tokio::time::timeout(Duration::from_secs(10), scope.hutch("predeclared").start())
         .await

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use hutch_rs::Error;
-use hutch_rs_tests::{Scope, broker, init_logging, queue_depth, raw_channel};
+use hutch_rs_tests::{Scope, broker, declare_queue, init_logging, queue_depth, raw_channel};
 use lapin::{
     ExchangeKind,
-    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{ExchangeDeclareOptions, QueueBindOptions},
     types::{AMQPValue, FieldTable},
 };
 use tokio::sync::Mutex;
@@ -23,6 +23,7 @@ async fn bound_queue(
     arguments: FieldTable,
 ) -> String {
     let queue = scope.queue(name);
+    declare_queue(&queue, arguments).await;
     let (connection, channel) = raw_channel().await;
     channel
         .exchange_declare(
@@ -33,17 +34,6 @@ async fn bound_queue(
                 ..Default::default()
             },
             FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
         )
         .await
         .unwrap();

@@ -7,11 +7,10 @@ use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
     sync::mpsc,
-    time::Duration,
 };
 
 use hutch_rs::{BoxError, Message, consumer};
-use hutch_rs_tests::{PATIENCE, Scope, broker, queue_depth};
+use hutch_rs_tests::{PATIENCE, Scope, await_consumer_count, broker, queue_depth};
 
 /// Set in the child's environment to make it the application.
 const ROLE: &str = "HUTCH_RS_TEST_ROLE";
@@ -78,18 +77,7 @@ fn run_and_publish_use_the_environment_and_stop_on_sigterm() {
     // so publish one more now that the consumer runs.
     expect_line("RUNNING");
     let queue = scope.queue("env_consumer");
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while broker()
-        .queue(&queue)
-        .unwrap()
-        .is_none_or(|q| q.consumers == 0)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the consumer never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_consumer_count(&queue, 1);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let hutch = scope.hutch("from_env");

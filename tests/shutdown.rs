@@ -1,11 +1,12 @@
 //! Shutdown stops consuming, lets the in-flight handler finish and be acked,
 //! and gives up after the shutdown timeout without losing the message.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hutch_rs::{BoxError, Error, Message, consumer};
 use hutch_rs_tests::{
-    JOURNAL, PATIENCE, Scope, Seen, broker, init_logging, queue_depth, raw_channel,
+    JOURNAL, PATIENCE, Scope, Seen, await_consumer_count, broker, init_logging, queue_depth,
+    raw_channel,
 };
 use tokio::sync::Semaphore;
 
@@ -33,24 +34,6 @@ async fn stuck(msg: Message<serde_json::Value>) -> Result<(), BoxError> {
 async fn quick(msg: Message<serde_json::Value>) -> Result<(), BoxError> {
     JOURNAL.record(Seen::of("quick", &msg));
     Ok(())
-}
-
-/// Waits until the broker reports `consumers` consumers on `queue`. The
-/// broker's state can only be polled; the deadline turns a hang into a failure.
-fn await_consumer_count(queue: &str, consumers: u64) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let info = broker().queue(queue).unwrap().expect("queue exists");
-        if info.consumers == consumers {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "queue {queue} still has {} consumer(s)",
-            info.consumers
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,20 +127,7 @@ async fn run_until_returns_when_its_future_resolves() {
     let queue = scope.queue("quick");
     tokio::task::spawn_blocking({
         let queue = queue.clone();
-        move || {
-            let deadline = Instant::now() + PATIENCE;
-            while broker()
-                .queue(&queue)
-                .unwrap()
-                .is_none_or(|q| q.consumers == 0)
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "run_until never started consuming"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        move || await_consumer_count(&queue, 1)
     })
     .await
     .unwrap();

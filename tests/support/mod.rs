@@ -244,3 +244,45 @@ pub fn init_logging() {
     });
     LazyLock::force(&INIT);
 }
+
+/// Waits until `queue` exists and has `consumers` consumers. The broker's
+/// state can only be polled; the deadline turns a hang into a failure.
+/// Blocking: call it through `spawn_blocking` from async tests.
+pub fn await_consumer_count(queue: &str, consumers: u64) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let info = broker().queue(queue).expect("rabbitmqctl list_queues");
+        if info
+            .as_ref()
+            .is_some_and(|info| info.consumers == consumers)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue {queue} never had {consumers} consumer(s): {info:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Declares a durable `queue` with `arguments` through a plain lapin channel,
+/// as another application might have.
+pub async fn declare_queue(queue: &str, arguments: lapin::types::FieldTable) {
+    let (connection, channel) = raw_channel().await;
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("declare the queue");
+    connection
+        .close(200, "done".into())
+        .await
+        .expect("close raw connection");
+}

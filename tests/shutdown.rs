@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use hutch_rs::{BoxError, Error, Message, consumer};
 use hutch_rs_tests::{
-    JOURNAL, PATIENCE, Scope, Seen, await_consumer_count, broker, init_logging, queue_depth,
-    raw_channel,
+    JOURNAL, Scope, Seen, await_consumer_count, broker, init_logging, queue_depth,
 };
 use tokio::sync::Semaphore;
 
@@ -142,36 +141,4 @@ async fn run_until_returns_when_its_future_resolves() {
     let info = broker().queue(&queue).unwrap().unwrap();
     assert_eq!((info.consumers, info.messages), (0, 0));
     hutch.close().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_until_reports_a_consumer_the_broker_cancelled() {
-    init_logging();
-    let scope = Scope::new("cancelled");
-    let hutch = scope.hutch("quick");
-    let mut running = hutch.start().await.expect("start");
-    let queue = scope.queue("quick");
-
-    let (connection, channel) = raw_channel().await;
-    channel
-        .queue_delete(queue.as_str().into(), Default::default())
-        .await
-        .unwrap();
-    connection.close(200, "done".into()).await.unwrap();
-
-    let failure = tokio::time::timeout(PATIENCE, running.failure())
-        .await
-        .expect("the cancelled consumer is reported");
-    let Error::ConsumerStopped {
-        consumer,
-        queue: failed_queue,
-        reason,
-    } = &failure
-    else {
-        panic!("expected ConsumerStopped, got {failure:?}");
-    };
-    assert_eq!(consumer, "shutdown::quick");
-    assert_eq!(failed_queue, &queue);
-    assert!(reason.contains("cancelled"), "{reason}");
-    running.shutdown().await.expect("shutdown after a failure");
 }

@@ -16,6 +16,18 @@ pub const DEFAULT_PREFETCH: u16 = 32;
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight handlers.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The AMQP heartbeat interval asked of the broker: a dead peer is noticed
+/// after about two intervals without traffic.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// The first delay before reconnecting; it doubles on each failed attempt.
+pub const DEFAULT_RECONNECT_MIN_DELAY: Duration = Duration::from_millis(200);
+/// The longest delay between two connection attempts.
+pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
+/// How many times one consumer may be restarted within
+/// [`DEFAULT_RESTART_PERIOD`] before its failure ends `run`.
+pub const DEFAULT_MAX_RESTARTS: u32 = 10;
+/// The window of the restart intensity.
+pub const DEFAULT_RESTART_PERIOD: Duration = Duration::from_secs(60);
 
 /// The environment variables hutch-rs reads.
 const ENV_URI: &str = "HUTCH_URI";
@@ -65,7 +77,7 @@ impl<T> Layered<T> {
 /// show it masked.
 #[derive(Clone)]
 pub(crate) struct BrokerUri {
-    secret: String,
+    parsed: AMQPUri,
     masked: String,
 }
 
@@ -77,14 +89,14 @@ impl BrokerUri {
             format!("not an AMQP URI ({reason}); expected e.g. {DEFAULT_URI}")
         })?;
         Ok(Self {
-            secret: raw.to_owned(),
             masked: mask(&parsed),
+            parsed,
         })
     }
 
-    /// The full URI, credentials included: only for handing to lapin.
-    pub(crate) fn expose(&self) -> &str {
-        &self.secret
+    /// The parsed URI, credentials included: only for handing to lapin.
+    pub(crate) fn expose(&self) -> &AMQPUri {
+        &self.parsed
     }
 }
 
@@ -115,13 +127,19 @@ impl fmt::Debug for BrokerUri {
 /// Validated settings of one [`Hutch`](crate::Hutch).
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub(crate) uri: BrokerUri,
+    /// The broker's nodes, tried in turn.
+    pub(crate) uris: Vec<BrokerUri>,
     pub(crate) exchange: String,
     pub(crate) namespace: Option<String>,
     pub(crate) group: Option<String>,
     pub(crate) prefetch: u16,
     pub(crate) confirm_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) reconnect_min_delay: Duration,
+    pub(crate) reconnect_max_delay: Duration,
+    pub(crate) max_restarts: u32,
+    pub(crate) restart_period: Duration,
 }
 
 /// Builds a [`Hutch`](crate::Hutch): defaults, overlaid with the environment,
@@ -129,12 +147,14 @@ pub(crate) struct Settings {
 ///
 /// | setting   | environment       | default                                  |
 /// |-----------|-------------------|------------------------------------------|
-/// | uri       | `HUTCH_URI`       | `amqp://guest:guest@127.0.0.1:5672/%2f`  |
+/// | uri(s)    | `HUTCH_URI`       | `amqp://guest:guest@127.0.0.1:5672/%2f`  |
 /// | exchange  | `HUTCH_EXCHANGE`  | `hutch`                                  |
 /// | namespace | `HUTCH_NAMESPACE` | none                                     |
 /// | group     | `HUTCH_GROUP`     | none: every consumer runs                |
 ///
-/// An empty `HUTCH_NAMESPACE` or `HUTCH_GROUP` counts as unset. Nothing is
+/// `HUTCH_URI` may list several nodes of a cluster, separated by commas;
+/// they are tried in turn. An empty `HUTCH_NAMESPACE` or `HUTCH_GROUP`
+/// counts as unset. Nothing is
 /// validated until [`build`](Self::build), which names the setting at fault
 /// (the environment variable or the setter it came from).
 ///
@@ -149,28 +169,41 @@ pub(crate) struct Settings {
 #[derive(Clone)]
 #[must_use = "a builder does nothing until `build()` is called"]
 pub struct HutchBuilder {
-    uri: Layered<String>,
+    uris: Layered<Vec<String>>,
     exchange: Layered<String>,
     namespace: Layered<Option<String>>,
     group: Layered<Option<String>>,
     prefetch: Layered<u16>,
     confirm_timeout: Layered<Duration>,
     shutdown_timeout: Layered<Duration>,
+    heartbeat: Layered<Duration>,
+    reconnect_delay: Layered<(Duration, Duration)>,
+    restart_intensity: Layered<(u32, Duration)>,
 }
 
 impl fmt::Debug for HutchBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let uri = BrokerUri::parse(&self.uri.value)
-            .map(|uri| uri.masked)
-            .unwrap_or_else(|_| "<unparsable uri>".to_owned());
+        let uris: Vec<String> = self
+            .uris
+            .value
+            .iter()
+            .map(|uri| {
+                BrokerUri::parse(uri)
+                    .map(|uri| uri.masked)
+                    .unwrap_or_else(|_| "<unparsable uri>".to_owned())
+            })
+            .collect();
         f.debug_struct("HutchBuilder")
-            .field("uri", &uri)
+            .field("uris", &uris)
             .field("exchange", &self.exchange.value)
             .field("namespace", &self.namespace.value)
             .field("group", &self.group.value)
             .field("prefetch", &self.prefetch.value)
             .field("confirm_timeout", &self.confirm_timeout.value)
             .field("shutdown_timeout", &self.shutdown_timeout.value)
+            .field("heartbeat", &self.heartbeat.value)
+            .field("reconnect_delay", &self.reconnect_delay.value)
+            .field("restart_intensity", &self.restart_intensity.value)
             .finish()
     }
 }
@@ -179,13 +212,22 @@ impl HutchBuilder {
     /// The built-in defaults, without reading the environment.
     pub fn defaults() -> Self {
         Self {
-            uri: Layered::new(DEFAULT_URI.to_owned(), Source::Default),
+            uris: Layered::new(vec![DEFAULT_URI.to_owned()], Source::Default),
             exchange: Layered::new(DEFAULT_EXCHANGE.to_owned(), Source::Default),
             namespace: Layered::new(None, Source::Default),
             group: Layered::new(None, Source::Default),
             prefetch: Layered::new(DEFAULT_PREFETCH, Source::Default),
             confirm_timeout: Layered::new(DEFAULT_CONFIRM_TIMEOUT, Source::Default),
             shutdown_timeout: Layered::new(DEFAULT_SHUTDOWN_TIMEOUT, Source::Default),
+            heartbeat: Layered::new(DEFAULT_HEARTBEAT, Source::Default),
+            reconnect_delay: Layered::new(
+                (DEFAULT_RECONNECT_MIN_DELAY, DEFAULT_RECONNECT_MAX_DELAY),
+                Source::Default,
+            ),
+            restart_intensity: Layered::new(
+                (DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD),
+                Source::Default,
+            ),
         }
     }
 
@@ -196,8 +238,9 @@ impl HutchBuilder {
     }
 
     fn overlay_env(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
-        if let Some(uri) = var(ENV_URI) {
-            self.uri = Layered::new(uri, Source::Env(ENV_URI));
+        if let Some(uris) = var(ENV_URI) {
+            let uris = uris.split(',').map(|uri| uri.trim().to_owned()).collect();
+            self.uris = Layered::new(uris, Source::Env(ENV_URI));
         }
         if let Some(exchange) = var(ENV_EXCHANGE) {
             self.exchange = Layered::new(exchange, Source::Env(ENV_EXCHANGE));
@@ -214,7 +257,19 @@ impl HutchBuilder {
     /// The broker URI, e.g. `amqp://user:password@host:5672/vhost` (`%2f` is
     /// the default vhost `/`). The password never appears in logs or errors.
     pub fn uri(mut self, uri: impl Into<String>) -> Self {
-        self.uri = Layered::new(uri.into(), Source::Setter("uri"));
+        self.uris = Layered::new(vec![uri.into()], Source::Setter("uri"));
+        self
+    }
+
+    /// Several broker URIs, the nodes of a cluster: each connection attempt
+    /// tries the next one in turn.
+    pub fn uris<I, S>(mut self, uris: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let uris = uris.into_iter().map(Into::into).collect();
+        self.uris = Layered::new(uris, Source::Setter("uris"));
         self
     }
 
@@ -258,6 +313,30 @@ impl HutchBuilder {
         self
     }
 
+    /// The AMQP heartbeat interval (whole seconds, at least one). Without
+    /// traffic for about two intervals a connection is taken as dead and
+    /// re-established.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = Layered::new(interval, Source::Setter("heartbeat"));
+        self
+    }
+
+    /// The delays between connection attempts: exponential from `min` to
+    /// `max`, with jitter, reset once a connection succeeds.
+    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_delay = Layered::new((min, max), Source::Setter("reconnect_delay"));
+        self
+    }
+
+    /// The restart intensity, as in OTP: a consumer may be restarted at most
+    /// `max_restarts` times within `period`; one more failure ends
+    /// `run`/`run_until` with an error naming the consumer.
+    pub fn restart_intensity(mut self, max_restarts: u32, period: Duration) -> Self {
+        self.restart_intensity =
+            Layered::new((max_restarts, period), Source::Setter("restart_intensity"));
+        self
+    }
+
     /// Validates the settings and builds the [`Hutch`](crate::Hutch). Nothing
     /// connects yet.
     ///
@@ -273,7 +352,15 @@ impl HutchBuilder {
     }
 
     pub(crate) fn validate(self) -> Result<Settings> {
-        let uri = BrokerUri::parse(&self.uri.value).map_err(|reason| self.uri.invalid(reason))?;
+        if self.uris.value.is_empty() {
+            return Err(self.uris.invalid("no broker URI given"));
+        }
+        let uris = self
+            .uris
+            .value
+            .iter()
+            .map(|uri| BrokerUri::parse(uri).map_err(|reason| self.uris.invalid(reason)))
+            .collect::<Result<Vec<_>>>()?;
         topology::check_exchange_name(&self.exchange.value)
             .map_err(|reason| self.exchange.invalid(reason))?;
         if let Some(namespace) = &self.namespace.value {
@@ -293,14 +380,39 @@ impl HutchBuilder {
                 return Err(timeout.invalid("must be longer than zero"));
             }
         }
+        let heartbeat = self.heartbeat.value;
+        if heartbeat.subsec_nanos() != 0
+            || !(1..=u64::from(u16::MAX)).contains(&heartbeat.as_secs())
+        {
+            return Err(self
+                .heartbeat
+                .invalid("must be a whole number of seconds between 1 and 65535"));
+        }
+        let (reconnect_min_delay, reconnect_max_delay) = self.reconnect_delay.value;
+        if reconnect_min_delay.is_zero() || reconnect_min_delay > reconnect_max_delay {
+            return Err(self
+                .reconnect_delay
+                .invalid("the minimum delay must be above zero and at most the maximum"));
+        }
+        let (max_restarts, restart_period) = self.restart_intensity.value;
+        if restart_period.is_zero() {
+            return Err(self
+                .restart_intensity
+                .invalid("the period must be longer than zero"));
+        }
         Ok(Settings {
-            uri,
+            uris,
             exchange: self.exchange.value,
             namespace: self.namespace.value,
             group: self.group.value,
             prefetch: self.prefetch.value,
             confirm_timeout: self.confirm_timeout.value,
             shutdown_timeout: self.shutdown_timeout.value,
+            heartbeat,
+            reconnect_min_delay,
+            reconnect_max_delay,
+            max_restarts,
+            restart_period,
         })
     }
 }
@@ -331,7 +443,12 @@ mod tests {
         assert_eq!(settings.exchange, "hutch");
         assert_eq!(settings.namespace, None);
         assert_eq!(settings.group, None);
-        assert_eq!(settings.uri.expose(), DEFAULT_URI);
+        assert_eq!(settings.uris.len(), 1);
+        assert_eq!(
+            settings.uris[0].to_string(),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(settings.heartbeat, DEFAULT_HEARTBEAT);
     }
 
     #[test]
@@ -419,6 +536,42 @@ mod tests {
         assert!(debug.contains("user:***@broker:5672"), "{debug}");
         let settings = builder.validate().unwrap();
         assert!(!format!("{settings:?}").contains("s3cret"));
-        assert_eq!(settings.uri.to_string(), "amqp://user:***@broker:5672/%2f");
+        assert_eq!(
+            settings.uris[0].to_string(),
+            "amqp://user:***@broker:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn several_uris_come_from_a_comma_separated_environment_variable() {
+        let settings = HutchBuilder::defaults()
+            .overlay_env(env(&[(
+                "HUTCH_URI",
+                "amqp://a:1@node1, amqp://a:1@node2:5673",
+            )]))
+            .validate()
+            .unwrap();
+        let shown: Vec<_> = settings.uris.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["amqp://a:***@node1:5672/%2f", "amqp://a:***@node2:5673/%2f"]
+        );
+    }
+
+    #[test]
+    fn supervision_settings_are_checked() {
+        let (setting, _) =
+            config_error(HutchBuilder::defaults().heartbeat(Duration::from_millis(1500)));
+        assert_eq!(setting, "HutchBuilder::heartbeat");
+        let (setting, _) = config_error(
+            HutchBuilder::defaults()
+                .reconnect_delay(Duration::from_secs(5), Duration::from_secs(1)),
+        );
+        assert_eq!(setting, "HutchBuilder::reconnect_delay");
+        let (setting, _) =
+            config_error(HutchBuilder::defaults().restart_intensity(3, Duration::ZERO));
+        assert_eq!(setting, "HutchBuilder::restart_intensity");
+        let (setting, _) = config_error(HutchBuilder::defaults().uris(Vec::<String>::new()));
+        assert_eq!(setting, "HutchBuilder::uris");
     }
 }

@@ -111,15 +111,27 @@ pub enum Error {
         timeout: Duration,
     },
 
-    /// A consumer stopped on its own: the broker cancelled it, closed its
-    /// channel, or the connection was lost.
-    #[error("consumer {consumer} (queue {queue:?}) stopped: {reason}")]
-    ConsumerStopped {
-        /// The consumer function.
+    /// A consumer failed more often than its restart intensity allows (or
+    /// could not be restarted); `run`/`run_until` end with this.
+    #[error("consumer {consumer} (queue {queue:?}) failed after {restarts} restart(s): {reason}")]
+    ConsumerFailed {
+        /// The consumer function, `module::function`.
         consumer: String,
         /// Its queue.
         queue: String,
-        /// Why it stopped.
+        /// How many restarts it had before giving up.
+        restarts: u32,
+        /// The last failure.
+        reason: String,
+    },
+
+    /// The publishing connection gave up after a fatal error (e.g. refused
+    /// credentials).
+    #[error("the {connection} connection is unavailable: {reason}")]
+    Unavailable {
+        /// Which connection ("consume" or "publish").
+        connection: &'static str,
+        /// The fatal error it ended with.
         reason: String,
     },
 

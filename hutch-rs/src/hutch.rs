@@ -8,8 +8,11 @@ use serde::Serialize;
 use crate::{
     HutchBuilder, Result, Running,
     config::Settings,
+    event::EventStream,
     publisher::Publisher,
     registry,
+    status::Status,
+    supervisor::observer::Observer,
     topology::{self, ConsumerPlan},
 };
 
@@ -35,6 +38,7 @@ pub struct Hutch {
 #[derive(Debug)]
 struct Inner {
     settings: Arc<Settings>,
+    observer: Observer,
     publisher: Publisher,
 }
 
@@ -57,9 +61,11 @@ impl Hutch {
 
     pub(crate) fn from_settings(settings: Settings) -> Self {
         let settings = Arc::new(settings);
+        let observer = Observer::default();
         Self {
             inner: Arc::new(Inner {
-                publisher: Publisher::new(settings.clone()),
+                publisher: Publisher::new(settings.clone(), observer.clone()),
+                observer,
                 settings,
             }),
         }
@@ -130,7 +136,12 @@ impl Hutch {
         if plans.is_empty() {
             tracing::warn!(group = ?self.group(), "no consumers selected; nothing will be consumed");
         }
-        Running::start(self.inner.settings.clone(), plans).await
+        Running::start(
+            self.inner.settings.clone(),
+            self.inner.observer.clone(),
+            plans,
+        )
+        .await
     }
 
     /// Starts the consumers, runs until `shutdown` resolves, then shuts down
@@ -138,9 +149,8 @@ impl Hutch {
     ///
     /// # Errors
     ///
-    /// Whatever [`start`](Self::start) returns; a consumer that stopped on its
-    /// own ([`Error::ConsumerStopped`](crate::Error::ConsumerStopped)); or
-    /// what shutdown returns.
+    /// Whatever [`start`](Self::start) returns; a failure the tree could not
+    /// recover from ([`Running::failure`]); or what shutdown returns.
     pub async fn run_until<F: Future<Output = ()>>(&self, shutdown: F) -> Result<()> {
         let mut running = self.start().await?;
         let outcome = tokio::select! {
@@ -149,6 +159,21 @@ impl Hutch {
         };
         let stopped = running.shutdown().await;
         outcome.and(stopped)
+    }
+
+    /// A snapshot of the connections and consumers: each connection's state
+    /// and blocked flag, each consumer's state, restart count and channel.
+    /// Enough for a health check: [`Status::is_healthy`].
+    #[must_use]
+    pub fn status(&self) -> Status {
+        self.inner.observer.snapshot()
+    }
+
+    /// Events as they happen: connected, disconnected, blocked, unblocked,
+    /// consumer started, restarted, failed.
+    #[must_use]
+    pub fn events(&self) -> EventStream {
+        self.inner.observer.subscribe()
     }
 
     /// Closes the publishing connection (opened by the first publish). A

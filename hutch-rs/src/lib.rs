@@ -41,9 +41,22 @@
 //!   set; one binding per routing key.
 //! - Published messages are persistent JSON (`application/json`) with a fresh
 //!   message id and a timestamp; a publish resolves after the broker's confirm.
-//! - A handler's `Ok` acks the message. An `Err`, a panic or a body that
-//!   cannot be decoded is logged and rejected without requeue, so a bad
-//!   message never loops.
+//! - A handler's `Ok` acks the message. An `Err` or a body that cannot be
+//!   decoded is logged and rejected without requeue; a panic requeues the
+//!   message once and restarts the consumer, and a second panic on the same
+//!   message rejects it. A bad message never loops.
+//!
+//! # Supervision
+//!
+//! hutch-rs keeps one connection for consumers and one for publishing, and
+//! re-establishes each when it is lost (exponential backoff with jitter,
+//! trying every configured node in turn). A consumer that fails is restarted
+//! on its own channel, which it gets back while it is open, and every new
+//! channel gets all of its state again (qos, declarations, `basic.consume`,
+//! confirm mode). Errors the user must fix (refused credentials, an unknown
+//! vhost, a declaration that conflicts with what exists) are never retried:
+//! they end [`Hutch::start`] or [`run`] with an error naming what is wrong.
+//! [`Hutch::status`] and [`Hutch::events`] show the tree.
 //!
 //! # Features
 //!
@@ -53,11 +66,13 @@ extern crate self as hutch_rs;
 
 mod config;
 mod error;
+mod event;
 mod handler;
 mod hutch;
 mod message;
 mod publisher;
 mod registry;
+mod status;
 mod supervisor;
 mod topology;
 
@@ -65,13 +80,16 @@ mod topology;
 pub mod testing;
 
 pub use config::{
-    DEFAULT_CONFIRM_TIMEOUT, DEFAULT_EXCHANGE, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_URI, HutchBuilder,
+    DEFAULT_CONFIRM_TIMEOUT, DEFAULT_EXCHANGE, DEFAULT_HEARTBEAT, DEFAULT_MAX_RESTARTS,
+    DEFAULT_PREFETCH, DEFAULT_RECONNECT_MAX_DELAY, DEFAULT_RECONNECT_MIN_DELAY,
+    DEFAULT_RESTART_PERIOD, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_URI, HutchBuilder,
 };
 pub use error::{BoxError, Error, Result};
+pub use event::{Event, EventStream};
 pub use hutch::Hutch;
 pub use message::{DecodeError, Message};
 pub use registry::{ConsumerRegistration, consumers};
+pub use status::{ConnectionState, ConnectionStatus, ConsumerState, ConsumerStatus, Status};
 pub use supervisor::app::Running;
 
 /// Marks an async function as a consumer. See the [crate docs](crate) and

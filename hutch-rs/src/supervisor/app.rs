@@ -1,34 +1,45 @@
-//! The root of the tree: one connection for consumers, one task per consumer,
-//! one cancellation token and one task tracker for all of them.
+//! The root of the tree: the consume connection manager, one supervised
+//! task per consumer, one cancellation token and one task tracker for them.
 
 use std::sync::Arc;
 
-use lapin::Connection;
-use tokio::{sync::mpsc, task::JoinHandle};
+use futures_util::future::join_all;
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Error, Result,
     config::Settings,
+    status::Status,
     supervisor::{
-        connection::{Purpose, connect},
-        consumer::Consumer,
+        connection::Purpose, connection_manager::ConnectionManager, consumer::ConsumerSupervisor,
+        observer::Observer,
     },
-    topology::{self, ConsumerPlan},
+    topology::ConsumerPlan,
 };
 
 /// The consumers of a started [`Hutch`](crate::Hutch), from
 /// [`Hutch::start`](crate::Hutch::start).
 ///
-/// Dropping it without [`shutdown`](Self::shutdown) stops the consumers
-/// without waiting for in-flight handlers; their messages are redelivered.
+/// They run under supervision until [`shutdown`](Self::shutdown): the
+/// connection is re-established whenever it is lost, and a consumer that
+/// fails is restarted on its channel. [`failure`](Self::failure) resolves
+/// when something fails for good.
+///
+/// Dropping it without `shutdown` stops the consumers without waiting for
+/// in-flight handlers; their messages are redelivered.
 #[derive(Debug)]
 #[must_use = "consumers stop when `Running` is dropped; call `shutdown().await` to stop them cleanly"]
 pub struct Running {
     settings: Arc<Settings>,
-    /// `None` once closed by `shutdown` (or handed to a closing task by `Drop`).
-    connection: Option<Connection>,
-    shutdown: CancellationToken,
+    observer: Observer,
+    manager: ConnectionManager,
+    manager_task: Option<JoinHandle<()>>,
+    /// Stops the consumers; the connection is closed after them.
+    stop_consumers: CancellationToken,
     tracker: TaskTracker,
     tasks: Vec<JoinHandle<()>>,
     failures: mpsc::UnboundedReceiver<Error>,
@@ -36,67 +47,80 @@ pub struct Running {
 }
 
 impl Running {
-    /// Connects, declares the exchange and every selected consumer's queue and
-    /// bindings, and starts consuming. Resolves once every consumer consumes.
-    pub(crate) async fn start(settings: Arc<Settings>, plans: Vec<ConsumerPlan>) -> Result<Self> {
-        let connection = connect(&settings.uri, Purpose::Consume).await?;
-        match Self::open_consumers(&settings, &connection, plans).await {
-            Ok(consumers) => Ok(Self::spawn(settings, connection, consumers)),
-            Err(error) => {
-                // Leave nothing half-open behind a failed start.
-                let _ = connection.close(200, "hutch-rs start failed".into()).await;
-                Err(error)
-            }
-        }
-    }
-
-    async fn open_consumers(
-        settings: &Settings,
-        connection: &Connection,
+    /// Starts the connection manager and one supervised task per consumer.
+    /// Resolves once every consumer consumes, or with the first fatal error.
+    pub(crate) async fn start(
+        settings: Arc<Settings>,
+        observer: Observer,
         plans: Vec<ConsumerPlan>,
-    ) -> Result<Vec<Consumer>> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|source| Error::Connect {
-                uri: settings.uri.to_string(),
-                source: Box::new(source),
-            })?;
-        topology::declare_exchange(&channel, &settings.exchange).await?;
-        let _ = channel.close(200, "exchange declared".into()).await;
-
-        let mut consumers = Vec::with_capacity(plans.len());
-        for plan in plans {
-            consumers.push(
-                Consumer::open(connection, &settings.exchange, settings.prefetch, plan).await?,
-            );
-        }
-        Ok(consumers)
-    }
-
-    fn spawn(settings: Arc<Settings>, connection: Connection, consumers: Vec<Consumer>) -> Self {
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
+    ) -> Result<Self> {
+        observer.track_consumers(plans.iter().map(|plan| (plan.name(), plan.queue.clone())));
+        let manager = ConnectionManager::new(Purpose::Consume, settings.clone(), observer.clone());
         let (failure_sender, failures) = mpsc::unbounded_channel();
-        let queues = consumers
-            .iter()
-            .map(|consumer| consumer.queue().to_owned())
-            .collect();
-        let tasks = consumers
+        let manager_task = tokio::spawn({
+            let manager = manager.clone();
+            let failures = failure_sender.clone();
+            async move {
+                if let Err(error) = manager.run().await {
+                    let _ = failures.send(error);
+                }
+            }
+        });
+
+        let stop_consumers = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut ready = Vec::with_capacity(plans.len());
+        let queues = plans.iter().map(|plan| plan.queue.clone()).collect();
+        let tasks = plans
             .into_iter()
-            .map(|consumer| {
-                tracker.spawn(consumer.run(shutdown.child_token(), failure_sender.clone()))
+            .map(|plan| {
+                let (ready_sender, ready_receiver) = oneshot::channel();
+                ready.push(ready_receiver);
+                let consumer = ConsumerSupervisor::new(
+                    plan,
+                    settings.clone(),
+                    manager.clone(),
+                    observer.clone(),
+                );
+                let failures = failure_sender.clone();
+                let shutdown = stop_consumers.child_token();
+                tracker.spawn(async move {
+                    if let Err(error) = consumer.supervise(shutdown, ready_sender).await {
+                        let _ = failures.send(error);
+                    }
+                })
             })
             .collect();
         tracker.close();
-        Self {
+
+        let mut running = Self {
             settings,
-            connection: Some(connection),
-            shutdown,
+            observer,
+            manager,
+            manager_task: Some(manager_task),
+            stop_consumers,
             tracker,
             tasks,
             failures,
             queues,
+        };
+        tokio::select! {
+            biased;
+            failure = running.failures.recv() => {
+                let error = failure.expect("this struct holds a sender's receiver while tasks run");
+                // Leave nothing half-started behind a failed start.
+                let _ = running.stop(false).await;
+                Err(error)
+            }
+            all = join_all(ready) => {
+                if all.iter().any(Result::is_err) {
+                    // A consumer ended before consuming: it sent why.
+                    let error = running.failures.recv().await.expect("a failed consumer reports why");
+                    let _ = running.stop(false).await;
+                    return Err(error);
+                }
+                Ok(running)
+            }
         }
     }
 
@@ -106,14 +130,20 @@ impl Running {
         &self.queues
     }
 
-    /// Resolves when a consumer stops without being asked to (the broker
-    /// cancelled it, its channel or the connection failed), with the reason.
-    /// Pending forever while all consumers run.
+    /// A snapshot of the connections and consumers.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        self.observer.snapshot()
+    }
+
+    /// Resolves when something failed for good: a consumer past its restart
+    /// intensity, a refused declaration, refused credentials on reconnect.
+    /// Pending while everything runs or recovers.
     pub async fn failure(&mut self) -> Error {
         match self.failures.recv().await {
             Some(error) => error,
-            // Every sender lives in a consumer task; all of them have ended
-            // only if they were told to stop, which takes `self`.
+            // Never: `self` holds no sender, but the tasks do until `self`
+            // stops them.
             None => std::future::pending().await,
         }
     }
@@ -125,55 +155,51 @@ impl Running {
     /// # Errors
     ///
     /// [`Error::ShutdownTimeout`] when handlers were still running at the
-    /// timeout (their messages are redelivered by the broker), or
-    /// [`Error::Close`] when the connection could not be closed cleanly.
+    /// timeout (their messages are redelivered by the broker).
     pub async fn shutdown(mut self) -> Result<()> {
-        self.shutdown.cancel();
+        self.stop(true).await
+    }
+
+    async fn stop(&mut self, wait_for_handlers: bool) -> Result<()> {
+        self.stop_consumers.cancel();
         let timeout = self.settings.shutdown_timeout;
-        let finished = tokio::time::timeout(timeout, self.tracker.wait())
-            .await
-            .is_ok();
-        let unfinished = if finished {
-            0
-        } else {
-            let unfinished = self.tasks.iter().filter(|task| !task.is_finished()).count();
+        let finished = !wait_for_handlers
+            || tokio::time::timeout(timeout, self.tracker.wait())
+                .await
+                .is_ok();
+        let unfinished = self.tasks.iter().filter(|task| !task.is_finished()).count();
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if !finished {
             tracing::error!(
                 ?timeout,
                 unfinished,
                 "handlers did not finish in time; their messages will be redelivered"
             );
-            for task in &self.tasks {
-                task.abort();
-            }
-            unfinished
-        };
-        self.tasks.clear();
-        let closed = match self.connection.take() {
-            Some(connection) => connection
-                .close(200, "hutch-rs shutdown".into())
-                .await
-                .map_err(|source| Error::Close {
-                    connection: Purpose::Consume.as_str(),
-                    source: Box::new(source),
-                }),
-            None => Ok(()),
-        };
-        if unfinished > 0 {
-            return Err(Error::ShutdownTimeout {
+        }
+        // The connection closes last, after the consumers closed their channels.
+        self.manager.shut_down();
+        if let Some(manager_task) = self.manager_task.take() {
+            let _ = manager_task.await;
+        }
+        if finished {
+            Ok(())
+        } else {
+            Err(Error::ShutdownTimeout {
                 timeout,
                 in_flight: unfinished,
-            });
+            })
         }
-        closed
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.stop_consumers.cancel();
         for task in &self.tasks {
             task.abort();
         }
-        // Dropping the connection closes it (lapin closes on drop).
+        self.manager.shut_down();
     }
 }

@@ -1,5 +1,7 @@
 //! Opening the connections hutch-rs owns.
 
+use std::time::Duration;
+
 use lapin::{Connection, ConnectionProperties};
 
 use crate::{Error, Result, config::BrokerUri};
@@ -23,11 +25,19 @@ impl Purpose {
 
 /// Opens one connection. lapin's own recovery stays off (its default):
 /// hutch-rs is the single owner of recovery.
-pub(crate) async fn connect(uri: &BrokerUri, purpose: Purpose) -> Result<Connection> {
+pub(crate) async fn connect(
+    uri: &BrokerUri,
+    purpose: Purpose,
+    heartbeat: Duration,
+) -> Result<Connection> {
     let name = format!("hutch-rs {} ({})", purpose.as_str(), program_name());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let mut amqp_uri = uri.expose().clone();
+    // Validated to fit in build(); asked for explicitly so that a dead socket
+    // is noticed even when the broker's default is off.
+    amqp_uri.query.heartbeat = Some(u16::try_from(heartbeat.as_secs()).unwrap_or(u16::MAX));
     tracing::debug!(uri = %uri, connection = purpose.as_str(), "connecting");
-    Connection::connect(uri.expose(), properties)
+    Connection::connect_uri(amqp_uri, properties)
         .await
         .map_err(|source| Error::Connect {
             uri: uri.to_string(),

@@ -1,157 +1,320 @@
-//! One consumer: its channel, its queue, and the loop that hands each
-//! delivery to the registered function and acks or rejects it.
+//! One consumer under supervision: it asks its connection manager for its
+//! channel, applies all of its state to it, hands each delivery to the
+//! registered function, and is restarted when it fails.
 
-use std::panic::AssertUnwindSafe;
+use std::{
+    collections::HashSet,
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
-    Channel, Connection,
+    Channel,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
-        BasicRejectOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicQosOptions, BasicRejectOptions,
     },
     types::FieldTable,
 };
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
     Error, Result,
+    config::Settings,
     handler::HandlerOutcome,
     message::Incoming,
+    status::ConsumerState,
+    supervisor::{
+        classify, connection_manager::ConnectionManager, intensity::RestartIntensity,
+        observer::Observer,
+    },
     topology::{self, ConsumerPlan},
 };
 
-/// A consumer whose channel is open, whose queue is declared and bound, and
-/// whose `basic.consume` the broker has accepted.
-pub(crate) struct Consumer {
-    plan: ConsumerPlan,
-    channel: Channel,
-    deliveries: lapin::Consumer,
+/// How one run of a consumer on its channel ended.
+#[derive(Debug)]
+enum Ended {
+    /// Asked to stop.
+    Shutdown,
+    /// The connection went away: the manager reconnects; the consumer
+    /// waits for its channel. Not a consumer failure.
+    ConnectionLost(String),
+    /// The consumer itself failed (a handler panicked, the broker cancelled
+    /// it or closed its channel): restarted under the restart intensity.
+    Crashed(String),
 }
 
-impl Consumer {
-    /// Opens the consumer's channel and applies all of its state: qos, the
-    /// queue and its bindings, and `basic.consume` with manual acks.
-    pub(crate) async fn open(
-        connection: &Connection,
-        exchange: &str,
-        prefetch: u16,
+/// One consumer and what it needs to restart itself.
+#[derive(Debug)]
+pub(crate) struct ConsumerSupervisor {
+    plan: ConsumerPlan,
+    name: String,
+    settings: Arc<Settings>,
+    manager: ConnectionManager,
+    observer: Observer,
+    /// Message ids whose handler panicked once, kept across restarts: the
+    /// second panic of the same message rejects it.
+    panicked_once: Mutex<HashSet<String>>,
+}
+
+/// Bounds the memory of `panicked_once`; forgetting only means a message
+/// gets one more delivery.
+const MAX_REMEMBERED_PANICS: usize = 10_000;
+
+impl ConsumerSupervisor {
+    pub(crate) fn new(
         plan: ConsumerPlan,
-    ) -> Result<Self> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|source| stopped(&plan, format!("could not open a channel: {source}")))?;
+        settings: Arc<Settings>,
+        manager: ConnectionManager,
+        observer: Observer,
+    ) -> Self {
+        Self {
+            name: plan.name(),
+            plan,
+            settings,
+            manager,
+            observer,
+            panicked_once: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether this message panicked before (and remembers that it did now).
+    fn panicked_before(&self, message_id: &str, redelivered: bool) -> bool {
+        if message_id.is_empty() {
+            // Nothing to recognise it by: a redelivered message gets no more chances.
+            return redelivered;
+        }
+        let mut panicked = self
+            .panicked_once
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if panicked.remove(message_id) {
+            return true;
+        }
+        if panicked.len() >= MAX_REMEMBERED_PANICS {
+            panicked.clear();
+        }
+        panicked.insert(message_id.to_owned());
+        false
+    }
+
+    /// Runs the consumer until `shutdown`, restarting it after failures.
+    /// `ready` is sent the first time it consumes. `Err` is for the caller
+    /// of `run`: a fatal error, or more restarts than the intensity allows.
+    pub(crate) async fn supervise(
+        self,
+        shutdown: CancellationToken,
+        ready: oneshot::Sender<()>,
+    ) -> Result<()> {
+        let span = tracing::info_span!("consumer", consumer = %self.name, queue = %self.plan.queue);
+        self.restart_loop(shutdown, ready).instrument(span).await
+    }
+
+    async fn restart_loop(
+        self,
+        shutdown: CancellationToken,
+        ready: oneshot::Sender<()>,
+    ) -> Result<()> {
+        let mut ready = Some(ready);
+        let mut intensity =
+            RestartIntensity::new(self.settings.max_restarts, self.settings.restart_period);
+        loop {
+            self.observer
+                .consumer_state(&self.name, ConsumerState::WaitingForChannel);
+            let lease = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => None,
+                lease = self.manager.channel(&self.name) => lease,
+            };
+            let Some(lease) = lease else {
+                // Shutdown, or the manager gave up (it reports why itself).
+                self.observer
+                    .consumer_state(&self.name, ConsumerState::Stopped);
+                return Ok(());
+            };
+            self.observer
+                .consumer_state(&self.name, ConsumerState::Starting);
+            let ended = match self.start_on(&lease.channel).await {
+                Ok(deliveries) => {
+                    tracing::info!(
+                        channel = lease.channel.id(),
+                        reused = !lease.fresh,
+                        "consuming"
+                    );
+                    self.observer.consumer_started(
+                        &self.name,
+                        &self.plan.queue,
+                        lease.channel.id(),
+                    );
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                    let run = Run {
+                        consumer: &self,
+                        channel: lease.channel,
+                        deliveries,
+                    };
+                    run.consume(&shutdown).await
+                }
+                Err(Setup::Fatal(error)) => {
+                    tracing::error!(%error, "the broker refused this consumer's setup");
+                    self.observer.consumer_failed(&self.name, error.to_string());
+                    return Err(error);
+                }
+                Err(Setup::Failed(error)) if classify::is_channel_only(&error) => {
+                    Ended::Crashed(format!("setting up the channel failed: {error}"))
+                }
+                Err(Setup::Failed(error)) => Ended::ConnectionLost(error.to_string()),
+            };
+            match ended {
+                Ended::Shutdown => {
+                    self.observer
+                        .consumer_state(&self.name, ConsumerState::Stopped);
+                    return Ok(());
+                }
+                Ended::ConnectionLost(reason) => {
+                    tracing::warn!(%reason, "connection lost; waiting for a new channel");
+                    self.manager.report_trouble();
+                }
+                Ended::Crashed(reason) => {
+                    if !intensity.allow_restart(Instant::now()) {
+                        tracing::error!(%reason, restarts = intensity.total(), "failed more often than the restart intensity allows; giving up");
+                        self.observer.consumer_failed(&self.name, reason.clone());
+                        return Err(Error::ConsumerFailed {
+                            consumer: self.name.clone(),
+                            queue: self.plan.queue.clone(),
+                            restarts: intensity.total(),
+                            reason,
+                        });
+                    }
+                    tracing::warn!(%reason, restarts = intensity.total(), "consumer failed; restarting it");
+                    self.observer
+                        .consumer_restarted(&self.name, intensity.total(), reason);
+                }
+            }
+        }
+    }
+
+    /// Applies the consumer's whole channel state: qos, the exchange, its
+    /// queue and bindings, then `basic.consume` with manual acks. Done on
+    /// every start, because a new channel has none of it and a restarted
+    /// consumer may find its queue gone.
+    async fn start_on(&self, channel: &Channel) -> std::result::Result<lapin::Consumer, Setup> {
         channel
-            .basic_qos(prefetch, BasicQosOptions::default())
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
             .await
-            .map_err(|source| stopped(&plan, format!("basic.qos refused: {source}")))?;
-        topology::declare_consumer_queue(&channel, exchange, &plan).await?;
-        let deliveries = channel
+            .map_err(Setup::Failed)?;
+        topology::declare_exchange(channel, &self.settings.exchange)
+            .await
+            .map_err(Setup::from_declare)?;
+        topology::declare_consumer_queue(channel, &self.settings.exchange, &self.plan)
+            .await
+            .map_err(Setup::from_declare)?;
+        channel
             .basic_consume(
-                plan.queue.as_str().into(),
-                consumer_tag(&plan).into(),
+                self.plan.queue.as_str().into(),
+                consumer_tag(&self.plan).into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .map_err(|source| Error::Declare {
-                resource: format!(
-                    "basic.consume on queue {:?} for {}",
-                    plan.queue,
-                    plan.name()
-                ),
-                source: Box::new(source),
-            })?;
-        Ok(Self {
-            plan,
-            channel,
-            deliveries,
-        })
+            .map_err(|source| {
+                Setup::from_declare(Error::Declare {
+                    resource: format!(
+                        "basic.consume on queue {:?} for {}",
+                        self.plan.queue, self.name
+                    ),
+                    source: Box::new(source),
+                })
+            })
     }
+}
 
-    /// The queue this consumer consumes from.
-    pub(crate) fn queue(&self) -> &str {
-        &self.plan.queue
+/// Why a consumer could not start on its channel.
+enum Setup {
+    /// The broker refused something the user must fix.
+    Fatal(Error),
+    /// The channel or connection failed meanwhile.
+    Failed(lapin::Error),
+}
+
+impl Setup {
+    fn from_declare(error: Error) -> Self {
+        match error {
+            Error::Declare { source, .. } if !classify::is_fatal_channel_error(&source) => {
+                Setup::Failed(*source)
+            }
+            error => Setup::Fatal(error),
+        }
     }
+}
 
-    /// Consumes until `shutdown` is cancelled or the broker ends the
-    /// consumer. An end hutch-rs did not ask for is reported on `failures`.
-    pub(crate) async fn run(
-        self,
-        shutdown: CancellationToken,
-        failures: mpsc::UnboundedSender<Error>,
-    ) {
-        let span =
-            tracing::info_span!("consumer", consumer = %self.plan.name(), queue = %self.plan.queue);
-        self.consume(shutdown, failures).instrument(span).await;
-    }
+/// One consumption run on one channel: the channel generation every
+/// delivery of this run belongs to.
+struct Run<'a> {
+    consumer: &'a ConsumerSupervisor,
+    channel: Channel,
+    deliveries: lapin::Consumer,
+}
 
-    async fn consume(
-        mut self,
-        shutdown: CancellationToken,
-        failures: mpsc::UnboundedSender<Error>,
-    ) {
-        tracing::info!("consuming");
+/// What handling one delivery came to, for the run.
+enum Handled {
+    Settled,
+    /// The handler panicked: the consumer restarts.
+    Panicked(String),
+}
+
+impl Run<'_> {
+    async fn consume(mut self, shutdown: &CancellationToken) -> Ended {
         loop {
             let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => return self.stop().await,
                 next = self.deliveries.next() => next,
             };
-            let reason = match next {
+            match next {
                 Some(Ok(delivery)) => {
                     let handling = self.handle(delivery);
                     tokio::pin!(handling);
-                    tokio::select! {
+                    let handled = tokio::select! {
                         biased;
-                        () = &mut handling => continue,
+                        handled = &mut handling => handled,
                         () = shutdown.cancelled() => {
-                            // Stop new deliveries at once, and let the
-                            // in-flight handler finish and be acked.
-                            tokio::join!(self.cancel_consume(), handling);
+                            // Stop new deliveries at once; let the in-flight
+                            // handler finish and be acked.
+                            let (_, handled) = tokio::join!(self.cancel_consume(), handling);
+                            if let Handled::Panicked(panic) = handled {
+                                tracing::error!(%panic, "handler panicked during shutdown");
+                            }
                             self.close_channel().await;
-                            return;
+                            return Ended::Shutdown;
                         }
+                    };
+                    if let Handled::Panicked(panic) = handled {
+                        self.release_outstanding().await;
+                        return Ended::Crashed(format!("the handler panicked: {panic}"));
                     }
                 }
-                Some(Err(error)) => format!("the channel or connection failed: {error}"),
-                None => "the broker cancelled the consumer (was its queue deleted?)".to_owned(),
-            };
-            tracing::error!(%reason, "consumer stopped");
-            // The receiver is gone only when the application is already
-            // shutting down, in which case there is nobody left to tell.
-            let _ = failures.send(stopped(&self.plan, reason));
-            return;
-        }
-        self.cancel_consume().await;
-        self.close_channel().await;
-    }
-
-    /// Ends `basic.consume`: the broker sends this consumer nothing more.
-    async fn cancel_consume(&self) {
-        if let Err(error) = self
-            .channel
-            .basic_cancel(self.deliveries.tag(), BasicCancelOptions::default())
-            .await
-        {
-            tracing::warn!(%error, "basic.cancel failed during shutdown");
+                Some(Err(error)) if classify::is_channel_only(&error) => {
+                    return Ended::Crashed(format!("the broker closed the channel: {error}"));
+                }
+                Some(Err(error)) => return Ended::ConnectionLost(error.to_string()),
+                None if self.channel.status().connected() => {
+                    return Ended::Crashed(
+                        "the broker cancelled the consumer (was its queue deleted?)".to_owned(),
+                    );
+                }
+                None => return Ended::ConnectionLost("the channel closed".to_owned()),
+            }
         }
     }
 
-    /// Closes the channel; deliveries that were prefetched but not handled
-    /// go back to the queue.
-    async fn close_channel(&self) {
-        if let Err(error) = self.channel.close(200, "hutch-rs shutdown".into()).await {
-            tracing::warn!(%error, "closing the channel failed during shutdown");
-        }
-        tracing::info!("stopped");
-    }
-
-    async fn handle(&self, delivery: Delivery) {
+    async fn handle(&self, delivery: Delivery) -> Handled {
         let Delivery {
             delivery_tag,
             exchange,
@@ -173,57 +336,121 @@ impl Consumer {
             redelivered,
             properties,
         };
-        let handler = self.plan.registration.handler();
+        let handler = self.consumer.plan.registration.handler();
         // The handler is called inside the guarded future so that a panic
         // while decoding is caught as well as one in the handler's body.
         let outcome = AssertUnwindSafe(async move { handler(incoming).await })
             .catch_unwind()
             .await;
 
-        // Nothing is requeued here: a message that failed once would fail
-        // again at once and loop forever. Retries with a delay come from the
-        // retry policy, not from requeueing.
+        // A delivery tag is only valid on the channel it came from. If that
+        // channel closed while the handler ran, the broker has already taken
+        // the message back; settling it on a newer channel would make the
+        // broker close that one (406 unknown delivery tag).
+        if !self.channel.status().connected() {
+            self.consumer.observer.stale_ack(&self.consumer.name);
+            tracing::warn!(%message_id, delivery_tag, "the delivery's channel closed while it was handled; not settled, the broker redelivers it");
+            return match outcome {
+                Err(panic) => Handled::Panicked(panic_message(panic.as_ref())),
+                Ok(_) => Handled::Settled,
+            };
+        }
+
+        // Errors are not requeued: a message that failed once would fail
+        // again at once and loop forever.
         let reject = BasicRejectOptions { requeue: false };
-        let settled = match outcome {
-            Ok(HandlerOutcome::Succeeded) => acker.ack(BasicAckOptions::default()).await,
+        let (settled, handled) = match outcome {
+            Ok(HandlerOutcome::Succeeded) => (
+                acker.ack(BasicAckOptions::default()).await,
+                Handled::Settled,
+            ),
             Ok(HandlerOutcome::Failed(error)) => {
                 tracing::error!(%message_id, delivery_tag, %error, "handler failed; message rejected");
-                acker.reject(reject).await
+                (acker.reject(reject).await, Handled::Settled)
             }
             Ok(HandlerOutcome::Undecodable(error)) => {
                 tracing::error!(%message_id, delivery_tag, %error, "message cannot be decoded; rejected, handler not called");
-                acker.reject(reject).await
+                (acker.reject(reject).await, Handled::Settled)
             }
             Err(panic) => {
                 let panic = panic_message(panic.as_ref());
-                tracing::error!(%message_id, delivery_tag, %panic, "handler panicked; message rejected");
-                acker.reject(reject).await
+                // A panic may come from the state of the process rather than
+                // from the message: it gets one more delivery. A message
+                // that panics again is rejected, so a poison message cannot
+                // loop.
+                let settled = if self.consumer.panicked_before(&message_id, redelivered) {
+                    tracing::error!(%message_id, delivery_tag, %panic, "handler panicked again on the same message; rejected");
+                    acker.reject(reject).await
+                } else {
+                    tracing::error!(%message_id, delivery_tag, %panic, "handler panicked; message requeued, consumer restarting");
+                    acker
+                        .nack(BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        })
+                        .await
+                };
+                (settled, Handled::Panicked(panic))
             }
         };
         match settled {
             Ok(true) => {}
-            // The channel closed while the handler ran: the broker already
-            // took the message back and will deliver it again.
             Ok(false) => {
-                tracing::warn!(%message_id, delivery_tag, "channel closed before the message could be settled; the broker will redeliver it")
+                self.consumer.observer.stale_ack(&self.consumer.name);
+                tracing::warn!(%message_id, delivery_tag, "the delivery's channel closed before it was settled; the broker redelivers it");
             }
             Err(error) => {
-                tracing::warn!(%message_id, delivery_tag, %error, "could not settle the message; the broker will redeliver it")
+                tracing::warn!(%message_id, delivery_tag, %error, "could not settle the message; the broker redelivers it")
             }
         }
+        handled
+    }
+
+    /// Before the consumer restarts on this (still open) channel: stop the
+    /// old `basic.consume` and hand back what was prefetched for it, which
+    /// would otherwise stay unacknowledged on the channel.
+    async fn release_outstanding(&self) {
+        self.cancel_consume().await;
+        let all = BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        };
+        // Delivery tag 0 with `multiple` means every unacknowledged delivery
+        // of the channel, all of which belong to this consumer.
+        if let Err(error) = self.channel.basic_nack(0, all).await {
+            tracing::warn!(%error, "could not requeue prefetched messages");
+        }
+    }
+
+    async fn stop(&self) -> Ended {
+        self.cancel_consume().await;
+        self.close_channel().await;
+        Ended::Shutdown
+    }
+
+    /// Ends `basic.consume`: the broker sends this consumer nothing more.
+    async fn cancel_consume(&self) {
+        if let Err(error) = self
+            .channel
+            .basic_cancel(self.deliveries.tag(), BasicCancelOptions::default())
+            .await
+        {
+            tracing::debug!(%error, "basic.cancel failed");
+        }
+    }
+
+    /// Closes the channel; deliveries that were prefetched but not handled
+    /// go back to the queue.
+    async fn close_channel(&self) {
+        if let Err(error) = self.channel.close(200, "hutch-rs shutdown".into()).await {
+            tracing::debug!(%error, "closing the channel failed during shutdown");
+        }
+        tracing::info!("stopped");
     }
 }
 
 fn consumer_tag(plan: &ConsumerPlan) -> String {
     format!("hutch-rs:{}:{}", plan.queue, uuid::Uuid::new_v4().simple())
-}
-
-fn stopped(plan: &ConsumerPlan, reason: String) -> Error {
-    Error::ConsumerStopped {
-        consumer: plan.name(),
-        queue: plan.queue.clone(),
-        reason,
-    }
 }
 
 /// The text of a panic payload (`panic!` gives a `&str` or a `String`).

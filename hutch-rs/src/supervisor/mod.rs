@@ -2,5 +2,9 @@
 //! running on them.
 
 pub(crate) mod app;
+pub(crate) mod classify;
 pub(crate) mod connection;
+pub(crate) mod connection_manager;
 pub(crate) mod consumer;
+mod intensity;
+pub(crate) mod observer;

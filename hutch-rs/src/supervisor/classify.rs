@@ -1,0 +1,109 @@
+//! Which failures hutch-rs retries and which it hands to the user.
+//!
+//! AMQP reports a user's mistake by closing the channel or connection with a
+//! reply code. Retrying those would hide the mistake behind a restart loop,
+//! so they end `start`/`run` with an error; everything that is about the
+//! network or the broker being away is retried with backoff.
+
+use lapin::{Error, ErrorKind};
+
+/// 402 INVALID_PATH: the vhost in the URI is not a valid path.
+const INVALID_PATH: u16 = 402;
+/// 403 ACCESS_REFUSED: refused credentials, or no permission on a resource.
+const ACCESS_REFUSED: u16 = 403;
+/// 404 NOT_FOUND: e.g. binding to an exchange that does not exist.
+const NOT_FOUND: u16 = 404;
+/// 405 RESOURCE_LOCKED: an exclusive queue of another connection.
+const RESOURCE_LOCKED: u16 = 405;
+/// 406 PRECONDITION_FAILED: a declaration inequivalent to what exists.
+const PRECONDITION_FAILED: u16 = 406;
+/// 530 NOT_ALLOWED: the vhost does not exist or the user may not use it.
+const NOT_ALLOWED: u16 = 530;
+
+fn reply_code(error: &Error) -> Option<u16> {
+    match error.kind() {
+        ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+/// A failure to open a connection that retrying cannot fix: refused
+/// credentials, an unknown or forbidden vhost, a broker speaking another
+/// protocol.
+pub(crate) fn is_fatal_connect_error(error: &Error) -> bool {
+    match error.kind() {
+        ErrorKind::ProtocolError(_) => matches!(
+            reply_code(error),
+            Some(ACCESS_REFUSED | NOT_ALLOWED | INVALID_PATH)
+        ),
+        ErrorKind::AuthProviderError(_)
+        | ErrorKind::InvalidProtocolVersion(_)
+        | ErrorKind::ParsingError(_)
+        | ErrorKind::SerialisationError(_)
+        | ErrorKind::NoDefaultRuntime => true,
+        _ => false,
+    }
+}
+
+/// A refused declaration, binding or `basic.consume` that the user must fix
+/// (it would fail the same way on every retry).
+pub(crate) fn is_fatal_channel_error(error: &Error) -> bool {
+    error.is_amqp_soft_error()
+        && matches!(
+            reply_code(error),
+            Some(ACCESS_REFUSED | NOT_FOUND | RESOURCE_LOCKED | PRECONDITION_FAILED)
+        )
+}
+
+/// The channel alone was closed by the broker (e.g. 406 on a delivery
+/// acknowledgement timeout) while the connection lives on.
+pub(crate) fn is_channel_only(error: &Error) -> bool {
+    error.is_amqp_soft_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError, AMQPSoftError};
+
+    fn amqp(kind: AMQPErrorKind) -> Error {
+        Error::from(ErrorKind::ProtocolError(AMQPError::new(
+            kind,
+            "text".into(),
+        )))
+    }
+
+    #[test]
+    fn refused_credentials_and_vhosts_are_fatal_at_connect() {
+        assert!(is_fatal_connect_error(&amqp(AMQPErrorKind::Soft(
+            AMQPSoftError::ACCESSREFUSED
+        ))));
+        assert!(is_fatal_connect_error(&amqp(AMQPErrorKind::Hard(
+            AMQPHardError::NOTALLOWED
+        ))));
+        assert!(!is_fatal_connect_error(&amqp(AMQPErrorKind::Hard(
+            AMQPHardError::CONNECTIONFORCED
+        ))));
+        let io = Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(!is_fatal_connect_error(&io));
+        assert!(!is_fatal_connect_error(&Error::from(
+            ErrorKind::MissingHeartbeatError
+        )));
+    }
+
+    #[test]
+    fn inequivalent_declarations_are_fatal_connection_losses_are_not() {
+        assert!(is_fatal_channel_error(&amqp(AMQPErrorKind::Soft(
+            AMQPSoftError::PRECONDITIONFAILED
+        ))));
+        assert!(is_fatal_channel_error(&amqp(AMQPErrorKind::Soft(
+            AMQPSoftError::ACCESSREFUSED
+        ))));
+        assert!(!is_fatal_channel_error(&amqp(AMQPErrorKind::Hard(
+            AMQPHardError::CONNECTIONFORCED
+        ))));
+        let io = Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!is_fatal_channel_error(&io));
+        assert!(!is_channel_only(&io));
+    }
+}

@@ -1,0 +1,259 @@
+//! The connection manager: opens and re-opens one connection, and hands out
+//! channels, one per owner, reused while open.
+
+use std::{collections::HashMap, sync::Arc};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::{Channel, Connection};
+use tokio::sync::{Mutex, Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Error, Result,
+    config::{BrokerUri, Settings},
+    status::ConnectionState,
+    supervisor::{
+        classify,
+        connection::{Purpose, connect},
+        observer::Observer,
+    },
+};
+
+/// The state of the managed connection, as channel requests see it.
+#[derive(Debug, Clone)]
+enum Link {
+    /// Connecting or reconnecting: channel requests wait.
+    Down,
+    /// Open.
+    Up(Arc<Connection>),
+    /// Closed for good (shutdown, or a fatal error): channel requests give up.
+    Ended,
+}
+
+/// A channel handed to its owner.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub(crate) channel: Channel,
+    /// Newly opened (rather than the owner's previous, still open channel):
+    /// all of the owner's channel state must be applied to it.
+    pub(crate) fresh: bool,
+}
+
+/// Opens one connection and keeps it open: reconnects with exponential
+/// backoff and jitter, trying the configured nodes in turn, and hands out
+/// channels. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionManager {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    purpose: Purpose,
+    settings: Arc<Settings>,
+    observer: Observer,
+    link: watch::Sender<Link>,
+    /// The owner → channel map: a restarted owner gets its channel back
+    /// while it is open, instead of leaking a new one.
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Rung by whoever saw the connection fail (a consumer whose stream
+    /// ended, a publish that failed), so the manager checks it at once.
+    trouble: Notify,
+    shutdown: CancellationToken,
+}
+
+impl ConnectionManager {
+    pub(crate) fn new(purpose: Purpose, settings: Arc<Settings>, observer: Observer) -> Self {
+        observer.connecting(purpose.as_str());
+        Self {
+            shared: Arc::new(Shared {
+                purpose,
+                settings,
+                observer,
+                link: watch::Sender::new(Link::Down),
+                channels: Mutex::new(HashMap::new()),
+                trouble: Notify::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Closes the connection and ends [`run`](Self::run); waiting channel
+    /// requests return `None`.
+    pub(crate) fn shut_down(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Tells the manager that an operation failed in a way that may mean the
+    /// connection is gone.
+    pub(crate) fn report_trouble(&self) {
+        self.shared.trouble.notify_one();
+    }
+
+    /// The owner's channel: its previous one while that is still open,
+    /// otherwise a new one. Waits while the connection is down; `None` only
+    /// once the manager has ended (shutdown or a fatal error, which the
+    /// manager itself reports).
+    pub(crate) async fn channel(&self, owner: &str) -> Option<Lease> {
+        let mut link = self.shared.link.subscribe();
+        loop {
+            let connection = {
+                let current = link
+                    .wait_for(|link| !matches!(link, Link::Down))
+                    .await
+                    .ok()?;
+                match &*current {
+                    Link::Up(connection) => connection.clone(),
+                    Link::Ended | Link::Down => return None,
+                }
+            };
+            let mut channels = self.shared.channels.lock().await;
+            if let Some(channel) = channels.get(owner)
+                && channel.status().connected()
+            {
+                return Some(Lease {
+                    channel: channel.clone(),
+                    fresh: false,
+                });
+            }
+            match connection.create_channel().await {
+                Ok(channel) => {
+                    channels.insert(owner.to_owned(), channel.clone());
+                    return Some(Lease {
+                        channel,
+                        fresh: true,
+                    });
+                }
+                Err(error) => {
+                    drop(channels);
+                    tracing::debug!(connection = self.shared.purpose.as_str(), %error, "could not open a channel; waiting for the connection");
+                    self.report_trouble();
+                    // Wait for the link to change (down, then up again).
+                    if link.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects, serves the connection until it is lost, reconnects; until
+    /// shut down (`Ok`) or a fatal error (`Err`, e.g. refused credentials).
+    pub(crate) async fn run(self) -> Result<()> {
+        let shared = &self.shared;
+        let settings = &shared.settings;
+        let purpose = shared.purpose.as_str();
+        let mut backoff = new_backoff(settings);
+        let mut attempts: u64 = 0;
+        let mut node = 0;
+        loop {
+            let uri = &settings.uris[node % settings.uris.len()];
+            node += 1;
+            let connecting = connect(uri, shared.purpose, settings.heartbeat);
+            let connected = tokio::select! {
+                biased;
+                () = shared.shutdown.cancelled() => {
+                    self.end(ConnectionState::Closed);
+                    return Ok(());
+                }
+                connected = connecting => connected,
+            };
+            match connected {
+                Ok(connection) => {
+                    attempts = 0;
+                    backoff = new_backoff(settings);
+                    let Some(reason) = self.serve(connection, uri).await else {
+                        return Ok(());
+                    };
+                    tracing::warn!(connection = purpose, %reason, "connection lost; reconnecting");
+                    shared.observer.disconnected(purpose, reason);
+                }
+                Err(Error::Connect { uri, source })
+                    if classify::is_fatal_connect_error(&source) =>
+                {
+                    tracing::error!(connection = purpose, %uri, error = %source, "the broker refused the connection; giving up");
+                    self.end(ConnectionState::Failed);
+                    return Err(Error::Connect { uri, source });
+                }
+                Err(error) => {
+                    attempts += 1;
+                    tracing::warn!(connection = purpose, attempts, %error, "could not connect; retrying");
+                }
+            }
+            let delay = backoff.next().unwrap_or(settings.reconnect_max_delay);
+            tokio::select! {
+                biased;
+                () = shared.shutdown.cancelled() => {
+                    self.end(ConnectionState::Closed);
+                    return Ok(());
+                }
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Publishes the open connection and watches it. Returns why it was
+    /// lost, or `None` when shut down (after closing it).
+    async fn serve(&self, connection: Connection, uri: &BrokerUri) -> Option<String> {
+        let shared = &self.shared;
+        let purpose = shared.purpose.as_str();
+        let mut events = connection.events_listener();
+        let connection = Arc::new(connection);
+        shared.link.send_replace(Link::Up(connection.clone()));
+        tracing::info!(connection = purpose, broker = %uri, "connected");
+        shared.observer.connected(purpose, uri.to_string());
+        let reason = loop {
+            tokio::select! {
+                biased;
+                () = shared.shutdown.cancelled() => {
+                    self.end(ConnectionState::Closed);
+                    if let Err(error) = connection.close(200, "hutch-rs shutdown".into()).await {
+                        tracing::debug!(connection = purpose, %error, "closing the connection failed");
+                    }
+                    return None;
+                }
+                event = events.next() => match event {
+                    // Channel errors arrive here too: only a connection
+                    // that is no longer connected is lost.
+                    Some(lapin::Event::Error(error)) if !connection.status().connected() => break error.to_string(),
+                    Some(lapin::Event::ConnectionBlocked(reason)) => {
+                        tracing::warn!(connection = purpose, %reason, "the broker blocked the connection");
+                        shared.observer.blocked(purpose, reason);
+                    }
+                    Some(lapin::Event::ConnectionUnblocked) => {
+                        tracing::info!(connection = purpose, "the broker unblocked the connection");
+                        shared.observer.unblocked(purpose);
+                    }
+                    Some(_) => {}
+                    None => break "the connection's event stream ended".to_owned(),
+                },
+                () = shared.trouble.notified() => {
+                    if !connection.status().connected() {
+                        break "the connection is no longer connected".to_owned();
+                    }
+                }
+            }
+        };
+        shared.link.send_replace(Link::Down);
+        shared.channels.lock().await.clear();
+        Some(reason)
+    }
+
+    fn end(&self, state: ConnectionState) {
+        self.shared.link.send_replace(Link::Ended);
+        self.shared
+            .observer
+            .connection_ended(self.shared.purpose.as_str(), state);
+    }
+}
+
+fn new_backoff(settings: &Settings) -> impl Iterator<Item = std::time::Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(settings.reconnect_min_delay)
+        .with_max_delay(settings.reconnect_max_delay)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

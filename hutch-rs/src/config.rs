@@ -23,6 +23,8 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RECONNECT_MIN_DELAY: Duration = Duration::from_millis(200);
 /// The longest delay between two connection attempts.
 pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
+/// How long one connection attempt (TCP, TLS and the AMQP handshake) may take.
+pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many times one consumer may be restarted within
 /// [`DEFAULT_RESTART_PERIOD`] before its failure ends `run`.
 pub const DEFAULT_MAX_RESTARTS: u32 = 10;
@@ -136,6 +138,7 @@ pub(crate) struct Settings {
     pub(crate) confirm_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) heartbeat: Duration,
+    pub(crate) connection_timeout: Duration,
     pub(crate) reconnect_min_delay: Duration,
     pub(crate) reconnect_max_delay: Duration,
     pub(crate) max_restarts: u32,
@@ -177,6 +180,7 @@ pub struct HutchBuilder {
     confirm_timeout: Layered<Duration>,
     shutdown_timeout: Layered<Duration>,
     heartbeat: Layered<Duration>,
+    connection_timeout: Layered<Duration>,
     reconnect_delay: Layered<(Duration, Duration)>,
     restart_intensity: Layered<(u32, Duration)>,
 }
@@ -202,6 +206,7 @@ impl fmt::Debug for HutchBuilder {
             .field("confirm_timeout", &self.confirm_timeout.value)
             .field("shutdown_timeout", &self.shutdown_timeout.value)
             .field("heartbeat", &self.heartbeat.value)
+            .field("connection_timeout", &self.connection_timeout.value)
             .field("reconnect_delay", &self.reconnect_delay.value)
             .field("restart_intensity", &self.restart_intensity.value)
             .finish()
@@ -220,6 +225,7 @@ impl HutchBuilder {
             confirm_timeout: Layered::new(DEFAULT_CONFIRM_TIMEOUT, Source::Default),
             shutdown_timeout: Layered::new(DEFAULT_SHUTDOWN_TIMEOUT, Source::Default),
             heartbeat: Layered::new(DEFAULT_HEARTBEAT, Source::Default),
+            connection_timeout: Layered::new(DEFAULT_CONNECTION_TIMEOUT, Source::Default),
             reconnect_delay: Layered::new(
                 (DEFAULT_RECONNECT_MIN_DELAY, DEFAULT_RECONNECT_MAX_DELAY),
                 Source::Default,
@@ -321,6 +327,13 @@ impl HutchBuilder {
         self
     }
 
+    /// How long one connection attempt may take, handshake included; a
+    /// broker that accepts the socket but never answers counts as down.
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = Layered::new(timeout, Source::Setter("connection_timeout"));
+        self
+    }
+
     /// The delays between connection attempts: exponential from `min` to
     /// `max`, with jitter, reset once a connection succeeds.
     pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
@@ -375,7 +388,11 @@ impl HutchBuilder {
                 .prefetch
                 .invalid("must be at least 1 (0 would mean no limit)"));
         }
-        for timeout in [&self.confirm_timeout, &self.shutdown_timeout] {
+        for timeout in [
+            &self.confirm_timeout,
+            &self.shutdown_timeout,
+            &self.connection_timeout,
+        ] {
             if timeout.value.is_zero() {
                 return Err(timeout.invalid("must be longer than zero"));
             }
@@ -409,6 +426,7 @@ impl HutchBuilder {
             confirm_timeout: self.confirm_timeout.value,
             shutdown_timeout: self.shutdown_timeout.value,
             heartbeat,
+            connection_timeout: self.connection_timeout.value,
             reconnect_min_delay,
             reconnect_max_delay,
             max_restarts,

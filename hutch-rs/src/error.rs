@@ -37,6 +37,15 @@ pub enum Error {
         source: Box<lapin::Error>,
     },
 
+    /// A connection attempt did not complete in time (retried with backoff).
+    #[error("connecting to {uri} took longer than {timeout:?}")]
+    ConnectTimeout {
+        /// The broker URI, password masked.
+        uri: String,
+        /// The connection timeout.
+        timeout: Duration,
+    },
+
     /// The broker refused to declare or bind something (e.g. 406
     /// PRECONDITION_FAILED: it exists with other arguments, or 403
     /// ACCESS_REFUSED).

@@ -2,7 +2,10 @@
 //! a journal that handlers write to and tests wait on, and raw lapin access
 //! for publishing what hutch-rs itself never would.
 
+pub mod proxy;
+
 use std::{
+    collections::{BTreeSet, HashMap, HashSet},
     sync::{LazyLock, Mutex},
     time::Duration,
 };
@@ -286,3 +289,75 @@ pub async fn declare_queue(queue: &str, arguments: lapin::types::FieldTable) {
         .await
         .expect("close raw connection");
 }
+
+/// Which numbered messages each run has consumed, for "every confirmed
+/// message is consumed at least once" checks.
+#[derive(Debug)]
+pub struct Tally {
+    seen: Mutex<HashMap<String, HashSet<u64>>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            seen: Mutex::new(HashMap::new()),
+            changed: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Tally {
+    /// Records that message `n` of `run` was consumed.
+    pub fn record(&self, run: &str, n: u64) {
+        self.seen
+            .lock()
+            .unwrap()
+            .entry(run.to_owned())
+            .or_default()
+            .insert(n);
+        self.changed.send_modify(|version| *version += 1);
+    }
+
+    /// How many distinct messages of `run` were consumed.
+    pub fn count(&self, run: &str) -> usize {
+        self.seen.lock().unwrap().get(run).map_or(0, HashSet::len)
+    }
+
+    /// The messages of `expected` that `run` has not consumed.
+    pub fn missing(&self, run: &str, expected: &BTreeSet<u64>) -> Vec<u64> {
+        let seen = self.seen.lock().unwrap();
+        let seen = seen.get(run);
+        expected
+            .iter()
+            .filter(|n| !seen.is_some_and(|seen| seen.contains(n)))
+            .copied()
+            .collect()
+    }
+
+    /// Waits until every message of `expected` was consumed; panics with
+    /// the missing ones after `patience`.
+    pub async fn wait_for_all(&self, run: &str, expected: &BTreeSet<u64>, patience: Duration) {
+        let mut changes = self.changed.subscribe();
+        let waited = tokio::time::timeout(patience, async {
+            while !self.missing(run, expected).is_empty() {
+                changes
+                    .changed()
+                    .await
+                    .expect("the tally lives as long as the test");
+            }
+        })
+        .await;
+        if waited.is_err() {
+            let missing = self.missing(run, expected);
+            panic!(
+                "{} confirmed message(s) of {run} were never consumed, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(20)]
+            );
+        }
+    }
+}
+
+/// The tally of this test binary.
+pub static TALLY: LazyLock<Tally> = LazyLock::new(Tally::default);

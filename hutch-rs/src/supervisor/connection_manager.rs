@@ -150,14 +150,20 @@ impl ConnectionManager {
         loop {
             let uri = &settings.uris[node % settings.uris.len()];
             node += 1;
-            let connecting = connect(uri, shared.purpose, settings.heartbeat);
+            let connecting = tokio::time::timeout(
+                settings.connection_timeout,
+                connect(uri, shared.purpose, settings.heartbeat),
+            );
             let connected = tokio::select! {
                 biased;
                 () = shared.shutdown.cancelled() => {
                     self.end(ConnectionState::Closed);
                     return Ok(());
                 }
-                connected = connecting => connected,
+                connected = connecting => connected.unwrap_or_else(|_| Err(Error::ConnectTimeout {
+                    uri: uri.to_string(),
+                    timeout: settings.connection_timeout,
+                })),
             };
             match connected {
                 Ok(connection) => {

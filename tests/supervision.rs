@@ -1,0 +1,600 @@
+//! The supervision tree against a real broker that misbehaves: connections
+//! force-closed, the broker stopped and started, panicking handlers, a
+//! deleted queue, a black-holed network path. Every test counts by number
+//! that each confirmed message is consumed at least once, and ends with the
+//! broker holding exactly the connections and channels the tree needs.
+//!
+//! Each test has a node of its own, and they take turns, so the broker's
+//! connection and channel counts are theirs alone.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hutch_rs::{
+    BoxError, ConsumerState, Error, Event, Hutch, HutchBuilder, Message, consumer, testing::Broker,
+};
+use hutch_rs_tests::{PATIENCE, Scope, TALLY, init_logging, proxy::BlackHoleProxy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Deliveries seen by `flaky_sink`, to panic on every 100th.
+static FLAKY_DELIVERIES: AtomicU64 = AtomicU64::new(0);
+
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Numbered {
+    run: String,
+    n: u64,
+}
+
+#[consumer(routing_key = "stream.#", group = "stream")]
+async fn stream_sink(msg: Message<Numbered>) -> Result<(), BoxError> {
+    TALLY.record(&msg.run, msg.n);
+    Ok(())
+}
+
+#[consumer(routing_key = "flaky.#", group = "flaky")]
+async fn flaky_sink(msg: Message<Numbered>) -> Result<(), BoxError> {
+    if FLAKY_DELIVERIES.fetch_add(1, Ordering::SeqCst) % 100 == 99 {
+        panic!("the 100th delivery panics");
+    }
+    TALLY.record(&msg.run, msg.n);
+    Ok(())
+}
+
+#[consumer(routing_key = "doomed.#", group = "doomed")]
+async fn always_panics(_msg: Message<Numbered>) -> Result<(), BoxError> {
+    panic!("this handler always panics");
+}
+
+async fn own_broker() -> Arc<Broker> {
+    let broker = tokio::task::spawn_blocking(Broker::start)
+        .await
+        .unwrap()
+        .expect("start a private node");
+    Arc::new(broker)
+}
+
+/// Settings for a test: quick heartbeats and reconnects.
+fn builder(uri: String, scope: &Scope, group: &str) -> HutchBuilder {
+    Hutch::builder()
+        .uri(uri)
+        .exchange(&scope.exchange)
+        .namespace(&scope.namespace)
+        .group(group)
+        .heartbeat(HEARTBEAT)
+        .connection_timeout(Duration::from_secs(3))
+        .reconnect_delay(Duration::from_millis(50), Duration::from_secs(1))
+        .confirm_timeout(Duration::from_secs(10))
+}
+
+/// Messages confirmed by the broker, and how many.
+#[derive(Clone, Default)]
+struct Confirmed {
+    numbers: Arc<Mutex<BTreeSet<u64>>>,
+    count: watch::Sender<u64>,
+}
+
+impl Confirmed {
+    fn add(&self, n: u64) {
+        self.numbers.lock().unwrap().insert(n);
+        self.count.send_modify(|count| *count += 1);
+    }
+
+    fn numbers(&self) -> BTreeSet<u64> {
+        self.numbers.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, at_least: u64) {
+        let mut count = self.count.subscribe();
+        tokio::time::timeout(PATIENCE * 3, count.wait_for(|count| *count >= at_least))
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {at_least} messages were confirmed"))
+            .unwrap();
+    }
+}
+
+/// Publishes messages `0..total` of `run` from `tasks` tasks. A publish that
+/// fails (the connection was closed under it) is tried again: only confirmed
+/// messages count, and each must be consumed.
+fn publish_stream(
+    hutch: &Hutch,
+    key: &'static str,
+    run: &str,
+    total: u64,
+    tasks: u64,
+    confirmed: &Confirmed,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    let publishers: Vec<_> = (0..tasks)
+        .map(|task| {
+            let (hutch, run, confirmed, stop) = (
+                hutch.clone(),
+                run.to_owned(),
+                confirmed.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut failures = 0;
+                for n in (task..total).step_by(tasks as usize) {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let message = Numbered {
+                        run: run.clone(),
+                        n,
+                    };
+                    while let Err(error) = hutch.publish(key, &message).await {
+                        failures += 1;
+                        assert!(failures < 1_000, "publishing keeps failing: {error}");
+                    }
+                    confirmed.add(n);
+                }
+                failures
+            })
+        })
+        .collect();
+    tokio::spawn(async move {
+        let mut failures = 0;
+        for publisher in publishers {
+            failures += publisher.await.unwrap();
+        }
+        failures
+    })
+}
+
+/// Waits until the broker holds exactly the connections and channels the
+/// tree needs. The broker closes a dead peer's connection on its own
+/// schedule, so this polls, with a deadline.
+async fn assert_broker_holds(broker: &Arc<Broker>, connections: usize, channels: usize) {
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let held = (broker.connection_count().unwrap(), broker.channel_count().unwrap());
+            if held == (connections, channels) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker holds {} connection(s) and {} channel(s), the tree needs {connections} and {channels}",
+                held.0,
+                held.1
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+}
+
+async fn blocking(broker: &Arc<Broker>, args: &'static [&'static str]) {
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || broker.rabbitmqctl(args).expect("rabbitmqctl"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_force_closed_repeatedly_during_a_stream_lose_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("force-closed");
+    let hutch = builder(broker.amqp_uri(), &scope, "stream")
+        .build()
+        .unwrap();
+    let running = hutch.start().await.expect("start");
+
+    const TOTAL: u64 = 10_000;
+    let confirmed = Confirmed::default();
+    let stream = publish_stream(
+        &hutch,
+        "stream.forced",
+        &scope.namespace,
+        TOTAL,
+        10,
+        &confirmed,
+        &Arc::new(AtomicBool::new(false)),
+    );
+    for at in [1_500, 4_000, 7_000] {
+        confirmed.wait_for(at).await;
+        let broker = broker.clone();
+        tokio::task::spawn_blocking(move || {
+            broker.close_all_connections("hutch-rs test: forced close")
+        })
+        .await
+        .unwrap()
+        .expect("close all connections");
+    }
+    let publish_failures = stream.await.unwrap();
+    let expected = confirmed.numbers();
+    assert_eq!(expected.len() as u64, TOTAL);
+    TALLY
+        .wait_for_all(&scope.namespace, &expected, PATIENCE * 3)
+        .await;
+
+    let status = hutch.status();
+    let consume = status.connection("consume").unwrap();
+    assert!(
+        consume.connects >= 4,
+        "reconnected after each forced close: {consume:?}"
+    );
+    let sink = status.consumer(&scope.queue("stream_sink")).unwrap();
+    assert_eq!(
+        sink.restarts, 0,
+        "a connection loss is not a consumer failure: {sink:?}"
+    );
+    assert_eq!(sink.state, ConsumerState::Consuming);
+    eprintln!(
+        "forced closes: {TOTAL} confirmed, all consumed; {publish_failures} publish(es) retried; consume connection opened {} times",
+        consume.connects
+    );
+    // One consume connection with one channel, one publish connection with one.
+    assert_broker_holds(&broker, 2, 2).await;
+    running.shutdown().await.expect("clean shutdown");
+    hutch.close().await.unwrap();
+    assert_broker_holds(&broker, 0, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_and_started_mid_stream_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("restarted");
+    let hutch = builder(broker.amqp_uri(), &scope, "stream")
+        .build()
+        .unwrap();
+    let running = hutch.start().await.expect("start");
+
+    // Publishing goes on before, during and after the outage, until a
+    // good number of messages were confirmed after the broker came back.
+    let confirmed = Confirmed::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = publish_stream(
+        &hutch,
+        "stream.restart",
+        &scope.namespace,
+        u64::MAX,
+        4,
+        &confirmed,
+        &stop,
+    );
+    confirmed.wait_for(500).await;
+    blocking(&broker, &["stop_app"]).await;
+    blocking(&broker, &["start_app"]).await;
+    let restarted_at = confirmed.numbers().len() as u64;
+    confirmed.wait_for(restarted_at + 500).await;
+    stop.store(true, Ordering::SeqCst);
+    let publish_failures = stream.await.unwrap();
+    eprintln!(
+        "broker restart: {} confirmed, {publish_failures} publish(es) failed and were retried",
+        confirmed.numbers().len()
+    );
+    let expected = confirmed.numbers();
+    TALLY
+        .wait_for_all(&scope.namespace, &expected, PATIENCE * 3)
+        .await;
+
+    let status = hutch.status();
+    assert!(status.connection("consume").unwrap().connects >= 2);
+    assert!(status.is_healthy(), "{status:?}");
+    assert_broker_holds(&broker, 2, 2).await;
+    running.shutdown().await.expect("clean shutdown");
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_panicking_on_every_100th_message_restarts_on_its_channel_and_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("flaky");
+    let hutch = builder(broker.amqp_uri(), &scope, "flaky")
+        .restart_intensity(100, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut events = hutch.events();
+    let running = hutch.start().await.expect("start");
+    let queue = scope.queue("flaky_sink");
+    let first_channel = hutch
+        .status()
+        .consumer(&queue)
+        .unwrap()
+        .channel
+        .expect("consuming on a channel");
+
+    const TOTAL: u64 = 1_000;
+    let confirmed = Confirmed::default();
+    publish_stream(
+        &hutch,
+        "flaky.work",
+        &scope.namespace,
+        TOTAL,
+        4,
+        &confirmed,
+        &Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
+    TALLY
+        .wait_for_all(&scope.namespace, &confirmed.numbers(), PATIENCE * 3)
+        .await;
+
+    let status = hutch.status();
+    let sink = status.consumer(&queue).unwrap();
+    assert!(sink.restarts >= 9, "one restart per panic: {sink:?}");
+    assert_eq!(
+        sink.channel,
+        Some(first_channel),
+        "restarted on its own channel, not a new one"
+    );
+    let mut restarted = 0;
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(10), events.recv()).await
+    {
+        if let Event::ConsumerRestarted {
+            consumer, reason, ..
+        } = event
+        {
+            assert_eq!(consumer, "supervision::flaky_sink");
+            assert!(reason.contains("the 100th delivery panics"), "{reason}");
+            restarted += 1;
+        }
+    }
+    assert_eq!(restarted, sink.restarts);
+    // No channel leaked by the restarts: still one consumer channel.
+    assert_broker_holds(&broker, 2, 2).await;
+    running.shutdown().await.expect("clean shutdown");
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_deleted_while_consuming_is_declared_again_and_consumed() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("deleted");
+    let hutch = builder(broker.amqp_uri(), &scope, "stream")
+        .build()
+        .unwrap();
+    let mut events = hutch.events();
+    let running = hutch.start().await.expect("start");
+    let queue = scope.queue("stream_sink");
+    let run = scope.namespace.clone();
+
+    hutch
+        .publish(
+            "stream.before",
+            &Numbered {
+                run: run.clone(),
+                n: 0,
+            },
+        )
+        .await
+        .unwrap();
+    TALLY
+        .wait_for_all(&run, &BTreeSet::from([0]), PATIENCE)
+        .await;
+
+    // Delete the queue with a plain client, as an operator might.
+    let (connection, channel) = raw_channel_to(&broker).await;
+    channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+
+    // The broker cancels the consumer; it restarts, declares its queue and
+    // bindings again, and consumes: its second start since the first.
+    let restarted = tokio::time::timeout(PATIENCE, async {
+        let mut starts = 0;
+        while starts < 2 {
+            match events.recv().await {
+                Some(Event::ConsumerStarted { consumer, .. })
+                    if consumer == "supervision::stream_sink" =>
+                {
+                    starts += 1
+                }
+                Some(_) => {}
+                None => panic!("event stream ended"),
+            }
+        }
+    });
+    restarted.await.expect("the consumer started again");
+    let sink = hutch.status().consumer(&queue).cloned().unwrap();
+    assert_eq!(sink.restarts, 1, "{sink:?}");
+
+    hutch
+        .publish(
+            "stream.after",
+            &Numbered {
+                run: run.clone(),
+                n: 1,
+            },
+        )
+        .await
+        .unwrap();
+    TALLY
+        .wait_for_all(&run, &BTreeSet::from([0, 1]), PATIENCE)
+        .await;
+    let info = {
+        let (broker, queue) = (broker.clone(), queue.clone());
+        tokio::task::spawn_blocking(move || broker.queue(&queue).unwrap())
+            .await
+            .unwrap()
+    };
+    let info = info.expect("the queue exists again");
+    assert!(info.durable && info.consumers == 1, "{info:?}");
+    assert_broker_holds(&broker, 2, 2).await;
+    running.shutdown().await.expect("clean shutdown");
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_connection_is_noticed_by_heartbeats_and_recovered() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("black-hole");
+    let proxy = BlackHoleProxy::start(broker.amqp_port()).await;
+    // Consumers through the proxy; the publisher straight to the broker.
+    let consumers = builder(proxy.amqp_uri(), &scope, "stream").build().unwrap();
+    let publisher = builder(broker.amqp_uri(), &scope, "stream")
+        .build()
+        .unwrap();
+    let mut events = consumers.events();
+    let running = consumers.start().await.expect("start");
+    let run = scope.namespace.clone();
+    publisher
+        .publish(
+            "stream.hole",
+            &Numbered {
+                run: run.clone(),
+                n: 0,
+            },
+        )
+        .await
+        .unwrap();
+    TALLY
+        .wait_for_all(&run, &BTreeSet::from([0]), PATIENCE)
+        .await;
+
+    proxy.black_hole();
+    let blackholed_at = Instant::now();
+    let noticed = tokio::time::timeout(HEARTBEAT * 5, async {
+        loop {
+            if let Some(Event::Disconnected {
+                connection: "consume",
+                reason,
+            }) = events.recv().await
+            {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the dead path is noticed");
+    let noticed_after = blackholed_at.elapsed();
+    eprintln!("black hole noticed after {noticed_after:?} (heartbeat {HEARTBEAT:?}): {noticed}");
+    // lapin gives up after two intervals without a byte and checks every
+    // half interval.
+    assert!(
+        noticed_after <= HEARTBEAT * 5 / 2,
+        "noticed after {noticed_after:?}"
+    );
+
+    // Published while the consumers cannot be reached: kept by the broker.
+    let mut expected = BTreeSet::from([0]);
+    for n in 1..=50 {
+        publisher
+            .publish(
+                "stream.hole",
+                &Numbered {
+                    run: run.clone(),
+                    n,
+                },
+            )
+            .await
+            .unwrap();
+        expected.insert(n);
+    }
+    proxy.heal();
+    TALLY.wait_for_all(&run, &expected, PATIENCE).await;
+    assert!(consumers.status().connection("consume").unwrap().connects >= 2);
+    // The black-holed connection is gone from the broker too (its heartbeat
+    // check closes it); one consume and one publish connection remain.
+    assert_broker_holds(&broker, 2, 2).await;
+    running.shutdown().await.expect("clean shutdown");
+    publisher.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("doomed");
+    let hutch = builder(broker.amqp_uri(), &scope, "doomed")
+        .restart_intensity(2, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let run = tokio::spawn({
+        let hutch = hutch.clone();
+        async move { hutch.run_until(std::future::pending()).await }
+    });
+    let publisher = builder(broker.amqp_uri(), &scope, "doomed")
+        .build()
+        .unwrap();
+    // Wait until the consumer runs, then feed it messages that always panic.
+    let queue = scope.queue("always_panics");
+    tokio::task::spawn_blocking({
+        let (broker, queue) = (broker.clone(), queue.clone());
+        move || {
+            let deadline = Instant::now() + PATIENCE;
+            while broker
+                .queue(&queue)
+                .unwrap()
+                .is_none_or(|q| q.consumers == 0)
+            {
+                assert!(Instant::now() < deadline, "the consumer never started");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
+    .await
+    .unwrap();
+    for n in 0..2 {
+        publisher
+            .publish(
+                "doomed.work",
+                &Numbered {
+                    run: scope.namespace.clone(),
+                    n,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let error = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("run_until gives up")
+        .unwrap()
+        .unwrap_err();
+    let Error::ConsumerFailed {
+        consumer,
+        queue: failed_queue,
+        restarts,
+        reason,
+    } = &error
+    else {
+        panic!("expected ConsumerFailed, got {error:?}");
+    };
+    assert_eq!(consumer, "supervision::always_panics");
+    assert_eq!(failed_queue, &queue);
+    assert_eq!(*restarts, 2);
+    assert!(reason.contains("this handler always panics"), "{reason}");
+    assert!(error.to_string().contains("supervision::always_panics"));
+    publisher.close().await.unwrap();
+    // run_until closed its connection; nothing is left behind.
+    assert_broker_holds(&broker, 0, 0).await;
+}
+
+/// A plain lapin connection to a test's own node.
+async fn raw_channel_to(broker: &Broker) -> (lapin::Connection, lapin::Channel) {
+    let connection =
+        lapin::Connection::connect(&broker.amqp_uri(), lapin::ConnectionProperties::default())
+            .await
+            .expect("raw connection");
+    let channel = connection.create_channel().await.expect("raw channel");
+    (connection, channel)
+}

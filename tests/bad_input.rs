@@ -1,19 +1,15 @@
 //! Bad input gets a clear error and loses nothing: malformed bodies, failing
-//! and panicking handlers, conflicting consumers, refused declarations,
-//! refused credentials.
+//! and panicking handlers, conflicting consumers. (Refused credentials and
+//! declarations are in `supervision.rs`, on nodes of their own.)
 
 use std::{
     io::Write,
     sync::{Arc, LazyLock, Mutex},
-    time::Duration,
 };
 
-use hutch_rs::{BoxError, Error, Hutch, Message, consumer};
-use hutch_rs_tests::{JOURNAL, Scope, Seen, broker, declare_queue, queue_depth, raw_publish};
-use lapin::{
-    BasicProperties,
-    types::{AMQPValue, FieldTable},
-};
+use hutch_rs::{BoxError, Error, Message, consumer};
+use hutch_rs_tests::{JOURNAL, Scope, Seen, broker, queue_depth, raw_publish};
+use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,11 +46,6 @@ async fn first_claimant(_msg: Message<serde_json::Value>) -> Result<(), BoxError
 
 #[consumer(routing_key = "dup.two", queue = "shared_queue", group = "duplicate")]
 async fn second_claimant(_msg: Message<serde_json::Value>) -> Result<(), BoxError> {
-    Ok(())
-}
-
-#[consumer(routing_key = "predeclared", group = "predeclared")]
-async fn predeclared(_msg: Message<serde_json::Value>) -> Result<(), BoxError> {
     Ok(())
 }
 
@@ -292,54 +283,4 @@ async fn two_consumers_on_one_queue_fail_startup_naming_both() {
         .filter(|q| q.name.starts_with(&scope.namespace))
         .count();
     assert_eq!(ours, 0, "nothing was declared");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queue_that_exists_with_other_arguments_fails_startup_naming_it() {
-    let scope = Scope::new("predeclared");
-    let queue = scope.queue("predeclared");
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-max-length".into(), AMQPValue::LongInt(10));
-    declare_queue(&queue, arguments).await;
-
-    let error = tokio::time::timeout(Duration::from_secs(10), scope.hutch("predeclared").start())
-        .await
-        .expect("a refused declaration fails at once, without retrying")
-        .unwrap_err();
-    assert!(matches!(error, Error::Declare { .. }), "{error:?}");
-    let message = error.to_string();
-    assert!(message.contains(&queue), "{message}");
-    assert!(
-        message.contains("PRECONDITION_FAILED") && message.contains("x-max-length"),
-        "{message}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_password_fails_startup_without_showing_it() {
-    let scope = Scope::new("password");
-    let uri = format!(
-        "amqp://guest:hunter2-wrong@127.0.0.1:{}/%2f",
-        broker().amqp_port()
-    );
-    let hutch = Hutch::builder()
-        .uri(uri)
-        .exchange(&scope.exchange)
-        .namespace(&scope.namespace)
-        .group("predeclared")
-        .build()
-        .unwrap();
-    assert!(!format!("{hutch:?}").contains("hunter2"));
-    let error = tokio::time::timeout(Duration::from_secs(10), hutch.start())
-        .await
-        .expect("refused credentials fail at once, without retrying")
-        .unwrap_err();
-    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
-    let message = error.to_string();
-    assert!(!message.contains("hunter2"), "{message}");
-    assert!(message.contains("guest:***@127.0.0.1"), "{message}");
-    assert!(!format!("{error:?}").contains("hunter2"));
-
-    let publish = hutch.publish("x", &1).await.unwrap_err();
-    assert!(!publish.to_string().contains("hunter2"), "{publish}");
 }

@@ -57,6 +57,17 @@ async fn always_panics(_msg: Message<Numbered>) -> Result<(), BoxError> {
     panic!("this handler always panics");
 }
 
+/// Slow on a message's first delivery, longer than the broker's delivery
+/// acknowledgement timeout in the test below; quick on its redelivery.
+#[consumer(routing_key = "slow.#", group = "slow_once")]
+async fn slow_once(msg: Message<Numbered>) -> Result<(), BoxError> {
+    if !msg.redelivered() {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    TALLY.record(&msg.run, msg.n);
+    Ok(())
+}
+
 async fn own_broker() -> Arc<Broker> {
     let broker = tokio::task::spawn_blocking(Broker::start)
         .await
@@ -632,4 +643,212 @@ async fn raw_channel_to(broker: &Broker) -> (lapin::Connection, lapin::Channel) 
             .expect("raw connection");
     let channel = connection.create_channel().await.expect("raw channel");
     (connection, channel)
+}
+
+/// Fatal errors end `start` at once and leave nothing open on the broker.
+async fn assert_fatal(broker: &Arc<Broker>, hutch: &Hutch) -> Error {
+    let started = Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(10), hutch.start())
+        .await
+        .expect("a fatal error ends start at once, without a retry loop")
+        .unwrap_err();
+    eprintln!("fatal after {:?}: {error}", started.elapsed());
+    assert_broker_holds(broker, 0, 0).await;
+    error
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_and_unknown_vhosts_are_fatal() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("refused");
+    let port = broker.amqp_port();
+
+    let wrong_password = format!("amqp://guest:not-the-password@127.0.0.1:{port}/%2f");
+    let hutch = builder(wrong_password, &scope, "stream").build().unwrap();
+    assert!(!format!("{hutch:?}").contains("not-the-password"));
+    let error = assert_fatal(&broker, &hutch).await;
+    assert!(!format!("{error:?}").contains("not-the-password"));
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("ACCESS_REFUSED") || message.contains("ACCESS-REFUSED"),
+        "{message}"
+    );
+    assert!(!message.contains("not-the-password"), "{message}");
+    let consume = hutch.status().connection("consume").cloned().unwrap();
+    assert_eq!(consume.state, ConnectionState::Failed);
+    assert_eq!(consume.connects, 0);
+    let publish = hutch.publish("stream.x", &1).await.unwrap_err();
+    assert!(
+        !publish.to_string().contains("not-the-password"),
+        "{publish}"
+    );
+    assert!(publish.to_string().contains("ACCESS_REFUSED"), "{publish}");
+    assert_broker_holds(&broker, 0, 0).await;
+
+    let unknown_vhost = format!("amqp://guest:guest@127.0.0.1:{port}/no-such-vhost");
+    let hutch = builder(unknown_vhost, &scope, "stream").build().unwrap();
+    let error = assert_fatal(&broker, &hutch).await;
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    assert!(error.to_string().contains("no-such-vhost"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_refused_to_a_resource_is_fatal_and_names_it() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("forbidden");
+    // A user who may use the vhost but configure (declare) nothing.
+    blocking(&broker, &["add_user", "limited", "limited-password"]).await;
+    blocking(
+        &broker,
+        &["set_permissions", "-p", "/", "limited", "^$", ".*", ".*"],
+    )
+    .await;
+    let uri = format!(
+        "amqp://limited:limited-password@127.0.0.1:{}/%2f",
+        broker.amqp_port()
+    );
+    let hutch = builder(uri, &scope, "stream").build().unwrap();
+    let error = assert_fatal(&broker, &hutch).await;
+    assert!(matches!(error, Error::Declare { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&scope.exchange) && message.contains("ACCESS_REFUSED"),
+        "{message}"
+    );
+    assert!(!message.contains("limited-password"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_declared_elsewhere_with_other_arguments_is_fatal_and_names_what_differs() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("inequivalent");
+    let queue = scope.queue("stream_sink");
+    let (connection, channel) = raw_channel_to(&broker).await;
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-queue-mode".into(),
+        lapin::types::AMQPValue::LongString("lazy".into()),
+    );
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+
+    let hutch = builder(broker.amqp_uri(), &scope, "stream")
+        .build()
+        .unwrap();
+    let error = assert_fatal(&broker, &hutch).await;
+    assert!(matches!(error, Error::Declare { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains(&queue), "{message}");
+    assert!(
+        message.contains("PRECONDITION_FAILED") && message.contains("x-queue-mode"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_of_a_cluster_are_tried_in_turn() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("nodes");
+    // Nothing listens on the first node's port.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let hutch = builder(String::new(), &scope, "stream")
+        .uris([
+            format!("amqp://guest:guest@127.0.0.1:{dead_port}/%2f"),
+            broker.amqp_uri(),
+        ])
+        .build()
+        .unwrap();
+    let running = hutch.start().await.expect("the second node is used");
+    let consume = hutch.status().connection("consume").cloned().unwrap();
+    assert_eq!(
+        consume.broker.as_deref(),
+        Some(format!("amqp://guest:***@127.0.0.1:{}/%2f", broker.amqp_port()).as_str())
+    );
+    running.shutdown().await.expect("clean shutdown");
+    assert_broker_holds(&broker, 0, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_closed_by_the_broker_restarts_the_consumer_and_the_stale_ack_is_not_sent() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    // The broker closes a channel with 406 when a delivery stays
+    // unacknowledged longer than consumer_timeout, checked every channel tick.
+    blocking(
+        &broker,
+        &[
+            "eval",
+            "application:set_env(rabbit, consumer_timeout, 1000), application:set_env(rabbit, channel_tick_interval, 250).",
+        ],
+    )
+    .await;
+    let scope = Scope::new("timed-out");
+    let hutch = builder(broker.amqp_uri(), &scope, "slow_once")
+        .build()
+        .unwrap();
+    let mut events = hutch.events();
+    let running = hutch.start().await.expect("start");
+    let queue = scope.queue("slow_once");
+    let first_channel = hutch.status().consumer(&queue).unwrap().channel;
+
+    hutch
+        .publish(
+            "slow.work",
+            &Numbered {
+                run: scope.namespace.clone(),
+                n: 7,
+            },
+        )
+        .await
+        .unwrap();
+    TALLY
+        .wait_for_all(&scope.namespace, &BTreeSet::from([7]), PATIENCE)
+        .await;
+    wait_until(&hutch, &mut events, Status::is_healthy).await;
+
+    let sink = hutch.status().consumer(&queue).cloned().unwrap();
+    assert_eq!(
+        sink.restarts, 1,
+        "restarted once, after the broker closed its channel: {sink:?}"
+    );
+    assert_eq!(
+        sink.stale_acks, 1,
+        "the ack for the closed channel was not sent: {sink:?}"
+    );
+    assert_ne!(
+        sink.channel, first_channel,
+        "the closed channel was replaced"
+    );
+    let depth = {
+        let (broker, queue) = (broker.clone(), queue.clone());
+        tokio::task::spawn_blocking(move || broker.queue(&queue).unwrap().unwrap().messages)
+            .await
+            .unwrap()
+    };
+    assert_eq!(depth, 0, "the redelivery was acked on the new channel");
+    assert_broker_holds(&broker, 2, 2).await;
+    running.shutdown().await.expect("clean shutdown");
+    hutch.close().await.unwrap();
 }

@@ -852,3 +852,116 @@ async fn a_channel_closed_by_the_broker_restarts_the_consumer_and_the_stale_ack_
     running.shutdown().await.expect("clean shutdown");
     hutch.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_alarm_shows_as_a_blocked_connection_and_clears() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("alarm");
+    let hutch = builder(broker.amqp_uri(), &scope, "stream")
+        .confirm_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut events = hutch.events();
+    // Drained only at the end, to check the stream carried both events.
+    let mut recorded = hutch.events();
+    let running = hutch.start().await.expect("start");
+    let run = scope.namespace.clone();
+    hutch
+        .publish(
+            "stream.alarm",
+            &Numbered {
+                run: run.clone(),
+                n: 0,
+            },
+        )
+        .await
+        .unwrap();
+
+    blocking(
+        &broker,
+        &[
+            "eval",
+            "rabbit_alarm:set_alarm({{resource_limit, memory, node()}, []}).",
+        ],
+    )
+    .await;
+    // The broker blocks a connection when it publishes during the alarm.
+    let blocked = hutch
+        .publish(
+            "stream.alarm",
+            &Numbered {
+                run: run.clone(),
+                n: 1,
+            },
+        )
+        .await;
+    assert!(
+        matches!(blocked, Err(Error::PublishTimeout { .. })),
+        "{blocked:?}"
+    );
+    wait_until(&hutch, &mut events, |status| {
+        status
+            .connection("publish")
+            .is_some_and(|publish| publish.blocked)
+    })
+    .await;
+    assert!(!hutch.status().is_healthy());
+
+    blocking(
+        &broker,
+        &[
+            "eval",
+            "rabbit_alarm:clear_alarm({resource_limit, memory, node()}).",
+        ],
+    )
+    .await;
+    wait_until(&hutch, &mut events, |status| {
+        status
+            .connection("publish")
+            .is_some_and(|publish| !publish.blocked)
+    })
+    .await;
+    hutch
+        .publish(
+            "stream.alarm",
+            &Numbered {
+                run: run.clone(),
+                n: 2,
+            },
+        )
+        .await
+        .unwrap();
+    // The message whose confirm timed out was taken in once unblocked.
+    TALLY
+        .wait_for_all(&run, &BTreeSet::from([0, 1, 2]), PATIENCE)
+        .await;
+    let mut saw = (false, false);
+    // Everything was sent before this point; the timeout only ends the drain.
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(50), recorded.recv()).await
+    {
+        match event {
+            Event::ConnectionBlocked {
+                connection: "publish",
+                reason,
+            } => {
+                assert!(reason.contains("memory"), "{reason}");
+                saw.0 = true;
+            }
+            Event::ConnectionUnblocked {
+                connection: "publish",
+            } => saw.1 = true,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        saw,
+        (true, true),
+        "blocked and unblocked events on the publish connection"
+    );
+    assert!(hutch.status().is_healthy());
+    running.shutdown().await.expect("clean shutdown");
+    hutch.close().await.unwrap();
+}

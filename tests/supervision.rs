@@ -68,6 +68,16 @@ async fn slow_once(msg: Message<Numbered>) -> Result<(), BoxError> {
     Ok(())
 }
 
+#[consumer(routing_key = "pair.a", group = "pair")]
+async fn pair_first(_msg: Message<Numbered>) -> Result<(), BoxError> {
+    Ok(())
+}
+
+#[consumer(routing_key = "pair.b", group = "pair")]
+async fn pair_second(_msg: Message<Numbered>) -> Result<(), BoxError> {
+    Ok(())
+}
+
 async fn own_broker() -> Arc<Broker> {
     let broker = tokio::task::spawn_blocking(Broker::start)
         .await
@@ -574,32 +584,62 @@ async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
         .restart_intensity(2, Duration::from_secs(60))
         .build()
         .unwrap();
+    let mut running = hutch.start().await.expect("start");
+    let publisher = builder(broker.amqp_uri(), &scope, "doomed")
+        .build()
+        .unwrap();
+    let queue = scope.queue("always_panics");
+    for n in 0..2 {
+        publisher
+            .publish(
+                "doomed.work",
+                &Numbered {
+                    run: scope.namespace.clone(),
+                    n,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let error = tokio::time::timeout(PATIENCE, running.failure())
+        .await
+        .expect("the consumer gives up");
+    let Error::ConsumerFailed {
+        consumer,
+        queue: failed_queue,
+        restarts,
+        reason,
+    } = &error
+    else {
+        panic!("expected ConsumerFailed, got {error:?}");
+    };
+    assert_eq!(consumer, "supervision::always_panics");
+    assert_eq!(failed_queue, &queue);
+    assert_eq!(*restarts, 2);
+    assert!(reason.contains("this handler always panics"), "{reason}");
+    assert!(error.to_string().contains("supervision::always_panics"));
+    assert_eq!(
+        hutch.status().consumer(&queue).unwrap().state,
+        hutch_rs::ConsumerState::Failed
+    );
+    // The failed consumer's channel is closed; the connection stays for the
+    // others. Two connections (consume, publish), the publisher's channel.
+    assert_broker_holds(&broker, 2, 1).await;
+
+    // run_until reports the same failure and closes everything.
+    running.shutdown().await.expect("clean shutdown");
+    let mut events = hutch.events();
     let run = tokio::spawn({
         let hutch = hutch.clone();
         async move { hutch.run_until(std::future::pending()).await }
     });
-    let publisher = builder(broker.amqp_uri(), &scope, "doomed")
-        .build()
-        .unwrap();
-    // Wait until the consumer runs, then feed it messages that always panic.
-    let queue = scope.queue("always_panics");
-    tokio::task::spawn_blocking({
-        let (broker, queue) = (broker.clone(), queue.clone());
-        move || {
-            let deadline = Instant::now() + PATIENCE;
-            while broker
-                .queue(&queue)
-                .unwrap()
-                .is_none_or(|q| q.consumers == 0)
-            {
-                assert!(Instant::now() < deadline, "the consumer never started");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+    wait_until(&hutch, &mut events, |status| {
+        status
+            .consumer(&queue)
+            .is_some_and(|consumer| consumer.state == hutch_rs::ConsumerState::Consuming)
     })
-    .await
-    .unwrap();
-    for n in 0..2 {
+    .await;
+    for n in 10..12 {
         publisher
             .publish(
                 "doomed.work",
@@ -616,22 +656,8 @@ async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
         .expect("run_until gives up")
         .unwrap()
         .unwrap_err();
-    let Error::ConsumerFailed {
-        consumer,
-        queue: failed_queue,
-        restarts,
-        reason,
-    } = &error
-    else {
-        panic!("expected ConsumerFailed, got {error:?}");
-    };
-    assert_eq!(consumer, "supervision::always_panics");
-    assert_eq!(failed_queue, &queue);
-    assert_eq!(*restarts, 2);
-    assert!(reason.contains("this handler always panics"), "{reason}");
-    assert!(error.to_string().contains("supervision::always_panics"));
+    assert!(matches!(error, Error::ConsumerFailed { .. }), "{error:?}");
     publisher.close().await.unwrap();
-    // run_until closed its connection; nothing is left behind.
     assert_broker_holds(&broker, 0, 0).await;
 }
 
@@ -964,4 +990,72 @@ async fn a_broker_alarm_shows_as_a_blocked_connection_and_clears() {
     assert!(hutch.status().is_healthy());
     running.shutdown().await.expect("clean shutdown");
     hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_refused_on_a_live_connection_is_fatal_not_a_wait() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("channel-max");
+    // One channel per connection: the second consumer cannot have one.
+    let uri = format!("{}?channel_max=1", broker.amqp_uri());
+    let hutch = builder(uri, &scope, "pair").build().unwrap();
+    let error = assert_fatal(&broker, &hutch).await;
+    assert!(matches!(error, Error::Declare { .. }), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("a channel for consumer supervision::pair_"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_until_gives_up_waiting_for_an_unreachable_broker_on_its_signal() {
+    init_logging();
+    let scope = Scope::new("unreachable");
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = nobody.local_addr().unwrap().port();
+    drop(nobody);
+    let hutch = builder(
+        format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        &scope,
+        "stream",
+    )
+    .build()
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn({
+        let hutch = hutch.clone();
+        async move {
+            hutch
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    // The consumer waits for a connection that keeps failing. Failed
+    // attempts emit no event, so the status is polled, with a deadline.
+    let deadline = Instant::now() + PATIENCE;
+    while !hutch
+        .status()
+        .consumer("supervision::stream_sink")
+        .is_some_and(|sink| sink.state == hutch_rs::ConsumerState::WaitingForChannel)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never started waiting: {:?}",
+            hutch.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the signal ends the wait")
+        .unwrap()
+        .expect("a requested stop is not an error");
+    assert_eq!(hutch.status().connection("consume").unwrap().connects, 0);
 }

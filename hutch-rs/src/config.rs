@@ -21,7 +21,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 /// The first delay before reconnecting; it doubles on each failed attempt.
 pub const DEFAULT_RECONNECT_MIN_DELAY: Duration = Duration::from_millis(200);
-/// The longest delay between two connection attempts.
+/// The longest delay between two connection attempts, before jitter (which
+/// adds up to as much again).
 pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
 /// How long one connection attempt (TCP, TLS and the AMQP handshake) may take.
 pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -335,7 +336,8 @@ impl HutchBuilder {
     }
 
     /// The delays between connection attempts: exponential from `min` to
-    /// `max`, with jitter, reset once a connection succeeds.
+    /// `max`, each plus a random jitter of up to the same amount; reset once
+    /// a connection has stayed up for a while.
     pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_delay = Layered::new((min, max), Source::Setter("reconnect_delay"));
         self

@@ -156,16 +156,6 @@ pub enum Error {
         in_flight: usize,
     },
 
-    /// Closing the connection failed.
-    #[error("could not close the {connection} connection cleanly: {source}")]
-    Close {
-        /// Which connection ("consume" or "publish").
-        connection: &'static str,
-        /// lapin's error.
-        #[source]
-        source: Box<lapin::Error>,
-    },
-
     /// Listening for SIGINT/SIGTERM failed.
     #[error("could not listen for shutdown signals: {0}")]
     Signal(#[source] std::io::Error),

@@ -112,12 +112,14 @@ impl Hutch {
     ///
     /// # Errors
     ///
-    /// [`Error::Encode`](crate::Error::Encode) if `value` does not serialize,
-    /// [`Error::Connect`](crate::Error::Connect) if the broker is unreachable,
-    /// [`Error::PublishNacked`](crate::Error::PublishNacked) or
-    /// [`Error::PublishTimeout`](crate::Error::PublishTimeout) if the broker
-    /// did not confirm it, [`Error::Publish`](crate::Error::Publish) if the
-    /// channel failed.
+    /// [`Error::Encode`](crate::Error::Encode) if `value` does not serialize;
+    /// [`Error::PublishTimeout`](crate::Error::PublishTimeout) if no confirm
+    /// came within the confirm timeout, which includes waiting for an
+    /// unreachable broker (the connection is retried meanwhile);
+    /// [`Error::PublishNacked`](crate::Error::PublishNacked) if the broker
+    /// refused the message; [`Error::Publish`](crate::Error::Publish) if the
+    /// channel failed under it; [`Error::Connect`](crate::Error::Connect) if
+    /// the broker refused the credentials or the vhost.
     pub async fn publish<T: Serialize + ?Sized>(&self, routing_key: &str, value: &T) -> Result<()> {
         self.inner.publisher.publish_json(routing_key, value).await
     }
@@ -125,12 +127,17 @@ impl Hutch {
     /// Connects, declares the exchange, the selected consumers' queues and
     /// bindings, and starts consuming. Resolves once every consumer consumes.
     ///
+    /// A broker that cannot be reached is retried with backoff (logged at
+    /// warn level), so this waits until it can be; use
+    /// [`run_until`](Self::run_until) to be able to give up on a signal.
+    ///
     /// # Errors
     ///
     /// [`Error::DuplicateQueue`](crate::Error::DuplicateQueue),
-    /// [`Error::Connect`](crate::Error::Connect) (unreachable broker, refused
-    /// credentials), [`Error::Declare`](crate::Error::Declare) (a declaration
-    /// the broker refuses, e.g. a queue that exists with other arguments).
+    /// [`Error::Connect`](crate::Error::Connect) (refused credentials, an
+    /// unknown or forbidden vhost), [`Error::Declare`](crate::Error::Declare)
+    /// (a declaration the broker refuses, e.g. a queue that exists with other
+    /// arguments, or no permission).
     pub async fn start(&self) -> Result<Running> {
         let plans = self.plan()?;
         if plans.is_empty() {
@@ -145,16 +152,26 @@ impl Hutch {
     }
 
     /// Starts the consumers, runs until `shutdown` resolves, then shuts down
-    /// cleanly (see [`Running::shutdown`]).
+    /// cleanly (see [`Running::shutdown`]). `shutdown` is honoured during the
+    /// start as well: while a broker that cannot be reached is being retried,
+    /// it ends the wait and returns `Ok`.
     ///
     /// # Errors
     ///
     /// Whatever [`start`](Self::start) returns; a failure the tree could not
     /// recover from ([`Running::failure`]); or what shutdown returns.
     pub async fn run_until<F: Future<Output = ()>>(&self, shutdown: F) -> Result<()> {
-        let mut running = self.start().await?;
+        tokio::pin!(shutdown);
+        // Dropping a start in progress stops what it started.
+        let mut running = tokio::select! {
+            started = self.start() => started?,
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested before every consumer started");
+                return Ok(());
+            }
+        };
         let outcome = tokio::select! {
-            () = shutdown => Ok(()),
+            () = &mut shutdown => Ok(()),
             failure = running.failure() => Err(failure),
         };
         let stopped = running.shutdown().await;
@@ -176,12 +193,14 @@ impl Hutch {
         self.inner.observer.subscribe()
     }
 
-    /// Closes the publishing connection (opened by the first publish). A
-    /// later publish opens it again.
+    /// Closes the publishing connection (opened by the first publish), waiting
+    /// at most a few seconds for the broker to confirm. A later publish opens
+    /// it again.
     ///
     /// # Errors
     ///
-    /// [`Error::Close`](crate::Error::Close) if the broker did not confirm the close.
+    /// [`Error::Unavailable`](crate::Error::Unavailable) if the connection's
+    /// task ended abnormally.
     pub async fn close(&self) -> Result<()> {
         self.inner.publisher.close().await
     }

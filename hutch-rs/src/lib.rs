@@ -124,9 +124,10 @@ fn from_env() -> Result<&'static Hutch> {
 ///
 /// # Errors
 ///
-/// A configuration error, a fatal broker error at startup (unreachable
-/// broker, refused credentials, refused declaration), a consumer that
-/// stopped on its own, or a shutdown that timed out. See [`Hutch::run_until`].
+/// A configuration error, a fatal broker error (refused credentials, an
+/// unknown vhost, a refused declaration), a consumer past its restart
+/// intensity, or a shutdown that timed out. An unreachable broker is retried
+/// until it can be reached or a signal arrives. See [`Hutch::run_until`].
 pub async fn run() -> Result<()> {
     let hutch = from_env()?;
     let signal = shutdown_signal()?;

@@ -139,13 +139,19 @@ impl Publisher {
         }
         let manager = self.manager().await;
         loop {
-            let Some(lease) = manager.channel(PUBLISHER).await else {
+            let lease = manager
+                .channel(PUBLISHER)
+                .await
+                .map_err(|source| Error::Declare {
+                    resource: "the publishing channel".to_owned(),
+                    source: Box::new(source),
+                })?;
+            let Some(lease) = lease else {
                 return Err(self.ended().await);
             };
-            if !lease.fresh {
-                *cached = Some(lease.channel.clone());
-                return Ok(lease.channel);
-            }
+            // Set up every leased channel, not only fresh ones: a publish that
+            // timed out during the setup leaves a channel in the map whose
+            // setup never finished. Both steps are idempotent.
             let setup = async {
                 lease
                     .channel

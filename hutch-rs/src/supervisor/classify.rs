@@ -29,13 +29,15 @@ fn reply_code(error: &Error) -> Option<u16> {
 
 /// A failure to open a connection that retrying cannot fix: refused
 /// credentials, an unknown or forbidden vhost, a broker speaking another
-/// protocol.
+/// protocol. A connection limit (also 530 NOT_ALLOWED) passes, so it is
+/// retried.
 pub(crate) fn is_fatal_connect_error(error: &Error) -> bool {
     match error.kind() {
-        ErrorKind::ProtocolError(_) => matches!(
-            reply_code(error),
-            Some(ACCESS_REFUSED | NOT_ALLOWED | INVALID_PATH)
-        ),
+        ErrorKind::ProtocolError(amqp) => match reply_code(error) {
+            Some(ACCESS_REFUSED | INVALID_PATH) => true,
+            Some(NOT_ALLOWED) => !amqp.get_message().as_str().contains("limit"),
+            _ => false,
+        },
         ErrorKind::AuthProviderError(_)
         | ErrorKind::InvalidProtocolVersion(_)
         | ErrorKind::ParsingError(_)

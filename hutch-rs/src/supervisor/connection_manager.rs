@@ -1,7 +1,11 @@
 //! The connection manager: opens and re-opens one connection, and hands out
 //! channels, one per owner, reused while open.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
@@ -30,6 +34,15 @@ enum Link {
     /// Closed for good (shutdown, or a fatal error): channel requests give up.
     Ended,
 }
+
+/// How long closing a connection may wait for the broker's close-ok. A
+/// blocked connection (memory alarm) is not read by the broker at all.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection that stays up this long counts as stable: the reconnect
+/// backoff starts over. One that dies sooner keeps backing off, so a
+/// connection killed right after it opens is not retried in a tight loop.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// A channel handed to its owner.
 #[derive(Debug)]
@@ -92,48 +105,63 @@ impl ConnectionManager {
     }
 
     /// The owner's channel: its previous one while that is still open,
-    /// otherwise a new one. Waits while the connection is down; `None` only
-    /// once the manager has ended (shutdown or a fatal error, which the
-    /// manager itself reports).
-    pub(crate) async fn channel(&self, owner: &str) -> Option<Lease> {
+    /// otherwise a new one. Waits while the connection is down. `Ok(None)`
+    /// once the manager has ended (shutdown, or a fatal error that the
+    /// manager reports itself); `Err` if the broker or lapin refuses a
+    /// channel on a live connection (e.g. more channels than `channel_max`),
+    /// which waiting would not fix.
+    pub(crate) async fn channel(&self, owner: &str) -> Result<Option<Lease>, lapin::Error> {
         let mut link = self.shared.link.subscribe();
         loop {
             let connection = {
-                let current = link
-                    .wait_for(|link| !matches!(link, Link::Down))
-                    .await
-                    .ok()?;
+                let Ok(current) = link.wait_for(|link| !matches!(link, Link::Down)).await else {
+                    return Ok(None);
+                };
                 match &*current {
                     Link::Up(connection) => connection.clone(),
-                    Link::Ended | Link::Down => return None,
+                    Link::Ended | Link::Down => return Ok(None),
                 }
             };
             let mut channels = self.shared.channels.lock().await;
             if let Some(channel) = channels.get(owner)
                 && channel.status().connected()
             {
-                return Some(Lease {
+                return Ok(Some(Lease {
                     channel: channel.clone(),
                     fresh: false,
-                });
+                }));
             }
             match connection.create_channel().await {
                 Ok(channel) => {
                     channels.insert(owner.to_owned(), channel.clone());
-                    return Some(Lease {
+                    return Ok(Some(Lease {
                         channel,
                         fresh: true,
-                    });
+                    }));
                 }
+                Err(error) if connection.status().connected() => return Err(error),
                 Err(error) => {
                     drop(channels);
                     tracing::debug!(connection = self.shared.purpose.as_str(), %error, "could not open a channel; waiting for the connection");
                     self.report_trouble();
                     // Wait for the link to change (down, then up again).
                     if link.changed().await.is_err() {
-                        return None;
+                        return Ok(None);
                     }
                 }
+            }
+        }
+    }
+
+    /// Forgets the owner's channel and closes it: for an owner that gives up.
+    pub(crate) async fn release(&self, owner: &str) {
+        let channel = self.shared.channels.lock().await.remove(owner);
+        if let Some(channel) = channel
+            && channel.status().connected()
+        {
+            let closing = channel.close(200, "hutch-rs: owner stopped".into());
+            if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+                tracing::debug!(owner, "closing a released channel timed out");
             }
         }
     }
@@ -168,10 +196,13 @@ impl ConnectionManager {
             match connected {
                 Ok(connection) => {
                     attempts = 0;
-                    backoff = new_backoff(settings);
+                    let opened = Instant::now();
                     let Some(reason) = self.serve(connection, uri).await else {
                         return Ok(());
                     };
+                    if opened.elapsed() >= STABLE_AFTER {
+                        backoff = new_backoff(settings);
+                    }
                     tracing::warn!(connection = purpose, %reason, "connection lost; reconnecting");
                     shared.observer.disconnected(purpose, reason);
                 }
@@ -214,8 +245,12 @@ impl ConnectionManager {
                 biased;
                 () = shared.shutdown.cancelled() => {
                     self.end(ConnectionState::Closed);
-                    if let Err(error) = connection.close(200, "hutch-rs shutdown".into()).await {
-                        tracing::debug!(connection = purpose, %error, "closing the connection failed");
+                    let closing = connection.close(200, "hutch-rs shutdown".into());
+                    match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => tracing::debug!(connection = purpose, %error, "closing the connection failed"),
+                        // Dropping the connection closes the socket.
+                        Err(_) => tracing::warn!(connection = purpose, timeout = ?CLOSE_TIMEOUT, "the broker did not confirm the close in time; dropping the connection"),
                     }
                     return None;
                 }

@@ -128,8 +128,20 @@ impl ConsumerSupervisor {
                 .consumer_state(&self.name, ConsumerState::WaitingForChannel);
             let lease = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => None,
+                () = shutdown.cancelled() => Ok(None),
                 lease = self.manager.channel(&self.name) => lease,
+            };
+            let lease = match lease {
+                Ok(lease) => lease,
+                Err(source) => {
+                    let error = Error::Declare {
+                        resource: format!("a channel for consumer {}", self.name),
+                        source: Box::new(source),
+                    };
+                    tracing::error!(%error, "no channel on a live connection");
+                    self.observer.consumer_failed(&self.name, error.to_string());
+                    return Err(error);
+                }
             };
             let Some(lease) = lease else {
                 // Shutdown, or the manager gave up (it reports why itself).
@@ -164,6 +176,7 @@ impl ConsumerSupervisor {
                 Err(Setup::Fatal(error)) => {
                     tracing::error!(%error, "the broker refused this consumer's setup");
                     self.observer.consumer_failed(&self.name, error.to_string());
+                    self.manager.release(&self.name).await;
                     return Err(error);
                 }
                 Err(Setup::Failed(error)) if classify::is_channel_only(&error) => {
@@ -185,6 +198,9 @@ impl ConsumerSupervisor {
                     if !intensity.allow_restart(Instant::now()) {
                         tracing::error!(%reason, restarts = intensity.total(), "failed more often than the restart intensity allows; giving up");
                         self.observer.consumer_failed(&self.name, reason.clone());
+                        // The other consumers may go on; this one's channel
+                        // must not stay open behind it.
+                        self.manager.release(&self.name).await;
                         return Err(Error::ConsumerFailed {
                             consumer: self.name.clone(),
                             queue: self.plan.queue.clone(),
@@ -329,6 +345,13 @@ impl Run<'_> {
             .as_ref()
             .map(|id| id.as_str().to_owned())
             .unwrap_or_default();
+        // lapin hands over what it had buffered before it reports the
+        // channel's end. Those deliveries are already back in the queue:
+        // running their handlers would only do the work twice.
+        if !acker.usable() || !self.channel.status().connected() {
+            tracing::debug!(%message_id, delivery_tag, "delivery of a closed channel skipped; the broker redelivers it");
+            return Handled::Settled;
+        }
         let incoming = Incoming {
             body: data,
             exchange: exchange.to_string(),

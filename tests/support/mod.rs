@@ -290,11 +290,12 @@ pub async fn declare_queue(queue: &str, arguments: lapin::types::FieldTable) {
         .expect("close raw connection");
 }
 
-/// Which numbered messages each run has consumed, for "every confirmed
-/// message is consumed at least once" checks.
+/// Which published messages each run has consumed, by a unique id per
+/// publish call, for "every confirmed message is consumed at least once"
+/// checks: a retried publish has another id than the attempt that failed.
 #[derive(Debug)]
 pub struct Tally {
-    seen: Mutex<HashMap<String, HashSet<u64>>>,
+    seen: Mutex<HashMap<String, HashSet<String>>>,
     changed: watch::Sender<u64>,
 }
 
@@ -308,14 +309,14 @@ impl Default for Tally {
 }
 
 impl Tally {
-    /// Records that message `n` of `run` was consumed.
-    pub fn record(&self, run: &str, n: u64) {
+    /// Records that the message published as `id` in `run` was consumed.
+    pub fn record(&self, run: &str, id: &str) {
         self.seen
             .lock()
             .unwrap()
             .entry(run.to_owned())
             .or_default()
-            .insert(n);
+            .insert(id.to_owned());
         self.changed.send_modify(|version| *version += 1);
     }
 
@@ -325,19 +326,19 @@ impl Tally {
     }
 
     /// The messages of `expected` that `run` has not consumed.
-    pub fn missing(&self, run: &str, expected: &BTreeSet<u64>) -> Vec<u64> {
+    pub fn missing(&self, run: &str, expected: &BTreeSet<String>) -> Vec<String> {
         let seen = self.seen.lock().unwrap();
         let seen = seen.get(run);
         expected
             .iter()
-            .filter(|n| !seen.is_some_and(|seen| seen.contains(n)))
-            .copied()
+            .filter(|id| !seen.is_some_and(|seen| seen.contains(*id)))
+            .cloned()
             .collect()
     }
 
     /// Waits until every message of `expected` was consumed; panics with
     /// the missing ones after `patience`.
-    pub async fn wait_for_all(&self, run: &str, expected: &BTreeSet<u64>, patience: Duration) {
+    pub async fn wait_for_all(&self, run: &str, expected: &BTreeSet<String>, patience: Duration) {
         let mut changes = self.changed.subscribe();
         let waited = tokio::time::timeout(patience, async {
             while !self.missing(run, expected).is_empty() {

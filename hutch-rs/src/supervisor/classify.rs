@@ -11,8 +11,6 @@ use lapin::{Error, ErrorKind};
 const INVALID_PATH: u16 = 402;
 /// 403 ACCESS_REFUSED: refused credentials, or no permission on a resource.
 const ACCESS_REFUSED: u16 = 403;
-/// 404 NOT_FOUND: e.g. binding to an exchange that does not exist.
-const NOT_FOUND: u16 = 404;
 /// 405 RESOURCE_LOCKED: an exclusive queue of another connection.
 const RESOURCE_LOCKED: u16 = 405;
 /// 406 PRECONDITION_FAILED: a declaration inequivalent to what exists.
@@ -49,11 +47,16 @@ pub(crate) fn is_fatal_connect_error(error: &Error) -> bool {
 
 /// A refused declaration, binding or `basic.consume` that the user must fix
 /// (it would fail the same way on every retry).
+///
+/// 404 NOT_FOUND is not among them: hutch-rs declares the exchange and the
+/// queue right before binding and consuming, so a 404 there means a race (a
+/// queue still recovering after a broker restart, or deleted meanwhile),
+/// which a restart resolves.
 pub(crate) fn is_fatal_channel_error(error: &Error) -> bool {
     error.is_amqp_soft_error()
         && matches!(
             reply_code(error),
-            Some(ACCESS_REFUSED | NOT_FOUND | RESOURCE_LOCKED | PRECONDITION_FAILED)
+            Some(ACCESS_REFUSED | RESOURCE_LOCKED | PRECONDITION_FAILED)
         )
 }
 
@@ -100,6 +103,9 @@ mod tests {
         ))));
         assert!(is_fatal_channel_error(&amqp(AMQPErrorKind::Soft(
             AMQPSoftError::ACCESSREFUSED
+        ))));
+        assert!(!is_fatal_channel_error(&amqp(AMQPErrorKind::Soft(
+            AMQPSoftError::NOTFOUND
         ))));
         assert!(!is_fatal_channel_error(&amqp(AMQPErrorKind::Hard(
             AMQPHardError::CONNECTIONFORCED

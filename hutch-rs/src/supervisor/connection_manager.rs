@@ -122,30 +122,61 @@ impl ConnectionManager {
                     Link::Ended | Link::Down => return Ok(None),
                 }
             };
-            let mut channels = self.shared.channels.lock().await;
-            if let Some(channel) = channels.get(owner)
-                && channel.status().connected()
             {
-                return Ok(Some(Lease {
-                    channel: channel.clone(),
-                    fresh: false,
-                }));
+                let channels = self.shared.channels.lock().await;
+                if let Some(channel) = channels.get(owner)
+                    && channel.status().connected()
+                {
+                    return Ok(Some(Lease {
+                        channel: channel.clone(),
+                        fresh: false,
+                    }));
+                }
             }
-            match connection.create_channel().await {
-                Ok(channel) => {
-                    channels.insert(owner.to_owned(), channel.clone());
+            // The map is not locked while the channel opens: on a connection
+            // that is dying, opening may never complete, and the manager
+            // must still be able to clear the map and reconnect. Each owner
+            // asks for one channel at a time, so there is no race to open two.
+            let opened = if connection.status().connected() {
+                tokio::time::timeout(
+                    self.shared.settings.connection_timeout,
+                    connection.create_channel(),
+                )
+                .await
+            } else {
+                Ok(Err(lapin::ErrorKind::InvalidConnectionState(
+                    lapin::ConnectionState::Closed,
+                )
+                .into()))
+            };
+            match opened {
+                Ok(Ok(channel)) => {
+                    self.shared
+                        .channels
+                        .lock()
+                        .await
+                        .insert(owner.to_owned(), channel.clone());
                     return Ok(Some(Lease {
                         channel,
                         fresh: true,
                     }));
                 }
-                Err(error) if connection.status().connected() => return Err(error),
-                Err(error) => {
-                    drop(channels);
-                    tracing::debug!(connection = self.shared.purpose.as_str(), %error, "could not open a channel; waiting for the connection");
+                Ok(Err(error)) if connection.status().connected() => return Err(error),
+                outcome => {
+                    let reason = match outcome {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => "opening a channel timed out".to_owned(),
+                    };
+                    tracing::debug!(connection = self.shared.purpose.as_str(), %reason, "could not open a channel; waiting for the connection");
                     self.report_trouble();
-                    // Wait for the link to change (down, then up again).
-                    if link.changed().await.is_err() {
+                    // Wait for the link to change (down, then up again), or
+                    // try once more if a live but slow connection timed out.
+                    let changed = tokio::time::timeout(
+                        self.shared.settings.connection_timeout,
+                        link.changed(),
+                    )
+                    .await;
+                    if matches!(changed, Ok(Err(_))) {
                         return Ok(None);
                     }
                 }

@@ -6,7 +6,7 @@ use std::{
     collections::HashSet,
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures_util::{FutureExt, StreamExt};
@@ -151,7 +151,22 @@ impl ConsumerSupervisor {
             };
             self.observer
                 .consumer_state(&self.name, ConsumerState::Starting);
-            let ended = match self.start_on(&lease.channel).await {
+            // Bounded: on a connection that is dying, a reply may never come.
+            let setup = tokio::time::timeout(
+                self.settings.connection_timeout,
+                self.start_on(&lease.channel),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Setup::Failed(
+                    lapin::ErrorKind::InvalidChannelState(
+                        lapin::ChannelState::Error,
+                        "channel setup timed out",
+                    )
+                    .into(),
+                ))
+            });
+            let ended = match setup {
                 Ok(deliveries) => {
                     tracing::info!(
                         channel = lease.channel.id(),
@@ -211,6 +226,15 @@ impl ConsumerSupervisor {
                     tracing::warn!(%reason, restarts = intensity.total(), "consumer failed; restarting it");
                     self.observer
                         .consumer_restarted(&self.name, intensity.total(), reason);
+                    // The first restart is immediate; repeated ones back off
+                    // a little, so a broker that is still recovering gets
+                    // time before the intensity is used up.
+                    let delay = restart_delay(&self.settings, intensity.recent());
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(delay) => {}
+                    }
                 }
             }
         }
@@ -384,16 +408,26 @@ impl Run<'_> {
         let reject = BasicRejectOptions { requeue: false };
         let (settled, handled) = match outcome {
             Ok(HandlerOutcome::Succeeded) => (
-                acker.ack(BasicAckOptions::default()).await,
+                settle(
+                    &self.consumer.settings,
+                    acker.ack(BasicAckOptions::default()),
+                )
+                .await,
                 Handled::Settled,
             ),
             Ok(HandlerOutcome::Failed(error)) => {
                 tracing::error!(%message_id, delivery_tag, %error, "handler failed; message rejected");
-                (acker.reject(reject).await, Handled::Settled)
+                (
+                    settle(&self.consumer.settings, acker.reject(reject)).await,
+                    Handled::Settled,
+                )
             }
             Ok(HandlerOutcome::Undecodable(error)) => {
                 tracing::error!(%message_id, delivery_tag, %error, "message cannot be decoded; rejected, handler not called");
-                (acker.reject(reject).await, Handled::Settled)
+                (
+                    settle(&self.consumer.settings, acker.reject(reject)).await,
+                    Handled::Settled,
+                )
             }
             Err(panic) => {
                 let panic = panic_message(panic.as_ref());
@@ -403,15 +437,14 @@ impl Run<'_> {
                 // loop.
                 let settled = if self.consumer.panicked_before(&message_id, redelivered) {
                     tracing::error!(%message_id, delivery_tag, %panic, "handler panicked again on the same message; rejected");
-                    acker.reject(reject).await
+                    settle(&self.consumer.settings, acker.reject(reject)).await
                 } else {
                     tracing::error!(%message_id, delivery_tag, %panic, "handler panicked; message requeued, consumer restarting");
-                    acker
-                        .nack(BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        })
-                        .await
+                    let requeue = BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    };
+                    settle(&self.consumer.settings, acker.nack(requeue)).await
                 };
                 (settled, Handled::Panicked(panic))
             }
@@ -470,6 +503,30 @@ impl Run<'_> {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Settles a delivery, bounded: on a connection that is dying, the
+/// acknowledgement may never be written.
+async fn settle(
+    settings: &Settings,
+    settling: impl std::future::Future<Output = lapin::Result<bool>>,
+) -> lapin::Result<bool> {
+    tokio::time::timeout(settings.connection_timeout, settling)
+        .await
+        .unwrap_or(Ok(false))
+}
+
+/// No wait for the first restart within the window, then the reconnect
+/// delays: the minimum, doubling, up to the maximum.
+fn restart_delay(settings: &Settings, recent_restarts: u32) -> Duration {
+    if recent_restarts <= 1 {
+        return Duration::ZERO;
+    }
+    let doublings = (recent_restarts - 2).min(16);
+    settings
+        .reconnect_min_delay
+        .saturating_mul(1 << doublings)
+        .min(settings.reconnect_max_delay)
 }
 
 fn consumer_tag(plan: &ConsumerPlan) -> String {

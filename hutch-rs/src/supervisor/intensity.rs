@@ -41,6 +41,11 @@ impl RestartIntensity {
         true
     }
 
+    /// Restarts within the current window.
+    pub(crate) fn recent(&self) -> u32 {
+        u32::try_from(self.recent.len()).unwrap_or(u32::MAX)
+    }
+
     /// Restarts so far, over the consumer's whole life.
     pub(crate) fn total(&self) -> u32 {
         self.total

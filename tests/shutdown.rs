@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hutch_rs::{BoxError, Error, Message, consumer};
 use hutch_rs_tests::{
-    JOURNAL, Scope, Seen, await_consumer_count, broker, init_logging, queue_depth,
+    JOURNAL, Scope, Seen, await_consumer_count, broker, init_logging, queue_depth, spawn_run_until,
 };
 use tokio::sync::Semaphore;
 
@@ -111,17 +111,7 @@ async fn run_until_returns_when_its_future_resolves() {
     init_logging();
     let scope = Scope::new("quick");
     let hutch = scope.hutch("quick");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn({
-        let hutch = hutch.clone();
-        async move {
-            hutch
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    let (stop, run) = spawn_run_until(&hutch);
     // run_until has started once the queue has its consumer.
     let queue = scope.queue("quick");
     tokio::task::spawn_blocking({

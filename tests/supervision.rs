@@ -20,7 +20,9 @@ use hutch_rs::{
     BoxError, ConnectionState, Error, Event, EventStream, Hutch, HutchBuilder, Message, Running,
     Status, consumer, testing::Broker,
 };
-use hutch_rs_tests::{PATIENCE, Scope, TALLY, init_logging, proxy::BlackHoleProxy};
+use hutch_rs_tests::{
+    PATIENCE, Scope, TALLY, init_logging, proxy::BlackHoleProxy, spawn_run_until,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -1031,17 +1033,7 @@ async fn run_until_gives_up_waiting_for_an_unreachable_broker_on_its_signal() {
     )
     .build()
     .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn({
-        let hutch = hutch.clone();
-        async move {
-            hutch
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    let (stop, run) = spawn_run_until(&hutch);
     // The consumer waits for a connection that keeps failing. Failed
     // attempts emit no event, so the status is polled, with a deadline.
     let deadline = Instant::now() + PATIENCE;

@@ -362,3 +362,23 @@ impl Tally {
 
 /// The tally of this test binary.
 pub static TALLY: LazyLock<Tally> = LazyLock::new(Tally::default);
+
+/// Runs `hutch.run_until` in a task, until the returned sender is used (or
+/// dropped).
+pub fn spawn_run_until(
+    hutch: &hutch_rs::Hutch,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<hutch_rs::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let hutch = hutch.clone();
+    let run = tokio::spawn(async move {
+        hutch
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, run)
+}

@@ -1,6 +1,8 @@
-//! Bad input gets a clear error and loses nothing: malformed bodies, failing
-//! and panicking handlers, conflicting consumers. (Refused credentials and
-//! declarations are in `supervision.rs`, on nodes of their own.)
+//! Bad input gets a clear error and loses nothing: malformed bodies and
+//! failing handlers are logged so an operator can find them, conflicting
+//! consumers are refused. (Retries and dead-lettering in detail are in
+//! `failure_handling.rs`; refused credentials and declarations in
+//! `supervision.rs`.)
 
 use std::{
     io::Write,
@@ -24,19 +26,16 @@ async fn bad_body(msg: Message<Invoice>) -> Result<(), BoxError> {
     Ok(())
 }
 
-#[consumer(routing_key = "fails.#", group = "failing")]
+#[consumer(
+    routing_key = "fails.#",
+    group = "failing",
+    max_attempts = 2,
+    retry_min_delay = "100ms",
+    retry_max_delay = "100ms"
+)]
 async fn always_fails(msg: Message<serde_json::Value>) -> Result<(), BoxError> {
     JOURNAL.record(Seen::of("always_fails", &msg));
     Err(std::io::Error::other("the payment provider is down").into())
-}
-
-#[consumer(routing_key = "panics.#", group = "panicking")]
-async fn panics_on_odd(msg: Message<serde_json::Value>) -> Result<(), BoxError> {
-    JOURNAL.record(Seen::of("panics_on_odd", &msg));
-    if msg["n"].as_u64().unwrap() % 2 == 1 {
-        panic!("odd message {}", msg["n"]);
-    }
-    Ok(())
 }
 
 #[consumer(routing_key = "dup.one", queue = "shared_queue", group = "duplicate")]
@@ -86,7 +85,7 @@ fn log_lines_with(needle: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn undecodable_messages_are_logged_and_rejected_once_without_calling_the_handler() {
+async fn undecodable_messages_are_logged_and_dead_lettered_once_without_calling_the_handler() {
     LazyLock::force(&LOGS);
     let scope = Scope::new("bad-body");
     let hutch = scope.hutch("bad_body");
@@ -135,9 +134,10 @@ async fn undecodable_messages_are_logged_and_rejected_once_without_calling_the_h
     assert_eq!(seen[0].body["invoice_id"], 9);
 
     running.shutdown().await.expect("clean shutdown");
-    // Rejected without requeue: had they been requeued they would be back in
-    // the queue (or looping through the handler) now.
+    // Dead-lettered, not requeued: had they been requeued they would be back
+    // in the queue (or looping through the handler) now.
     assert_eq!(queue_depth(&queue), 0);
+    assert_eq!(queue_depth(&format!("{queue}:dead")), 3);
     assert_eq!(JOURNAL.by("bad_body").len(), 1);
 
     for id in ["bad-not-json", "bad-wrong-shape", "bad-content-type"] {
@@ -156,100 +156,63 @@ async fn undecodable_messages_are_logged_and_rejected_once_without_calling_the_h
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_error_is_logged_and_the_message_rejected_not_redelivered() {
+async fn a_handler_error_is_logged_on_each_attempt_then_dead_lettered_never_looping() {
     LazyLock::force(&LOGS);
     let scope = Scope::new("failing");
-    let hutch = scope.hutch("failing");
+    let (dead_lettered, mut dead_letters) = tokio::sync::mpsc::unbounded_channel();
+    let hutch = scope
+        .builder("failing")
+        .on_error(move |failure: hutch_rs::Failure| {
+            let dead_lettered = dead_lettered.clone();
+            async move {
+                if matches!(failure.outcome(), hutch_rs::Outcome::DeadLettered { .. }) {
+                    let _ = dead_lettered.send(());
+                }
+                Ok::<_, BoxError>(())
+            }
+        })
+        .build()
+        .unwrap();
     let running = hutch.start().await.expect("start");
+    let queue = scope.queue("always_fails");
 
     hutch
         .publish("fails.now", &serde_json::json!({ "n": 1 }))
         .await
         .unwrap();
-    hutch
-        .publish("fails.now", &serde_json::json!({ "n": 2 }))
-        .await
-        .unwrap();
+    // Two attempts, then the dead-letter queue.
     let seen = JOURNAL.wait_for("always_fails", 2).await;
-    // The second message is handled only after the first was settled; had the
-    // first been requeued it would have come back ahead of or right after it.
+    tokio::time::timeout(hutch_rs_tests::PATIENCE, dead_letters.recv())
+        .await
+        .expect("dead-lettered in time")
+        .expect("the hook lives as long as the Hutch");
     running.shutdown().await.expect("clean shutdown");
-    assert_eq!(queue_depth(&scope.queue("always_fails")), 0);
+    assert_eq!(queue_depth(&queue), 0);
+    assert_eq!(queue_depth(&format!("{queue}:dead")), 1);
     let seen_after = JOURNAL.by("always_fails");
     assert_eq!(
-        seen_after.len(),
-        2,
-        "each message was handled exactly once: {seen_after:?}"
+        seen_after.iter().map(|s| s.attempt).collect::<Vec<_>>(),
+        [1, 2],
+        "handled max_attempts times: {seen_after:?}"
     );
-    assert!(seen.iter().all(|s| !s.redelivered));
 
     let id = seen[0].message_id.clone().unwrap();
     let lines = log_lines_with(&id);
-    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines.len(), 2, "one line per failed attempt: {lines:#?}");
     assert!(
-        lines[0].contains("the payment provider is down"),
+        lines[0].contains("WARN") && lines[0].contains("retried"),
         "{}",
         lines[0]
     );
     assert!(
-        lines[0].contains(&scope.queue("always_fails")),
+        lines[1].contains("ERROR") && lines[1].contains("dead-lettered"),
         "{}",
-        lines[0]
+        lines[1]
     );
-    hutch.close().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_requeues_the_message_once_restarts_the_consumer_and_never_loops() {
-    LazyLock::force(&LOGS);
-    let scope = Scope::new("panicking");
-    let hutch = scope.hutch("panicking");
-    let running = hutch.start().await.expect("start");
-
-    for n in 1..=4 {
-        hutch
-            .publish("panics.maybe", &serde_json::json!({ "n": n }))
-            .await
-            .unwrap();
+    for line in &lines {
+        assert!(line.contains("the payment provider is down"), "{line}");
+        assert!(line.contains(&queue), "{line}");
     }
-    // Odd messages panic on their first delivery and on their redelivery;
-    // even ones succeed: 2 + 2 × 2 handler calls.
-    let seen = JOURNAL.wait_for("panics_on_odd", 6).await;
-    running.shutdown().await.expect("clean shutdown");
-    assert_eq!(
-        queue_depth(&scope.queue("panics_on_odd")),
-        0,
-        "nothing is left to loop"
-    );
-    let seen_after = JOURNAL.by("panics_on_odd");
-    assert_eq!(
-        seen_after.len(),
-        6,
-        "no message came back a third time: {seen_after:#?}"
-    );
-    for n in 1..=4_u64 {
-        let deliveries: Vec<_> = seen.iter().filter(|s| s.body["n"] == n).collect();
-        if n % 2 == 1 {
-            assert_eq!(deliveries.len(), 2, "message {n}: {deliveries:?}");
-            assert!(deliveries[1].redelivered);
-        } else {
-            assert_eq!(deliveries.len(), 1, "message {n}: {deliveries:?}");
-        }
-    }
-    let status = hutch.status();
-    let consumer = status.consumer(&scope.queue("panics_on_odd")).unwrap();
-    assert_eq!(
-        consumer.restarts, 4,
-        "each panic restarted the consumer: {consumer:?}"
-    );
-    assert_eq!(
-        log_lines_with("handler panicked; message requeued").len(),
-        2
-    );
-    assert_eq!(
-        log_lines_with("panicked again on the same message").len(),
-        2
-    );
     hutch.close().await.unwrap();
 }
 

@@ -171,17 +171,19 @@ async fn a_group_declares_and_runs_only_its_consumers() {
     assert_eq!(hutch.queue_names().unwrap(), [scope.queue("in_group_a")]);
     let running = hutch.start().await.expect("start");
 
-    let ours: Vec<_> = broker()
+    let mut ours: Vec<_> = broker()
         .queues()
         .unwrap()
         .into_iter()
         .filter(|queue| queue.name.starts_with(&format!("{}:", scope.namespace)))
         .map(|queue| queue.name)
         .collect();
+    ours.sort();
+    let queue = scope.queue("in_group_a");
     assert_eq!(
         ours,
-        [scope.queue("in_group_a")],
-        "no queue of another group is declared"
+        [queue.clone(), format!("{queue}:dead")],
+        "the group's queue and its dead-letter queue, no queue of another group"
     );
 
     hutch

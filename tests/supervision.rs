@@ -21,7 +21,8 @@ use hutch_rs::{
     Status, consumer, testing::Broker,
 };
 use hutch_rs_tests::{
-    PATIENCE, Scope, TALLY, init_logging, proxy::BlackHoleProxy, spawn_run_until,
+    PATIENCE, Scope, TALLY, init_logging, own_broker, proxy::BlackHoleProxy, rabbitmqctl,
+    spawn_run_until,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -102,12 +103,25 @@ async fn pair_second(_msg: Message<Numbered>) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn own_broker() -> Arc<Broker> {
-    let broker = tokio::task::spawn_blocking(Broker::start)
-        .await
-        .unwrap()
-        .expect("start a private node");
-    Arc::new(broker)
+/// A test's own node and names. Tests take turns, so the node's connection
+/// and channel counts are the test's alone; the turn ends when this drops.
+struct OwnNode {
+    broker: Arc<Broker>,
+    scope: Scope,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl OwnNode {
+    /// Waits for this test's turn, then starts its node.
+    async fn take(test: &str) -> Self {
+        let turn = ONE_AT_A_TIME.lock().await;
+        init_logging();
+        Self {
+            broker: own_broker().await,
+            scope: Scope::new(test),
+            _turn: turn,
+        }
+    }
 }
 
 /// Settings for a test: quick heartbeats and reconnects.
@@ -256,19 +270,13 @@ async fn wait_until(hutch: &Hutch, events: &mut EventStream, done: impl Fn(&Stat
     );
 }
 
-async fn blocking(broker: &Arc<Broker>, args: &'static [&'static str]) {
-    let broker = broker.clone();
-    tokio::task::spawn_blocking(move || broker.rabbitmqctl(args).expect("rabbitmqctl"))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_force_closed_repeatedly_during_a_stream_lose_nothing() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("force-closed");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("force-closed").await;
     let hutch = builder(broker.amqp_uri(), &scope, "stream")
         .build()
         .unwrap();
@@ -339,10 +347,11 @@ async fn connections_force_closed_repeatedly_during_a_stream_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_stopped_and_started_mid_stream_loses_nothing() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("restarted");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("restarted").await;
     let hutch = builder(broker.amqp_uri(), &scope, "stream")
         .build()
         .unwrap();
@@ -363,8 +372,8 @@ async fn a_broker_stopped_and_started_mid_stream_loses_nothing() {
         &stop,
     );
     confirmed.wait_for(500).await;
-    blocking(&broker, &["stop_app"]).await;
-    blocking(&broker, &["start_app"]).await;
+    rabbitmqctl(&broker, &["stop_app"]).await;
+    rabbitmqctl(&broker, &["start_app"]).await;
     let restarted_at = confirmed.ids().len() as u64;
     confirmed.wait_for(restarted_at + 500).await;
     stop.store(true, Ordering::SeqCst);
@@ -413,10 +422,11 @@ async fn a_broker_stopped_and_started_mid_stream_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_panicking_on_every_100th_message_restarts_on_its_channel_and_loses_nothing() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("flaky");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("flaky").await;
     let hutch = builder(broker.amqp_uri(), &scope, "flaky")
         .restart_intensity(100, Duration::from_secs(60))
         .build()
@@ -467,18 +477,21 @@ async fn a_handler_panicking_on_every_100th_message_restarts_on_its_channel_and_
         }
     }
     assert_eq!(restarted, sink.restarts);
-    // No channel leaked by the restarts: still one consumer channel.
-    assert_broker_holds(&broker, 2, 2).await;
+    // No channel leaked by the restarts: still one consumer channel; the
+    // publishing connection has the test's channel and the one that
+    // forwarded the panicking messages to their delay queue.
+    assert_broker_holds(&broker, 2, 3).await;
     running.shutdown().await.expect("clean shutdown");
     hutch.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_deleted_while_consuming_is_declared_again_and_consumed() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("deleted");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("deleted").await;
     let hutch = builder(broker.amqp_uri(), &scope, "stream")
         .build()
         .unwrap();
@@ -539,10 +552,11 @@ async fn a_queue_deleted_while_consuming_is_declared_again_and_consumed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_connection_is_noticed_by_heartbeats_and_recovered() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("black-hole");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("black-hole").await;
     let proxy = BlackHoleProxy::start(broker.amqp_port()).await;
     // Consumers through the proxy; the publisher straight to the broker.
     let consumers = builder(proxy.amqp_uri(), &scope, "stream").build().unwrap();
@@ -598,10 +612,11 @@ async fn a_black_holed_connection_is_noticed_by_heartbeats_and_recovered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("doomed");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("doomed").await;
     let hutch = builder(broker.amqp_uri(), &scope, "doomed")
         .restart_intensity(2, Duration::from_secs(60))
         .build()
@@ -636,8 +651,10 @@ async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
         hutch_rs::ConsumerState::Failed
     );
     // The failed consumer's channel is closed; the connection stays for the
-    // others. Two connections (consume, publish), the publisher's channel.
-    assert_broker_holds(&broker, 2, 1).await;
+    // others. Three connections: the consumers', the publishing one that
+    // forwarded the panicking messages (with its forwarding channel) and the
+    // test publisher's (with its publishing channel).
+    assert_broker_holds(&broker, 3, 2).await;
 
     // run_until reports the same failure and closes everything.
     running.shutdown().await.expect("clean shutdown");
@@ -662,6 +679,10 @@ async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
         .unwrap_err();
     assert!(matches!(error, Error::ConsumerFailed { .. }), "{error:?}");
     publisher.close().await.unwrap();
+    // run_until leaves the publishing connection (which forwarded the
+    // failed messages) to the Hutch, which may still publish.
+    assert_broker_holds(&broker, 1, 1).await;
+    hutch.close().await.unwrap();
     assert_broker_holds(&broker, 0, 0).await;
 }
 
@@ -689,10 +710,11 @@ async fn assert_fatal(broker: &Arc<Broker>, hutch: &Hutch) -> Error {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_and_unknown_vhosts_are_fatal() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("refused");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("refused").await;
     let port = broker.amqp_port();
 
     let wrong_password = format!("amqp://guest:not-the-password@127.0.0.1:{port}/%2f");
@@ -727,13 +749,14 @@ async fn refused_credentials_and_unknown_vhosts_are_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_refused_to_a_resource_is_fatal_and_names_it() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("forbidden");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("forbidden").await;
     // A user who may use the vhost but configure (declare) nothing.
-    blocking(&broker, &["add_user", "limited", "limited-password"]).await;
-    blocking(
+    rabbitmqctl(&broker, &["add_user", "limited", "limited-password"]).await;
+    rabbitmqctl(
         &broker,
         &["set_permissions", "-p", "/", "limited", "^$", ".*", ".*"],
     )
@@ -755,10 +778,11 @@ async fn access_refused_to_a_resource_is_fatal_and_names_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_declared_elsewhere_with_other_arguments_is_fatal_and_names_what_differs() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("inequivalent");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("inequivalent").await;
     let queue = scope.queue("stream_sink");
     let (connection, channel) = raw_channel_to(&broker).await;
     let mut arguments = lapin::types::FieldTable::default();
@@ -794,10 +818,11 @@ async fn a_queue_declared_elsewhere_with_other_arguments_is_fatal_and_names_what
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nodes_of_a_cluster_are_tried_in_turn() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("nodes");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("nodes").await;
     // Nothing listens on the first node's port.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_port = dead.local_addr().unwrap().port();
@@ -826,7 +851,7 @@ async fn a_channel_closed_by_the_broker_restarts_the_consumer_and_the_stale_ack_
     let broker = own_broker().await;
     // The broker closes a channel with 406 when a delivery stays
     // unacknowledged longer than consumer_timeout, checked every channel tick.
-    blocking(
+    rabbitmqctl(
         &broker,
         &[
             "eval",
@@ -889,10 +914,11 @@ async fn a_channel_closed_by_the_broker_restarts_the_consumer_and_the_stale_ack_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_alarm_shows_as_a_blocked_connection_and_clears() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("alarm");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("alarm").await;
     let hutch = builder(broker.amqp_uri(), &scope, "stream")
         .confirm_timeout(Duration::from_secs(2))
         .build()
@@ -904,7 +930,7 @@ async fn a_broker_alarm_shows_as_a_blocked_connection_and_clears() {
     let run = scope.namespace.clone();
     let before_alarm = publish_one(&hutch, "stream.alarm", &run, 0).await;
 
-    blocking(
+    rabbitmqctl(
         &broker,
         &[
             "eval",
@@ -945,7 +971,7 @@ async fn a_broker_alarm_shows_as_a_blocked_connection_and_clears() {
     })
     .await;
 
-    blocking(
+    rabbitmqctl(
         &broker,
         &[
             "eval",
@@ -1001,10 +1027,11 @@ async fn a_broker_alarm_shows_as_a_blocked_connection_and_clears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_refused_on_a_live_connection_is_fatal_not_a_wait() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    init_logging();
-    let broker = own_broker().await;
-    let scope = Scope::new("channel-max");
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("channel-max").await;
     // One channel per connection: the second consumer cannot have one.
     let uri = format!("{}?channel_max=1", broker.amqp_uri());
     let hutch = builder(uri, &scope, "pair").build().unwrap();

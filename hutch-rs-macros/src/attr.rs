@@ -2,16 +2,16 @@
 //!
 //! Every argument has the form `name = value`. The syntax is parsed once for
 //! all arguments (a name, `=`, any expression); each known name then decides
-//! which expressions it accepts. A new argument such as `max_attempts = 3`
-//! is one more entry in [`KNOWN_ARGUMENTS`] and one more arm in
-//! [`ConsumerArgs::assign`].
+//! which expressions it accepts. A new argument is one more entry in
+//! [`KNOWN_ARGUMENTS`] and one more arm in [`ConsumerArgs::assign`].
 //!
-//! Only the shape of the values is checked here; whether a routing key or a
-//! queue name is valid is decided in `check.rs`.
+//! Only the shape of the values is checked here (a string, an integer);
+//! whether a routing key, a queue name, a number of attempts or a duration is
+//! valid is decided in `check.rs`.
 
 use proc_macro2::{Span, TokenStream};
 use syn::{
-    Expr, ExprLit, Ident, Lit, LitStr, Token,
+    Expr, ExprLit, ExprUnary, Ident, Lit, LitInt, LitStr, Token, UnOp,
     ext::IdentExt,
     parse::{Parse, ParseStream, Parser},
     punctuated::Punctuated,
@@ -20,7 +20,26 @@ use syn::{
 use crate::errors::Errors;
 
 /// Every argument `#[consumer]` accepts, in the order an error lists them.
-const KNOWN_ARGUMENTS: &[&str] = &["routing_key", "queue", "group"];
+const KNOWN_ARGUMENTS: &[&str] = &[
+    "routing_key",
+    "queue",
+    "group",
+    "max_attempts",
+    "retry_min_delay",
+    "retry_max_delay",
+    "timeout",
+];
+
+/// Names used by other frameworks or settings, too far from the right one
+/// for [`edit_distance`] to find it.
+const SYNONYMS: &[(&str, &str)] = &[
+    ("attempts", "max_attempts"),
+    ("retries", "max_attempts"),
+    ("max_retries", "max_attempts"),
+    ("min_delay", "retry_min_delay"),
+    ("max_delay", "retry_max_delay"),
+    ("handler_timeout", "timeout"),
+];
 
 /// The arguments of one `#[consumer(...)]`.
 ///
@@ -30,6 +49,10 @@ pub(crate) struct ConsumerArgs {
     pub(crate) routing_key: Option<RoutingKeys>,
     pub(crate) queue: Option<LitStr>,
     pub(crate) group: Option<LitStr>,
+    pub(crate) max_attempts: Option<LitInt>,
+    pub(crate) retry_min_delay: Option<LitStr>,
+    pub(crate) retry_max_delay: Option<LitStr>,
+    pub(crate) timeout: Option<LitStr>,
     /// The known arguments that were written, valid or not, or suggested for
     /// a misspelled one: an argument with an error is not also "missing".
     pub(crate) mentioned: Vec<&'static str>,
@@ -79,6 +102,14 @@ impl ConsumerArgs {
                 self.queue = string_literal(name, "\"billing_audit\"", &argument.value, errors)
             }
             "group" => self.group = string_literal(name, "\"billing\"", &argument.value, errors),
+            "max_attempts" => self.max_attempts = integer_literal(name, &argument.value, errors),
+            "retry_min_delay" => {
+                self.retry_min_delay = duration_literal(name, "500ms", &argument.value, errors)
+            }
+            "retry_max_delay" => {
+                self.retry_max_delay = duration_literal(name, "5m", &argument.value, errors)
+            }
+            "timeout" => self.timeout = duration_literal(name, "30s", &argument.value, errors),
             _ => errors.at(argument.name.span(), unknown_argument(name)),
         }
         self.mentioned.extend(
@@ -133,11 +164,20 @@ fn unknown_argument(name: &str) -> String {
     message
 }
 
+/// The known argument closest to `unknown` (a typo or a synonym), if any is close.
 fn suggestion(unknown: &str) -> Option<&'static str> {
     KNOWN_ARGUMENTS
         .iter()
-        .copied()
-        .find(|known| edit_distance(unknown, known) <= 2)
+        .map(|known| (edit_distance(unknown, known), *known))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, known)| known)
+        .or_else(|| {
+            SYNONYMS
+                .iter()
+                .find(|(synonym, _)| *synonym == unknown)
+                .map(|(_, known)| *known)
+        })
 }
 
 fn routing_keys(value: &Expr, errors: &mut Errors) -> Option<RoutingKeys> {
@@ -189,6 +229,72 @@ fn string_literal(name: &str, example: &str, value: &Expr, errors: &mut Errors) 
             None
         }
     }
+}
+
+/// `max_attempts = 3`: an integer literal, whose value `check.rs` validates.
+fn integer_literal(name: &str, value: &Expr, errors: &mut Errors) -> Option<LitInt> {
+    let message = match ungroup(value) {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(literal),
+            ..
+        }) => return Some(literal.clone()),
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(literal),
+            ..
+        }) if literal.value().trim().parse::<u32>().is_ok() => format!(
+            "`{name}` takes an integer, not a string: remove the quotes, `{name} = {}`",
+            literal.value().trim()
+        ),
+        Expr::Lit(ExprLit {
+            lit: Lit::Float(_), ..
+        }) => format!("`{name}` takes a whole number: `{name} = 3`"),
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_), ..
+        }) => format!(
+            "`{name}` cannot be negative: it counts how many times a message is handled, \
+             at least 1, e.g. `{name} = 3`"
+        ),
+        _ => format!("`{name}` takes an integer literal: `{name} = 3`"),
+    };
+    errors.spanned(value, message);
+    None
+}
+
+/// `timeout = "30s"`: a string literal, which `check.rs` parses as a duration.
+fn duration_literal(
+    name: &str,
+    example: &str,
+    value: &Expr,
+    errors: &mut Errors,
+) -> Option<LitStr> {
+    let message = match ungroup(value) {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(literal),
+            ..
+        }) => return Some(literal.clone()),
+        // A bare number has no unit: say which units there are.
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(number),
+            ..
+        }) => format!(
+            "`{name}` takes a duration with a unit, in a string: `{name} = \"{digits}s\"` \
+             for seconds or `{name} = \"{digits}ms\"` for milliseconds",
+            digits = number.base10_digits()
+        ),
+        Expr::Lit(ExprLit {
+            lit: Lit::Float(number),
+            ..
+        }) => format!(
+            "`{name}` takes a duration with a unit, in a string: `{name} = \"{digits}s\"`",
+            digits = number.base10_digits()
+        ),
+        _ => format!(
+            "`{name}` takes a duration in a string literal, such as `{name} = \"{example}\"` \
+             (units: ms, s, m, h)"
+        ),
+    };
+    errors.spanned(value, message);
+    None
 }
 
 /// Looks through the invisible groups `macro_rules!` puts around `$value:expr`,
@@ -286,6 +392,54 @@ mod tests {
         assert!(parse_err(quote!(routing_key)).contains("expected `=` after `routing_key`"));
         assert!(parse_err(quote!(routing_key = [1])).contains("must be a string literal"));
         assert!(parse_err(quote!(routing_key = KEY)).contains("a list of string literals"));
+    }
+
+    #[test]
+    fn parses_failure_handling_arguments() {
+        let args = parse_ok(quote!(
+            routing_key = "a.b",
+            max_attempts = 5,
+            retry_min_delay = "500ms",
+            retry_max_delay = "5m",
+            timeout = "30s",
+        ));
+        assert_eq!(args.max_attempts.unwrap().base10_digits(), "5");
+        assert_eq!(args.retry_min_delay.unwrap().value(), "500ms");
+        assert_eq!(args.retry_max_delay.unwrap().value(), "5m");
+        assert_eq!(args.timeout.unwrap().value(), "30s");
+    }
+
+    #[test]
+    fn explains_values_of_the_wrong_kind() {
+        let quoted = parse_err(quote!(max_attempts = "3"));
+        assert!(
+            quoted.contains("remove the quotes, `max_attempts = 3`"),
+            "{quoted}"
+        );
+        let fraction = parse_err(quote!(max_attempts = 3.5));
+        assert!(fraction.contains("a whole number"), "{fraction}");
+        let negative = parse_err(quote!(max_attempts = -1));
+        assert!(negative.contains("cannot be negative"), "{negative}");
+        let constant = parse_err(quote!(max_attempts = ATTEMPTS));
+        assert!(constant.contains("an integer literal"), "{constant}");
+        let bare = parse_err(quote!(timeout = 30));
+        assert!(bare.contains("`timeout = \"30s\"`"), "{bare}");
+        let constant = parse_err(quote!(retry_max_delay = MAX));
+        assert!(
+            constant.contains("`retry_max_delay = \"5m\"`"),
+            "{constant}"
+        );
+    }
+
+    #[test]
+    fn suggests_the_closest_argument() {
+        assert_eq!(suggestion("max_attempt"), Some("max_attempts"));
+        assert_eq!(suggestion("retry_min_dely"), Some("retry_min_delay"));
+        assert_eq!(suggestion("retry_max_dely"), Some("retry_max_delay"));
+        assert_eq!(suggestion("timout"), Some("timeout"));
+        assert_eq!(suggestion("max_retries"), Some("max_attempts"));
+        assert_eq!(suggestion("min_delay"), Some("retry_min_delay"));
+        assert_eq!(suggestion("exchange"), None);
     }
 
     #[test]

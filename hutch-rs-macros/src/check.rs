@@ -1,19 +1,21 @@
 //! What `#[consumer]` can refuse before the type checker runs: the shape of
 //! the function's signature, the syntax of routing keys, queue and group
-//! names.
+//! names, the number of attempts and the durations of the failure handling.
 //!
 //! The return type and the message body type are left to the bounds of
 //! `hutch_rs::__private::call_handler`: only the type checker knows whether a
 //! type implements `Deserialize` or converts into `BoxError`.
 
+use std::time::Duration;
+
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::{
-    FnArg, GenericArgument, ItemFn, LitStr, PathArguments, ReturnType, Signature, Type,
+    FnArg, GenericArgument, ItemFn, LitInt, LitStr, PathArguments, ReturnType, Signature, Type,
     ext::IdentExt, spanned::Spanned,
 };
 
-use crate::{attr::ConsumerArgs, errors::Errors};
+use crate::{attr::ConsumerArgs, duration, errors::Errors};
 
 /// The longest routing key AMQP can carry (a short string).
 const MAX_ROUTING_KEY_BYTES: usize = 255;
@@ -21,6 +23,17 @@ const MAX_ROUTING_KEY_BYTES: usize = 255;
 /// Queue names are short strings too (255 bytes); the rest is left for the
 /// `"<namespace>:"` prefix and the `":dead"` suffix of the dead-letter queue.
 const MAX_NAME_BYTES: usize = 200;
+
+/// A retry waits in a delay queue as a message TTL (`x-message-ttl`), which
+/// RabbitMQ caps at `u32::MAX` milliseconds, about 49 days. The same limit as
+/// `hutch_rs::retry::policy::MAX_DELAY`, checked again at startup.
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// RabbitMQ's `consumer_timeout`: a delivery unacknowledged for 30 minutes
+/// makes the broker close the channel, and the message comes back as the
+/// same attempt. A handler timeout must end a call before that. The same
+/// limit as `hutch_rs::config::MAX_HANDLER_TIMEOUT`.
+const MAX_HANDLER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// A `#[consumer]` whose arguments and signature passed every check.
 pub(crate) struct Consumer<'a> {
@@ -30,6 +43,10 @@ pub(crate) struct Consumer<'a> {
     pub(crate) routing_keys: &'a [LitStr],
     pub(crate) queue: Option<&'a LitStr>,
     pub(crate) group: Option<&'a LitStr>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) retry_min_delay: Option<Duration>,
+    pub(crate) retry_max_delay: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
     /// `T` in the argument `Message<T>`.
     pub(crate) body_type: &'a Type,
     /// Where the function's return type is written, or its name when it
@@ -101,6 +118,16 @@ pub(crate) fn consumer<'a>(
         }
     }
 
+    let max_attempts = args
+        .max_attempts
+        .as_ref()
+        .and_then(|literal| max_attempts(literal, errors));
+    let (retry_min_delay, retry_max_delay) = retry_delays(args, errors);
+    let timeout = args
+        .timeout
+        .as_ref()
+        .and_then(|literal| handler_timeout(literal, errors));
+
     let body_type = signature(&function.sig, errors);
     Some(Consumer {
         function,
@@ -108,12 +135,148 @@ pub(crate) fn consumer<'a>(
         routing_keys: routing_keys?,
         queue: args.queue.as_ref(),
         group: args.group.as_ref(),
+        max_attempts,
+        retry_min_delay,
+        retry_max_delay,
+        timeout,
         body_type: body_type?,
         output_span: match &function.sig.output {
             ReturnType::Type(_, ty) => ty.span(),
             ReturnType::Default => function.sig.ident.span(),
         },
     })
+}
+
+/// `max_attempts = N`: at least 1, a `u32`.
+fn max_attempts(literal: &LitInt, errors: &mut Errors) -> Option<u32> {
+    let suffix = literal.suffix();
+    if !suffix.is_empty() && suffix != "u32" {
+        errors.at(
+            literal.span(),
+            format_args!(
+                "`max_attempts` is a `u32`; remove the `{suffix}` suffix: `max_attempts = {}`",
+                literal.base10_digits()
+            ),
+        );
+        return None;
+    }
+    match literal.base10_parse::<u32>() {
+        Ok(0) => {
+            errors.at(
+                literal.span(),
+                "max_attempts must be at least 1: 1 means no retries; \
+                 `max_attempts = 3` handles a failing message up to 3 times",
+            );
+            None
+        }
+        Ok(attempts) => Some(attempts),
+        Err(_) => {
+            errors.at(
+                literal.span(),
+                format_args!(
+                    "`max_attempts` is at most {}; a handful is usual, e.g. `max_attempts = 3`",
+                    u32::MAX
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `retry_min_delay` and `retry_max_delay`, each valid on its own and, when
+/// both are given, in order. One given alone is checked against the
+/// configured default of the other when the consumer starts.
+fn retry_delays(args: &ConsumerArgs, errors: &mut Errors) -> (Option<Duration>, Option<Duration>) {
+    let min = args
+        .retry_min_delay
+        .as_ref()
+        .and_then(|literal| retry_delay("retry_min_delay", "500ms", literal, errors));
+    let max = args
+        .retry_max_delay
+        .as_ref()
+        .and_then(|literal| retry_delay("retry_max_delay", "5m", literal, errors));
+    if let (Some(min_delay), Some(max_delay), Some(min_literal), Some(max_literal)) =
+        (min, max, &args.retry_min_delay, &args.retry_max_delay)
+    {
+        if min_delay > max_delay {
+            errors.at(
+                min_literal.span(),
+                format_args!(
+                    "`retry_min_delay = {:?}` is longer than `retry_max_delay = {:?}`; the wait between \
+                     attempts grows from the first to the second, so make retry_min_delay the shorter, \
+                     e.g. `retry_min_delay = \"500ms\", retry_max_delay = \"5m\"`",
+                    min_literal.value(),
+                    max_literal.value()
+                ),
+            );
+        }
+    }
+    (min, max)
+}
+
+/// A retry delay: longer than zero, and short enough for a message TTL.
+fn retry_delay(
+    name: &str,
+    example: &str,
+    literal: &LitStr,
+    errors: &mut Errors,
+) -> Option<Duration> {
+    let delay = positive_duration(name, example, literal, errors)?;
+    if delay > MAX_RETRY_DELAY {
+        errors.at(
+            literal.span(),
+            format_args!(
+                "`{name} = {:?}` is longer than RabbitMQ allows: a retry waits as a message TTL, \
+                 at most {} ms (about 49 days); e.g. `{name} = \"{example}\"`",
+                literal.value(),
+                MAX_RETRY_DELAY.as_millis()
+            ),
+        );
+        return None;
+    }
+    Some(delay)
+}
+
+/// A handler timeout: longer than zero, shorter than RabbitMQ's
+/// `consumer_timeout`.
+fn handler_timeout(literal: &LitStr, errors: &mut Errors) -> Option<Duration> {
+    let timeout = positive_duration("timeout", "30s", literal, errors)?;
+    if timeout >= MAX_HANDLER_TIMEOUT {
+        errors.at(
+            literal.span(),
+            format_args!(
+                "`timeout = {:?}` is not shorter than RabbitMQ's consumer_timeout (30 minutes), \
+                 after which the broker takes the message back and it would loop; \
+                 e.g. `timeout = \"5m\"`",
+                literal.value()
+            ),
+        );
+        return None;
+    }
+    Some(timeout)
+}
+
+/// A duration such as `"30s"`, longer than zero.
+fn positive_duration(
+    name: &str,
+    example: &str,
+    literal: &LitStr,
+    errors: &mut Errors,
+) -> Option<Duration> {
+    match duration::parse(name, &literal.value()) {
+        Ok(duration) if duration.is_zero() => {
+            errors.at(
+                literal.span(),
+                format_args!("`{name}` must be longer than zero, e.g. `{name} = \"{example}\"`"),
+            );
+            None
+        }
+        Ok(duration) => Some(duration),
+        Err(problem) => {
+            errors.at(literal.span(), problem);
+            None
+        }
+    }
 }
 
 /// `#[consumer]` or `#[hutch_rs::consumer]`, left on the function by a second
@@ -441,6 +604,107 @@ mod tests {
         assert!(problem.contains("256 bytes"), "{problem}");
         // Bytes, not characters: 128 two-byte characters are 256 bytes.
         assert!(validate_routing_key(&"é".repeat(128)).is_err());
+    }
+
+    fn check(args: TokenStream) -> (Option<FailureHandling>, String) {
+        let mut errors = Errors::default();
+        let args = crate::attr::parse(args, &mut errors).expect("parsed");
+        let function: ItemFn = syn::parse_quote! {
+            async fn handle(msg: Message<u64>) -> Result<(), BoxError> { Ok(()) }
+        };
+        let handling =
+            consumer(Some(&args), &function, &mut errors).map(|consumer| FailureHandling {
+                max_attempts: consumer.max_attempts,
+                retry_min_delay: consumer.retry_min_delay,
+                retry_max_delay: consumer.retry_max_delay,
+                timeout: consumer.timeout,
+            });
+        let message = errors
+            .finish()
+            .err()
+            .into_iter()
+            .flatten()
+            .map(|error| error.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        (handling, message)
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct FailureHandling {
+        max_attempts: Option<u32>,
+        retry_min_delay: Option<Duration>,
+        retry_max_delay: Option<Duration>,
+        timeout: Option<Duration>,
+    }
+
+    #[test]
+    fn accepts_failure_handling_arguments() {
+        let (handling, message) = check(quote::quote!(
+            routing_key = "a",
+            max_attempts = 5u32,
+            retry_min_delay = "500ms",
+            retry_max_delay = "1m 30s",
+            timeout = "29m",
+        ));
+        assert_eq!(message, "");
+        assert_eq!(
+            handling,
+            Some(FailureHandling {
+                max_attempts: Some(5),
+                retry_min_delay: Some(Duration::from_millis(500)),
+                retry_max_delay: Some(Duration::from_secs(90)),
+                timeout: Some(Duration::from_secs(29 * 60)),
+            })
+        );
+        let (handling, message) = check(quote::quote!(
+            routing_key = "a",
+            max_attempts = 1,
+            retry_min_delay = "4294967295ms",
+            retry_max_delay = "4294967295ms",
+        ));
+        assert_eq!(message, "");
+        assert_eq!(handling.unwrap().max_attempts, Some(1));
+    }
+
+    #[test]
+    fn refuses_out_of_range_failure_handling_arguments() {
+        for (args, expected) in [
+            (
+                quote::quote!(max_attempts = 0),
+                "max_attempts must be at least 1: 1 means no retries",
+            ),
+            (quote::quote!(max_attempts = 3u8), "remove the `u8` suffix"),
+            (
+                quote::quote!(max_attempts = 4294967296),
+                "at most 4294967295",
+            ),
+            (
+                quote::quote!(retry_min_delay = "0s"),
+                "`retry_min_delay` must be longer than zero",
+            ),
+            (
+                quote::quote!(timeout = "0ms"),
+                "`timeout` must be longer than zero",
+            ),
+            (quote::quote!(timeout = ""), "`timeout` is empty"),
+            (
+                quote::quote!(retry_max_delay = "4294967296ms"),
+                "at most 4294967295 ms",
+            ),
+            (
+                quote::quote!(retry_min_delay = "50d"),
+                "at most 4294967295 ms",
+            ),
+            (
+                quote::quote!(retry_min_delay = "10s", retry_max_delay = "5s"),
+                "`retry_min_delay = \"10s\"` is longer than `retry_max_delay = \"5s\"`",
+            ),
+        ] {
+            let (_, message) = check(quote::quote!(routing_key = "a", #args));
+            assert!(message.contains(expected), "{args}: {message}");
+            assert_eq!(message.lines().count(), 1, "{args}: {message}");
+        }
     }
 
     #[test]

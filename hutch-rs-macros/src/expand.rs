@@ -1,7 +1,9 @@
 //! The code `#[consumer]` generates: the function, unchanged, and a hidden
 //! registration that `hutch_rs::consumers()` finds at startup.
 
-use proc_macro2::{Span, TokenStream};
+use std::time::Duration;
+
+use proc_macro2::{Literal, Span, TokenStream};
 use quote::{quote, quote_spanned};
 
 use crate::check::Consumer;
@@ -19,6 +21,22 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
     let body_type = consumer.body_type;
     let queue = consumer.queue.map(|queue| quote!(.with_queue(#queue)));
     let group = consumer.group.map(|group| quote!(.with_group(#group)));
+    let max_attempts = consumer.max_attempts.map(|attempts| {
+        let attempts = Literal::u32_suffixed(attempts);
+        quote!(.with_max_attempts(#attempts))
+    });
+    let retry_min_delay = consumer.retry_min_delay.map(|delay| {
+        let delay = duration(delay);
+        quote!(.with_retry_min_delay(#delay))
+    });
+    let retry_max_delay = consumer.retry_max_delay.map(|delay| {
+        let delay = duration(delay);
+        quote!(.with_retry_max_delay(#delay))
+    });
+    let timeout = consumer.timeout.map(|timeout| {
+        let timeout = duration(timeout);
+        quote!(.with_timeout(#timeout))
+    });
 
     // A wrong return type fails `call_handler`'s bounds, reported at the
     // call; located at the return type, the error points where the fix goes.
@@ -45,7 +63,7 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
             // The user decides whether calling a deprecated consumer warns.
             #[allow(deprecated)]
             fn __hutch_rs_handler(
-                incoming: ::hutch_rs::__private::Incoming,
+                incoming: &::hutch_rs::__private::Incoming,
             ) -> ::hutch_rs::__private::HandlerFuture {
                 // Naming `T` makes a body type without `Deserialize` fail
                 // at the `T` of `Message<T>`.
@@ -61,9 +79,21 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
                 )
                 #queue
                 #group
+                #max_attempts
+                #retry_min_delay
+                #retry_max_delay
+                #timeout
             }
         };
     }
+}
+
+/// `duration` as a `const` expression: parsed when the macro ran, nothing
+/// left to parse at run time.
+fn duration(duration: Duration) -> TokenStream {
+    let secs = Literal::u64_suffixed(duration.as_secs());
+    let nanos = Literal::u32_suffixed(duration.subsec_nanos());
+    quote!(::core::time::Duration::new(#secs, #nanos))
 }
 
 /// The item as written, followed by the errors: the function still exists, so

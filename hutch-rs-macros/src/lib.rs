@@ -5,6 +5,7 @@
 
 mod attr;
 mod check;
+mod duration;
 mod errors;
 mod expand;
 
@@ -54,9 +55,51 @@ use crate::errors::Errors;
 /// | `routing_key` | required | A topic pattern, `"orders.placed"`, or a non-empty list of them, `["billing.#", "refunds.*"]`. The queue is bound with each one. |
 /// | `queue` | optional | The queue's name. Defaults to the function's name. When a namespace is set, it is prefixed: `shop:billing_audit`. |
 /// | `group` | optional | The consumer's group. A process started with a group (`HUTCH_GROUP`, `Hutch::builder().group(..)`) runs that group's consumers only; one started without runs them all. |
+/// | `max_attempts` | optional | How many times a failing message is handled before it goes to `<queue>:dead`: an integer, at least 1 (1: no retries). Defaults to the configuration's, 3. |
+/// | `retry_min_delay` | optional | The wait before the first retry, a duration such as `"500ms"`. Defaults to the configuration's, 1s. |
+/// | `retry_max_delay` | optional | The longest wait between two attempts, such as `"5m"`; at most 4294967295 ms (about 49 days). Defaults to the configuration's, 60s. |
+/// | `timeout` | optional | How long one call of the function may run before it counts as a failure, such as `"30s"`. Defaults to the configuration's, 30s; must be shorter than RabbitMQ's consumer_timeout, 30 minutes. |
 ///
-/// Values are string literals, written in the attribute, so that they can be
-/// checked when the crate compiles.
+/// Values are literals written in the attribute, so that they can be checked
+/// when the crate compiles: strings, and an integer for `max_attempts`.
+///
+/// ## Failure handling
+///
+/// ```
+/// # use hutch_rs::{consumer, Message};
+/// #[consumer(
+///     routing_key = "payments.charge",
+///     max_attempts = 5,
+///     retry_min_delay = "500ms",
+///     retry_max_delay = "5m",
+///     timeout = "30s"
+/// )]
+/// async fn charge(msg: Message<u64>) -> Result<(), hutch_rs::BoxError> {
+///     Ok(())
+/// }
+/// ```
+///
+/// A message whose handling fails (an `Err`, a panic or the `timeout`) is
+/// handled again, up to `max_attempts` times in all, then moved to
+/// `<queue>:dead`; `Message::attempt` says which attempt is running (1 on the
+/// first delivery). Between two attempts the message waits with exponential
+/// backoff and jitter, from `retry_min_delay` growing to `retry_max_delay`.
+/// The wait happens on the broker, in a delay queue of the consumer's own, so
+/// it holds no prefetch slot, survives a restart of the process and does not
+/// delay the messages behind it. A handler can decide otherwise for one
+/// message by returning a `hutch_rs::Decision` as its error (retry after a
+/// given delay, dead-letter at once).
+///
+/// Durations are a number and a unit, `ms`, `s`, `m`, `h` or `d`, several
+/// parts allowed: `"500ms"`, `"30s"`, `"5m"`, `"1m 30s"`, `"1h"`. They must
+/// be longer than zero, and `retry_min_delay` at most `retry_max_delay`. A
+/// delay given alone must fit the configured default of the other
+/// (`HutchBuilder::retry_delay`); that is checked when the consumer starts.
+///
+/// Keep `timeout` well below RabbitMQ's `consumer_timeout` (30 minutes by
+/// default): a delivery left unacknowledged longer makes the broker close the
+/// channel. A timed-out call is dropped at its next `.await`; work it started
+/// elsewhere (a spawned task, a blocking call) is not stopped.
 ///
 /// ## Routing keys
 ///
@@ -165,7 +208,8 @@ use crate::errors::Errors;
 ///
 /// Every mistake the attribute can see is reported at once, at the token to
 /// fix: a missing `routing_key`, an unknown or repeated argument, an invalid
-/// routing key, queue or group name, a function that is not `async`, a
+/// routing key, queue or group name, a `max_attempts` below 1, a duration
+/// that does not parse or is out of range, a function that is not `async`, a
 /// `self` receiver, a missing, extra or non-`Message` argument. A body type
 /// without `Deserialize` and a wrong return type are reported by the type
 /// checker, at the `T` of `Message<T>` and at the return type.
@@ -174,6 +218,15 @@ use crate::errors::Errors;
 /// # use hutch_rs::{consumer, Message};
 /// // error: in routing key "orders.*x", `*` must be a whole word between dots
 /// #[consumer(routing_key = "orders.*x")]
+/// async fn placed(msg: Message<u64>) -> Result<(), hutch_rs::BoxError> {
+///     Ok(())
+/// }
+/// ```
+///
+/// ```compile_fail
+/// # use hutch_rs::{consumer, Message};
+/// // error: unknown unit "parsecs" in `retry_min_delay = "5 parsecs"`; use ms, s, m, h or d, ...
+/// #[consumer(routing_key = "orders.placed", retry_min_delay = "5 parsecs")]
 /// async fn placed(msg: Message<u64>) -> Result<(), hutch_rs::BoxError> {
 ///     Ok(())
 /// }

@@ -1,7 +1,10 @@
 //! What `#[consumer]` registers, seen at run time through `hutch_rs::consumers()`,
 //! and the handler it generates, driven with a delivery built in memory.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use hutch_rs::{
     __private::{HandlerOutcome, Incoming},
@@ -36,6 +39,21 @@ mod billing {
     }
 }
 
+mod payments {
+    use hutch_rs::{Message, consumer};
+
+    #[consumer(
+        routing_key = "payments.charge",
+        max_attempts = 5,
+        retry_min_delay = "500ms",
+        retry_max_delay = "5m",
+        timeout = "1m 30s"
+    )]
+    pub(crate) async fn charge(_msg: Message<u64>) -> Result<(), hutch_rs::BoxError> {
+        Ok(())
+    }
+}
+
 fn registration(qualified_name: &str) -> &'static hutch_rs::ConsumerRegistration {
     hutch_rs::consumers()
         .into_iter()
@@ -57,6 +75,7 @@ fn lists_every_consumer_of_the_binary_in_a_stable_order() {
             "registration::declared_in_an_async_test",
             "registration::send_receipt",
             "registration::billing::audit",
+            "registration::payments::charge",
         ]
     );
 }
@@ -78,6 +97,22 @@ fn registers_function_name_routing_keys_queue_and_group() {
     assert_eq!(audit.queue_argument(), Some("billing_audit"));
     assert_eq!(audit.base_queue_name(), "billing_audit");
     assert_eq!(audit.group(), Some("billing"));
+}
+
+#[test]
+fn registers_failure_handling_arguments() {
+    let charge = registration("registration::payments::charge");
+    assert_eq!(charge.max_attempts(), Some(5));
+    assert_eq!(charge.retry_min_delay(), Some(Duration::from_millis(500)));
+    assert_eq!(charge.retry_max_delay(), Some(Duration::from_secs(5 * 60)));
+    assert_eq!(charge.timeout(), Some(Duration::from_secs(90)));
+
+    // Without them, the configured defaults apply at run time.
+    let receipt = registration("registration::send_receipt");
+    assert_eq!(receipt.max_attempts(), None);
+    assert_eq!(receipt.retry_min_delay(), None);
+    assert_eq!(receipt.retry_max_delay(), None);
+    assert_eq!(receipt.timeout(), None);
 }
 
 #[test]
@@ -118,7 +153,7 @@ fn incoming(body: &str) -> Incoming {
 /// runtime does for each delivery.
 async fn deliver(body: &str) -> HandlerOutcome {
     let handler = registration("registration::send_receipt").handler();
-    handler(incoming(body)).await
+    handler(&incoming(body)).await
 }
 
 #[tokio::test]

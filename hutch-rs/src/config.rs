@@ -4,7 +4,11 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use lapin::uri::AMQPUri;
 
-use crate::{Error, Result, topology};
+use crate::{
+    Error, Result,
+    retry::{self, ErrorHook, ErrorHooks, RetryPolicy},
+    topology,
+};
 
 /// The broker URI used when neither `HUTCH_URI` nor [`HutchBuilder::uri`] says otherwise.
 pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -31,6 +35,25 @@ pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_RESTARTS: u32 = 10;
 /// The window of the restart intensity.
 pub const DEFAULT_RESTART_PERIOD: Duration = Duration::from_secs(60);
+
+/// How many times a failing message is handled before it is dead-lettered,
+/// unless its consumer says otherwise (`max_attempts`).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The wait before the first retry (`retry_min_delay`).
+pub const DEFAULT_RETRY_MIN_DELAY: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts (`retry_max_delay`).
+pub const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
+/// How long one handler call may run before it counts as failed
+/// (`timeout`). Well below RabbitMQ's `consumer_timeout` (30 minutes from
+/// delivery to ack, after which the broker closes the channel and takes the
+/// message back): a delivery may wait behind up to `prefetch` others before
+/// its own handler starts, and 32 × 30 s is 16 minutes.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// RabbitMQ's default `consumer_timeout`. A handler timeout must be shorter:
+/// past it the broker takes the message back as the same attempt, and a
+/// handler that always needs longer would loop.
+pub(crate) const MAX_HANDLER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The environment variables hutch-rs reads.
 const ENV_URI: &str = "HUTCH_URI";
@@ -144,6 +167,10 @@ pub(crate) struct Settings {
     pub(crate) reconnect_max_delay: Duration,
     pub(crate) max_restarts: u32,
     pub(crate) restart_period: Duration,
+    /// The retry policy of consumers that do not set their own.
+    pub(crate) retry: RetryPolicy,
+    pub(crate) handler_timeout: Duration,
+    pub(crate) error_hooks: ErrorHooks,
 }
 
 /// Builds a [`Hutch`](crate::Hutch): defaults, overlaid with the environment,
@@ -184,6 +211,10 @@ pub struct HutchBuilder {
     connection_timeout: Layered<Duration>,
     reconnect_delay: Layered<(Duration, Duration)>,
     restart_intensity: Layered<(u32, Duration)>,
+    max_attempts: Layered<u32>,
+    retry_delay: Layered<(Duration, Duration)>,
+    handler_timeout: Layered<Duration>,
+    error_hooks: ErrorHooks,
 }
 
 impl fmt::Debug for HutchBuilder {
@@ -210,6 +241,10 @@ impl fmt::Debug for HutchBuilder {
             .field("connection_timeout", &self.connection_timeout.value)
             .field("reconnect_delay", &self.reconnect_delay.value)
             .field("restart_intensity", &self.restart_intensity.value)
+            .field("max_attempts", &self.max_attempts.value)
+            .field("retry_delay", &self.retry_delay.value)
+            .field("handler_timeout", &self.handler_timeout.value)
+            .field("error_hooks", &self.error_hooks)
             .finish()
     }
 }
@@ -235,6 +270,13 @@ impl HutchBuilder {
                 (DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD),
                 Source::Default,
             ),
+            max_attempts: Layered::new(DEFAULT_MAX_ATTEMPTS, Source::Default),
+            retry_delay: Layered::new(
+                (DEFAULT_RETRY_MIN_DELAY, DEFAULT_RETRY_MAX_DELAY),
+                Source::Default,
+            ),
+            handler_timeout: Layered::new(DEFAULT_HANDLER_TIMEOUT, Source::Default),
+            error_hooks: ErrorHooks::default(),
         }
     }
 
@@ -352,6 +394,39 @@ impl HutchBuilder {
         self
     }
 
+    /// How many times a failing message is handled before it goes to its
+    /// consumer's dead-letter queue, for consumers without
+    /// `#[consumer(max_attempts = ...)]`. At least 1 (1: no retries).
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = Layered::new(max_attempts, Source::Setter("max_attempts"));
+        self
+    }
+
+    /// The waits between attempts, for consumers without their own
+    /// `retry_min_delay` / `retry_max_delay`: `min` after the first failure,
+    /// doubling up to `max`, ±20 % jitter. The waiting happens in delay queues
+    /// on the broker (see [`RetryPolicy`](crate::RetryPolicy)).
+    pub fn retry_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.retry_delay = Layered::new((min, max), Source::Setter("retry_delay"));
+        self
+    }
+
+    /// How long one handler call may run before it is stopped and counts as
+    /// failed, for consumers without `#[consumer(timeout = ...)]`.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Layered::new(timeout, Source::Setter("handler_timeout"));
+        self
+    }
+
+    /// Adds an error hook, called (on a task of its own) for every message
+    /// whose handling failed, once its outcome (retry, dead letter, requeue)
+    /// is carried out. Hooks add to the log line hutch-rs always writes; one
+    /// that fails or panics is logged and changes nothing else.
+    pub fn on_error(mut self, hook: impl ErrorHook) -> Self {
+        self.error_hooks.push(hook);
+        self
+    }
+
     /// Validates the settings and builds the [`Hutch`](crate::Hutch). Nothing
     /// connects yet.
     ///
@@ -419,6 +494,21 @@ impl HutchBuilder {
                 .restart_intensity
                 .invalid("the period must be longer than zero"));
         }
+        let max_attempts = self.max_attempts.value;
+        if max_attempts == 0 {
+            return Err(self
+                .max_attempts
+                .invalid("must be at least 1 (1 means no retries)"));
+        }
+        let (min_delay, max_delay) = self.retry_delay.value;
+        retry::check_delays(min_delay, max_delay)
+            .map_err(|reason| self.retry_delay.invalid(reason))?;
+        if self.handler_timeout.value.is_zero() || self.handler_timeout.value >= MAX_HANDLER_TIMEOUT
+        {
+            return Err(self.handler_timeout.invalid(
+                "must be longer than zero and shorter than RabbitMQ's consumer_timeout (30 minutes)",
+            ));
+        }
         Ok(Settings {
             uris,
             exchange: self.exchange.value,
@@ -433,6 +523,13 @@ impl HutchBuilder {
             reconnect_max_delay,
             max_restarts,
             restart_period,
+            retry: RetryPolicy {
+                max_attempts,
+                min_delay,
+                max_delay,
+            },
+            handler_timeout: self.handler_timeout.value,
+            error_hooks: self.error_hooks,
         })
     }
 }

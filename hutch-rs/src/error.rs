@@ -110,6 +110,17 @@ pub enum Error {
         routing_key: String,
     },
 
+    /// A mandatory message reached no queue: the broker returned it.
+    #[error(
+        "message to exchange {exchange:?} with routing key {routing_key:?} reached no queue (returned by the broker)"
+    )]
+    Unroutable {
+        /// The exchange (`""` is the default exchange).
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+
     /// No publisher confirm arrived in time. The message may or may not have
     /// reached the broker.
     #[error("no publisher confirm for routing key {routing_key:?} within {timeout:?}")]

@@ -18,7 +18,7 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerOutcome> + Send + 's
 
 /// The type-erased entry point `#[consumer]` generates for each function.
 #[doc(hidden)]
-pub type HandlerFn = fn(Incoming) -> HandlerFuture;
+pub type HandlerFn = fn(&Incoming) -> HandlerFuture;
 
 /// What became of one delivery once its handler finished.
 #[doc(hidden)]
@@ -53,10 +53,14 @@ impl<E: Into<BoxError>> IntoHandlerResult for Result<(), E> {
 
 /// Decodes `incoming` as `Message<T>` and calls `handler` with it.
 ///
+/// `incoming` is borrowed: the consumer keeps the original bytes and
+/// properties to forward the message to a delay or dead-letter queue if the
+/// handler fails.
+///
 /// The code `#[consumer]` generates calls this with the user's function; the
 /// generic bounds are where a wrong signature is reported.
 #[doc(hidden)]
-pub fn call_handler<T, F, Fut>(handler: F, incoming: Incoming) -> HandlerFuture
+pub fn call_handler<T, F, Fut>(handler: F, incoming: &Incoming) -> HandlerFuture
 where
     T: DeserializeOwned + Send + 'static,
     F: FnOnce(Message<T>) -> Fut,

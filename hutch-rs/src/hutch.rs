@@ -39,7 +39,9 @@ pub struct Hutch {
 struct Inner {
     settings: Arc<Settings>,
     observer: Observer,
-    publisher: Publisher,
+    /// Shared with the consumers, which publish retries and dead letters
+    /// through it.
+    publisher: Arc<Publisher>,
 }
 
 impl Hutch {
@@ -64,7 +66,7 @@ impl Hutch {
         let observer = Observer::default();
         Self {
             inner: Arc::new(Inner {
-                publisher: Publisher::new(settings.clone(), observer.clone()),
+                publisher: Arc::new(Publisher::new(settings.clone(), observer.clone())),
                 observer,
                 settings,
             }),
@@ -143,9 +145,13 @@ impl Hutch {
         if plans.is_empty() {
             tracing::warn!(group = ?self.group(), "no consumers selected; nothing will be consumed");
         }
+        for plan in &plans {
+            topology::warn_about_consumer_timeout(&self.inner.settings, plan);
+        }
         Running::start(
             self.inner.settings.clone(),
             self.inner.observer.clone(),
+            self.inner.publisher.clone(),
             plans,
         )
         .await

@@ -41,10 +41,15 @@
 //!   set; one binding per routing key.
 //! - Published messages are persistent JSON (`application/json`) with a fresh
 //!   message id and a timestamp; a publish resolves after the broker's confirm.
-//! - A handler's `Ok` acks the message. An `Err` or a body that cannot be
-//!   decoded is logged and rejected without requeue; a panic requeues the
-//!   message once and restarts the consumer, and a second panic on the same
-//!   message rejects it. A bad message never loops.
+//! - A handler's `Ok` acks the message. An `Err`, a panic or a timeout is
+//!   retried with exponential backoff, the copy waiting in one of the
+//!   consumer's delay queues on the broker, up to `max_attempts` (default 3);
+//!   then the message goes to the consumer's dead-letter queue
+//!   `<queue>:dead` with headers that say why ([`headers`]). A body that
+//!   cannot be decoded goes there at once. A handler can decide otherwise
+//!   with a [`Decision`]; error hooks ([`HutchBuilder::on_error`]) see every
+//!   failure. The original is acked only after the broker confirmed its copy:
+//!   a bad message never loops and is never dropped.
 //!
 //! # Supervision
 //!
@@ -68,10 +73,14 @@ mod config;
 mod error;
 mod event;
 mod handler;
+pub mod headers;
 mod hutch;
 mod message;
+mod panic;
+mod properties;
 mod publisher;
 mod registry;
+mod retry;
 mod status;
 mod supervisor;
 mod topology;
@@ -80,9 +89,10 @@ mod topology;
 pub mod testing;
 
 pub use config::{
-    DEFAULT_CONFIRM_TIMEOUT, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_EXCHANGE, DEFAULT_HEARTBEAT,
-    DEFAULT_MAX_RESTARTS, DEFAULT_PREFETCH, DEFAULT_RECONNECT_MAX_DELAY,
-    DEFAULT_RECONNECT_MIN_DELAY, DEFAULT_RESTART_PERIOD, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_URI,
+    DEFAULT_CONFIRM_TIMEOUT, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_EXCHANGE, DEFAULT_HANDLER_TIMEOUT,
+    DEFAULT_HEARTBEAT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RESTARTS, DEFAULT_PREFETCH,
+    DEFAULT_RECONNECT_MAX_DELAY, DEFAULT_RECONNECT_MIN_DELAY, DEFAULT_RESTART_PERIOD,
+    DEFAULT_RETRY_MAX_DELAY, DEFAULT_RETRY_MIN_DELAY, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_URI,
     HutchBuilder,
 };
 pub use error::{BoxError, Error, Result};
@@ -90,6 +100,7 @@ pub use event::{Event, EventStream};
 pub use hutch::Hutch;
 pub use message::{DecodeError, Message};
 pub use registry::{ConsumerRegistration, consumers};
+pub use retry::{Decision, ErrorHook, Failure, HandlerError, Outcome, RetryPolicy};
 pub use status::{ConnectionState, ConnectionStatus, ConsumerState, ConsumerStatus, Status};
 pub use supervisor::app::Running;
 

@@ -2,6 +2,7 @@
 
 use std::{
     ops::Deref,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -10,6 +11,8 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 use serde::de::DeserializeOwned;
+
+use crate::headers;
 
 /// A message delivered to a `#[consumer]` function: the decoded body plus the
 /// AMQP metadata it came with.
@@ -30,10 +33,7 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, Clone)]
 pub struct Message<T> {
     body: T,
-    exchange: String,
-    routing_key: String,
-    redelivered: bool,
-    properties: BasicProperties,
+    envelope: Arc<Envelope>,
 }
 
 impl<T> Message<T> {
@@ -43,32 +43,39 @@ impl<T> Message<T> {
     pub fn new(body: T) -> Self {
         Self {
             body,
-            exchange: String::new(),
-            routing_key: String::new(),
-            redelivered: false,
-            properties: BasicProperties::default(),
+            envelope: Arc::new(Envelope {
+                exchange: String::new(),
+                routing_key: String::new(),
+                redelivered: false,
+                attempt: 1,
+                properties: BasicProperties::default(),
+            }),
         }
+    }
+
+    fn envelope_mut(&mut self) -> &mut Envelope {
+        Arc::make_mut(&mut self.envelope)
     }
 
     /// Sets the routing key (for tests).
     #[must_use]
     pub fn with_routing_key(mut self, routing_key: impl Into<String>) -> Self {
-        self.routing_key = routing_key.into();
+        self.envelope_mut().routing_key = routing_key.into();
         self
     }
 
     /// Sets the exchange (for tests).
     #[must_use]
     pub fn with_exchange(mut self, exchange: impl Into<String>) -> Self {
-        self.exchange = exchange.into();
+        self.envelope_mut().exchange = exchange.into();
         self
     }
 
     /// Sets the message id (for tests).
     #[must_use]
     pub fn with_message_id(mut self, message_id: impl Into<String>) -> Self {
-        self.properties = self
-            .properties
+        let envelope = self.envelope_mut();
+        envelope.properties = std::mem::take(&mut envelope.properties)
             .with_message_id(ShortString::from(message_id.into()));
         self
     }
@@ -76,16 +83,25 @@ impl<T> Message<T> {
     /// Marks the message as redelivered (for tests).
     #[must_use]
     pub fn with_redelivered(mut self, redelivered: bool) -> Self {
-        self.redelivered = redelivered;
+        self.envelope_mut().redelivered = redelivered;
+        self
+    }
+
+    /// Sets the attempt number (for tests of retry logic; 1 is the first
+    /// delivery).
+    #[must_use]
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.envelope_mut().attempt = attempt.max(1);
         self
     }
 
     /// Adds an AMQP header (for tests).
     #[must_use]
     pub fn with_header(mut self, name: &str, value: impl Into<AMQPValue>) -> Self {
-        let mut headers = self.properties.headers().clone().unwrap_or_default();
+        let envelope = self.envelope_mut();
+        let mut headers = envelope.properties.headers().clone().unwrap_or_default();
         headers.insert(ShortString::from(name), value.into());
-        self.properties = self.properties.with_headers(headers);
+        envelope.properties = std::mem::take(&mut envelope.properties).with_headers(headers);
         self
     }
 
@@ -101,31 +117,40 @@ impl<T> Message<T> {
         self.body
     }
 
-    /// The routing key the message was published with.
+    /// The routing key the message was published with (also on a retry,
+    /// which reaches the queue by another route).
     #[must_use]
     pub fn routing_key(&self) -> &str {
-        &self.routing_key
+        &self.envelope.routing_key
     }
 
-    /// The exchange the message was published to.
+    /// The exchange the message was published to (also on a retry).
     #[must_use]
     pub fn exchange(&self) -> &str {
-        &self.exchange
+        &self.envelope.exchange
+    }
+
+    /// Which attempt at handling this message this is: 1 on the first
+    /// delivery, 2 on the first retry, and so on up to the consumer's
+    /// `max_attempts`. The count travels with the message (header
+    /// [`ATTEMPT`](crate::headers::ATTEMPT)); a redelivery by the broker
+    /// after a lost connection is the same attempt again.
+    #[must_use]
+    pub fn attempt(&self) -> u32 {
+        self.envelope.attempt
     }
 
     /// The publisher's message id (hutch-rs publishers always set one).
     #[must_use]
     pub fn message_id(&self) -> Option<&str> {
-        self.properties
-            .message_id()
-            .as_ref()
-            .map(ShortString::as_str)
+        self.envelope.message_id()
     }
 
     /// The correlation id, if the publisher set one.
     #[must_use]
     pub fn correlation_id(&self) -> Option<&str> {
-        self.properties
+        self.envelope
+            .properties
             .correlation_id()
             .as_ref()
             .map(ShortString::as_str)
@@ -135,14 +160,15 @@ impl<T> Message<T> {
     /// consumer) without it being acknowledged.
     #[must_use]
     pub fn redelivered(&self) -> bool {
-        self.redelivered
+        self.envelope.redelivered
     }
 
     /// When the publisher sent the message (AMQP timestamps have one-second
     /// resolution).
     #[must_use]
     pub fn timestamp(&self) -> Option<SystemTime> {
-        self.properties
+        self.envelope
+            .properties
             .timestamp()
             .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds))
     }
@@ -150,7 +176,7 @@ impl<T> Message<T> {
     /// The AMQP headers table, if the message has one.
     #[must_use]
     pub fn headers(&self) -> Option<&FieldTable> {
-        self.properties.headers().as_ref()
+        self.envelope.properties.headers().as_ref()
     }
 
     /// One AMQP header by name.
@@ -162,7 +188,7 @@ impl<T> Message<T> {
     /// All AMQP properties of the message (content type, priority, reply-to…).
     #[must_use]
     pub fn properties(&self) -> &BasicProperties {
-        &self.properties
+        &self.envelope.properties
     }
 }
 
@@ -175,18 +201,15 @@ impl<T> Deref for Message<T> {
 }
 
 impl<T: DeserializeOwned> Message<T> {
-    pub(crate) fn decode(incoming: Incoming) -> Result<Self, DecodeError> {
-        check_content_type(&incoming.properties)?;
+    pub(crate) fn decode(incoming: &Incoming) -> Result<Self, DecodeError> {
+        check_content_type(&incoming.envelope.properties)?;
         let body = serde_json::from_slice(&incoming.body).map_err(|source| DecodeError::Json {
             type_name: std::any::type_name::<T>(),
             source,
         })?;
         Ok(Self {
             body,
-            exchange: incoming.exchange,
-            routing_key: incoming.routing_key,
-            redelivered: incoming.redelivered,
-            properties: incoming.properties,
+            envelope: incoming.envelope.clone(),
         })
     }
 }
@@ -243,16 +266,64 @@ pub enum DecodeError {
     },
 }
 
+/// What a delivery carries besides its body, shared between the consumer
+/// and the decoded [`Message`] (one allocation per delivery, not one per
+/// field).
+#[derive(Debug, Clone)]
+pub(crate) struct Envelope {
+    /// The exchange the message was first published to.
+    pub(crate) exchange: String,
+    /// The routing key the message was first published with.
+    pub(crate) routing_key: String,
+    pub(crate) redelivered: bool,
+    /// 1 on the first delivery; retries carry theirs in a header.
+    pub(crate) attempt: u32,
+    pub(crate) properties: BasicProperties,
+}
+
+impl Envelope {
+    /// The publisher's message id, if any.
+    pub(crate) fn message_id(&self) -> Option<&str> {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(ShortString::as_str)
+    }
+
+    /// The envelope of a delivery as the broker handed it over. A retried
+    /// copy arrives from a delay queue through the default exchange; its
+    /// headers say where it was first published and which attempt it is.
+    pub(crate) fn of_delivery(
+        exchange: &str,
+        routing_key: &str,
+        redelivered: bool,
+        properties: BasicProperties,
+    ) -> Self {
+        let headers = properties.headers().as_ref();
+        let text = |name: &str| headers.and_then(|headers| headers::text(headers, name));
+        let attempt = headers
+            .and_then(|headers| headers::number(headers, headers::ATTEMPT))
+            .and_then(|attempt| u32::try_from(attempt).ok())
+            .unwrap_or(1)
+            .max(1);
+        Self {
+            exchange: text(headers::ORIGINAL_EXCHANGE).unwrap_or_else(|| exchange.to_owned()),
+            routing_key: text(headers::ORIGINAL_ROUTING_KEY)
+                .unwrap_or_else(|| routing_key.to_owned()),
+            redelivered,
+            attempt,
+            properties,
+        }
+    }
+}
+
 /// A delivery before decoding: what the consumer hands to a registered
 /// handler.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Incoming {
     pub(crate) body: Vec<u8>,
-    pub(crate) exchange: String,
-    pub(crate) routing_key: String,
-    pub(crate) redelivered: bool,
-    pub(crate) properties: BasicProperties,
+    pub(crate) envelope: Arc<Envelope>,
 }
 
 impl Incoming {
@@ -263,10 +334,7 @@ impl Incoming {
     pub fn new(body: Vec<u8>, routing_key: &str, properties: BasicProperties) -> Self {
         Self {
             body,
-            exchange: String::new(),
-            routing_key: routing_key.to_owned(),
-            redelivered: false,
-            properties,
+            envelope: Arc::new(Envelope::of_delivery("", routing_key, false, properties)),
         }
     }
 }
@@ -287,34 +355,35 @@ mod tests {
     #[test]
     fn decodes_json_with_or_without_content_type() {
         let typed = BasicProperties::default().with_content_type("application/json".into());
-        let message = Message::<Order>::decode(incoming(r#"{"id":7}"#, typed)).unwrap();
+        let message = Message::<Order>::decode(&incoming(r#"{"id":7}"#, typed)).unwrap();
         assert_eq!(message.body(), &Order { id: 7 });
         assert_eq!(message.routing_key(), "orders.placed");
 
-        let untyped = Message::<Order>::decode(incoming(r#"{"id":8}"#, BasicProperties::default()));
+        let untyped =
+            Message::<Order>::decode(&incoming(r#"{"id":8}"#, BasicProperties::default()));
         assert_eq!(untyped.unwrap().into_body(), Order { id: 8 });
 
         let with_charset =
             BasicProperties::default().with_content_type("application/json; charset=utf-8".into());
-        assert!(Message::<Order>::decode(incoming(r#"{"id":9}"#, with_charset)).is_ok());
+        assert!(Message::<Order>::decode(&incoming(r#"{"id":9}"#, with_charset)).is_ok());
     }
 
     #[test]
     fn refuses_other_content_types_and_encodings() {
         let xml = BasicProperties::default().with_content_type("application/xml".into());
-        let error = Message::<Order>::decode(incoming(r#"{"id":7}"#, xml)).unwrap_err();
+        let error = Message::<Order>::decode(&incoming(r#"{"id":7}"#, xml)).unwrap_err();
         assert!(
             matches!(error, DecodeError::UnsupportedContentType(ref t) if t == "application/xml")
         );
 
         let gzip = BasicProperties::default().with_content_encoding("gzip".into());
-        let error = Message::<Order>::decode(incoming(r#"{"id":7}"#, gzip)).unwrap_err();
+        let error = Message::<Order>::decode(&incoming(r#"{"id":7}"#, gzip)).unwrap_err();
         assert!(matches!(error, DecodeError::UnsupportedContentEncoding(_)));
     }
 
     #[test]
     fn invalid_json_names_the_expected_type() {
-        let error = Message::<Order>::decode(incoming("not json", BasicProperties::default()))
+        let error = Message::<Order>::decode(&incoming("not json", BasicProperties::default()))
             .unwrap_err()
             .to_string();
         assert!(error.contains("Order"), "{error}");

@@ -1,9 +1,6 @@
 //! Confirmed publishing on a connection of its own.
 
-use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::SystemTime};
 
 use lapin::{
     BasicProperties, Channel,
@@ -15,17 +12,30 @@ use tokio::{sync::Mutex, task::JoinHandle};
 use crate::{
     Error, Result,
     config::Settings,
+    properties::{PERSISTENT, unix_seconds},
     supervisor::{
         classify, connection::Purpose, connection_manager::ConnectionManager, observer::Observer,
     },
     topology,
 };
 
-/// AMQP delivery mode 2: the broker writes the message to disk in a durable queue.
-const PERSISTENT: u8 = 2;
+/// A confirm-mode channel on the publishing connection, known to its
+/// connection manager by `owner`.
+#[derive(Debug)]
+struct Lane {
+    owner: &'static str,
+    /// The channel, once set up.
+    channel: Mutex<Option<Channel>>,
+}
 
-/// The owner name of the publishing channel in its connection manager.
-const PUBLISHER: &str = "publisher";
+impl Lane {
+    const fn new(owner: &'static str) -> Self {
+        Self {
+            owner,
+            channel: Mutex::const_new(None),
+        }
+    }
+}
 
 /// Publishes JSON messages to the exchange and waits for the broker's confirm.
 ///
@@ -37,8 +47,16 @@ pub(crate) struct Publisher {
     settings: Arc<Settings>,
     observer: Observer,
     link: Mutex<Option<Link>>,
-    /// The channel in confirm mode, once set up.
-    channel: Mutex<Option<Channel>>,
+    /// The application's publishes, any number in flight.
+    publishing: Lane,
+    /// Copies of failed messages (mandatory publishes), one at a time.
+    forwarding: Lane,
+    /// Held for the whole of a forward. lapin hands a `basic.return` to
+    /// whichever confirm completes next, and the broker may confirm several
+    /// publishes at once: with two mandatory publishes in flight on a
+    /// channel, a return could be blamed on the wrong one (and a lost copy
+    /// taken for a confirmed one). One at a time, a return is the forward's.
+    forward_turn: Mutex<()>,
 }
 
 /// The publishing connection's manager and the task running it.
@@ -54,7 +72,9 @@ impl Publisher {
             settings,
             observer,
             link: Mutex::new(None),
-            channel: Mutex::new(None),
+            publishing: Lane::new("publisher"),
+            forwarding: Lane::new("forwarder"),
+            forward_turn: Mutex::new(()),
         }
     }
 
@@ -74,10 +94,45 @@ impl Publisher {
             .with_content_type("application/json".into())
             .with_delivery_mode(PERSISTENT)
             .with_message_id(uuid::Uuid::new_v4().to_string().into())
-            .with_timestamp(unix_seconds());
+            .with_timestamp(unix_seconds(SystemTime::now()));
+        let exchange = self.settings.exchange.clone();
+        let publishing = self.publish_bytes(
+            &self.publishing,
+            &exchange,
+            routing_key,
+            &body,
+            properties,
+            false,
+        );
+        self.within_confirm_timeout(routing_key, publishing).await
+    }
+
+    /// Publishes a copy of a failed message straight to `queue` through the
+    /// default exchange, mandatory: a queue that does not exist is an
+    /// [`Error::Unroutable`], not a message silently dropped.
+    pub(crate) async fn forward(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let forwarding = async {
+            let _turn = self.forward_turn.lock().await;
+            self.publish_bytes(&self.forwarding, "", queue, body, properties, true)
+                .await
+        };
+        self.within_confirm_timeout(queue, forwarding).await
+    }
+
+    /// Bounds a whole publish, waiting for a connection included, by the
+    /// confirm timeout.
+    async fn within_confirm_timeout(
+        &self,
+        routing_key: &str,
+        publishing: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
         let timeout = self.settings.confirm_timeout;
-        // Bounds the wait for a connection as well as for the confirm.
-        tokio::time::timeout(timeout, self.publish_bytes(routing_key, &body, properties))
+        tokio::time::timeout(timeout, publishing)
             .await
             .map_err(|_| Error::PublishTimeout {
                 routing_key: routing_key.to_owned(),
@@ -87,23 +142,28 @@ impl Publisher {
 
     async fn publish_bytes(
         &self,
+        lane: &Lane,
+        exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
+        mandatory: bool,
     ) -> Result<()> {
-        let exchange = self.settings.exchange.as_str();
         let publish_error = |source| Error::Publish {
             exchange: exchange.to_owned(),
             routing_key: routing_key.to_owned(),
             source: Box::new(source),
         };
-        let channel = self.channel().await?;
+        let channel = self.channel(lane).await?;
         let confirmed = async {
             channel
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..BasicPublishOptions::default()
+                    },
                     body,
                     properties,
                 )
@@ -117,21 +177,27 @@ impl Publisher {
                 return Err(publish_error(error));
             }
         };
-        if confirmation.is_ack() {
-            Ok(())
-        } else {
-            Err(Error::PublishNacked {
+        if !confirmation.is_ack() {
+            return Err(Error::PublishNacked {
                 routing_key: routing_key.to_owned(),
-            })
+            });
         }
+        // A returned message is confirmed too, after its basic.return.
+        if mandatory && confirmation.take_message().is_some() {
+            return Err(Error::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// The confirm-mode channel. A new channel is put in confirm mode and
     /// the exchange declared on it, so a publisher that starts before any
     /// consumer does not publish into an exchange that does not exist (the
     /// broker would close the channel).
-    async fn channel(&self) -> Result<Channel> {
-        let mut cached = self.channel.lock().await;
+    async fn channel(&self, lane: &Lane) -> Result<Channel> {
+        let mut cached = lane.channel.lock().await;
         if let Some(channel) = cached.as_ref()
             && channel.status().connected()
         {
@@ -140,7 +206,7 @@ impl Publisher {
         let manager = self.manager().await;
         loop {
             let lease = manager
-                .channel(PUBLISHER)
+                .channel(lane.owner)
                 .await
                 .map_err(|source| Error::Declare {
                     resource: "the publishing channel".to_owned(),
@@ -229,7 +295,8 @@ impl Publisher {
 
     /// Closes the publishing connection, if open.
     pub(crate) async fn close(&self) -> Result<()> {
-        self.channel.lock().await.take();
+        self.publishing.channel.lock().await.take();
+        self.forwarding.channel.lock().await.take();
         let Some(link) = self.link.lock().await.take() else {
             return Ok(());
         };
@@ -250,11 +317,4 @@ impl Drop for Publisher {
             link.manager.shut_down();
         }
     }
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or_default()
 }

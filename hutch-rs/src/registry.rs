@@ -1,5 +1,7 @@
 //! The consumers that `#[consumer]` registers, collected across the whole binary by `inventory`.
 
+use std::time::Duration;
+
 use crate::handler::HandlerFn;
 
 /// One function annotated with `#[consumer]`.
@@ -14,6 +16,10 @@ pub struct ConsumerRegistration {
     routing_keys: &'static [&'static str],
     queue: Option<&'static str>,
     group: Option<&'static str>,
+    max_attempts: Option<u32>,
+    retry_min_delay: Option<Duration>,
+    retry_max_delay: Option<Duration>,
+    timeout: Option<Duration>,
     handler: HandlerFn,
 }
 
@@ -33,6 +39,10 @@ impl ConsumerRegistration {
             routing_keys,
             queue: None,
             group: None,
+            max_attempts: None,
+            retry_min_delay: None,
+            retry_max_delay: None,
+            timeout: None,
             handler,
         }
     }
@@ -50,6 +60,36 @@ impl ConsumerRegistration {
     #[must_use]
     pub const fn with_group(mut self, group: &'static str) -> Self {
         self.group = Some(group);
+        self
+    }
+
+    /// Sets `max_attempts`: how many times a failing message is handled
+    /// before it goes to the dead-letter queue (at least 1).
+    #[must_use]
+    pub const fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = Some(max_attempts);
+        self
+    }
+
+    /// Sets `retry_min_delay`: the wait before the first retry.
+    #[must_use]
+    pub const fn with_retry_min_delay(mut self, delay: Duration) -> Self {
+        self.retry_min_delay = Some(delay);
+        self
+    }
+
+    /// Sets `retry_max_delay`: the longest wait between two attempts.
+    #[must_use]
+    pub const fn with_retry_max_delay(mut self, delay: Duration) -> Self {
+        self.retry_max_delay = Some(delay);
+        self
+    }
+
+    /// Sets `timeout`: how long one handler call may run before it counts
+    /// as failed.
+    #[must_use]
+    pub const fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 
@@ -95,6 +135,31 @@ impl ConsumerRegistration {
         self.group
     }
 
+    /// The `max_attempts = N` argument, if given (otherwise the configured
+    /// default applies).
+    #[must_use]
+    pub fn max_attempts(&self) -> Option<u32> {
+        self.max_attempts
+    }
+
+    /// The `retry_min_delay = "..."` argument, if given.
+    #[must_use]
+    pub fn retry_min_delay(&self) -> Option<Duration> {
+        self.retry_min_delay
+    }
+
+    /// The `retry_max_delay = "..."` argument, if given.
+    #[must_use]
+    pub fn retry_max_delay(&self) -> Option<Duration> {
+        self.retry_max_delay
+    }
+
+    /// The `timeout = "..."` argument, if given.
+    #[must_use]
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
     /// The generated entry point that decodes a delivery and calls the
     /// function. Not a stable API.
     #[doc(hidden)]
@@ -111,6 +176,10 @@ impl std::fmt::Debug for ConsumerRegistration {
             .field("routing_keys", &self.routing_keys)
             .field("queue", &self.queue)
             .field("group", &self.group)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_min_delay", &self.retry_min_delay)
+            .field("retry_max_delay", &self.retry_max_delay)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }

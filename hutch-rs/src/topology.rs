@@ -1,7 +1,7 @@
 //! Topology by convention: one durable topic exchange, one durable queue per
 //! consumer, one binding per routing key.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use lapin::{
     Channel, ExchangeKind,
@@ -9,7 +9,11 @@ use lapin::{
     types::FieldTable,
 };
 
-use crate::{ConsumerRegistration, Error, Result, config::Settings};
+use crate::{
+    ConsumerRegistration, Error, Result,
+    config::{MAX_HANDLER_TIMEOUT, Settings},
+    retry::{self, RetryPolicy, queues::LONGEST_SUFFIX},
+};
 
 /// AMQP short strings (names, routing keys) hold at most 255 bytes.
 const MAX_NAME_BYTES: usize = 255;
@@ -81,6 +85,10 @@ pub(crate) fn queue_name(namespace: Option<&str>, registration: &ConsumerRegistr
 pub(crate) struct ConsumerPlan {
     pub(crate) registration: &'static ConsumerRegistration,
     pub(crate) queue: String,
+    /// The consumer's `#[consumer]` arguments over the configured defaults.
+    pub(crate) retry: RetryPolicy,
+    /// How long one handler call may run.
+    pub(crate) timeout: Duration,
 }
 
 impl ConsumerPlan {
@@ -105,15 +113,18 @@ pub(crate) fn plan_consumers(
     });
     for &registration in selected {
         let queue = queue_name(settings.namespace.as_deref(), registration);
-        if queue.len() > MAX_NAME_BYTES {
+        // Room for the longest name derived from it, a delay queue's.
+        if queue.len() + LONGEST_SUFFIX > MAX_NAME_BYTES {
             return Err(Error::Config {
                 setting: "namespace".into(),
                 reason: format!(
-                    "queue name {queue:?} of consumer {} is longer than {MAX_NAME_BYTES} bytes",
-                    registration.qualified_name()
+                    "queue name {queue:?} of consumer {} is longer than {} bytes, which leaves no room for its delay queues' names (at most {MAX_NAME_BYTES} bytes)",
+                    registration.qualified_name(),
+                    MAX_NAME_BYTES - LONGEST_SUFFIX
                 ),
             });
         }
+        let retry = retry_policy(settings, registration)?;
         if let Some(existing) = by_queue.get(&queue) {
             return Err(Error::DuplicateQueue {
                 queue,
@@ -126,10 +137,58 @@ pub(crate) fn plan_consumers(
             ConsumerPlan {
                 registration,
                 queue,
+                retry,
+                timeout: registration.timeout().unwrap_or(settings.handler_timeout),
             },
         );
     }
     Ok(by_queue.into_values().collect())
+}
+
+/// A consumer's retry policy: its own arguments where it has them, the
+/// configured defaults elsewhere. The mix must still make sense.
+fn retry_policy(settings: &Settings, registration: &ConsumerRegistration) -> Result<RetryPolicy> {
+    let defaults = settings.retry;
+    let policy = RetryPolicy {
+        max_attempts: registration.max_attempts().unwrap_or(defaults.max_attempts),
+        min_delay: registration.retry_min_delay().unwrap_or(defaults.min_delay),
+        max_delay: registration.retry_max_delay().unwrap_or(defaults.max_delay),
+    };
+    let invalid = |reason: String| Error::Config {
+        setting: format!("#[consumer] on {}", registration.qualified_name()),
+        reason,
+    };
+    if policy.max_attempts == 0 {
+        return Err(invalid("max_attempts must be at least 1".into()));
+    }
+    retry::check_delays(policy.min_delay, policy.max_delay).map_err(|reason| {
+        invalid(format!(
+            "{reason} (retry_min_delay/retry_max_delay of the consumer, HutchBuilder::retry_delay otherwise)"
+        ))
+    })?;
+    if registration
+        .timeout()
+        .is_some_and(|timeout| timeout.is_zero())
+    {
+        return Err(invalid("timeout must be longer than zero".into()));
+    }
+    Ok(policy)
+}
+
+/// Warns about a consumer whose handler timeout, times the deliveries that
+/// may wait ahead of a message, reaches RabbitMQ's `consumer_timeout`: under
+/// a slow downstream the broker would close its channel and take the
+/// messages back.
+pub(crate) fn warn_about_consumer_timeout(settings: &Settings, plan: &ConsumerPlan) {
+    let worst_wait = plan.timeout.saturating_mul(u32::from(settings.prefetch));
+    if worst_wait >= MAX_HANDLER_TIMEOUT {
+        tracing::warn!(
+            consumer = %plan.name(),
+            timeout = ?plan.timeout,
+            prefetch = settings.prefetch,
+            "a delivery can wait prefetch × timeout = {worst_wait:?} before it is acked, past RabbitMQ's consumer_timeout (30 minutes); lower the timeout or the prefetch"
+        );
+    }
 }
 
 /// Declares the durable topic exchange.
@@ -151,6 +210,31 @@ pub(crate) async fn declare_exchange(channel: &Channel, exchange: &str) -> Resul
         })
 }
 
+/// Declares a durable, named queue with `arguments`; `resource` describes
+/// it in the error if the broker refuses.
+pub(crate) async fn declare_durable_queue(
+    channel: &Channel,
+    queue: &str,
+    arguments: FieldTable,
+    resource: impl FnOnce() -> String,
+) -> Result<()> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .map_err(|source| Error::Declare {
+            resource: resource(),
+            source: Box::new(source),
+        })?;
+    Ok(())
+}
+
 /// Declares a consumer's durable queue and binds it once per routing key.
 ///
 /// Named and durable, never exclusive or auto-delete: after a reconnect the
@@ -160,24 +244,14 @@ pub(crate) async fn declare_consumer_queue(
     exchange: &str,
     plan: &ConsumerPlan,
 ) -> Result<()> {
-    channel
-        .queue_declare(
-            plan.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
+    declare_durable_queue(channel, &plan.queue, FieldTable::default(), || {
+        format!(
+            "queue {:?} (durable) of consumer {}",
+            plan.queue,
+            plan.name()
         )
-        .await
-        .map_err(|source| Error::Declare {
-            resource: format!(
-                "queue {:?} (durable) of consumer {}",
-                plan.queue,
-                plan.name()
-            ),
-            source: Box::new(source),
-        })?;
+    })
+    .await?;
     for routing_key in plan.registration.routing_keys() {
         channel
             .queue_bind(
@@ -206,7 +280,7 @@ mod tests {
     use crate::handler::HandlerFuture;
     use crate::message::Incoming;
 
-    fn never(_: Incoming) -> HandlerFuture {
+    fn never(_: &Incoming) -> HandlerFuture {
         unreachable!("handlers are not called in topology tests")
     }
 
@@ -253,6 +327,51 @@ mod tests {
             .to_string();
         assert!(error.contains("billing::audit"), "{error}");
         assert!(error.contains("other::billing_audit"), "{error}");
+    }
+
+    static PATIENT: ConsumerRegistration =
+        ConsumerRegistration::new("patient", "shop", &["slow.#"], never)
+            .with_max_attempts(7)
+            .with_retry_min_delay(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(600));
+    static IMPATIENT: ConsumerRegistration =
+        ConsumerRegistration::new("impatient", "shop", &["x"], never)
+            .with_retry_min_delay(Duration::from_secs(600));
+
+    #[test]
+    fn a_consumer_s_arguments_win_over_the_defaults() {
+        let settings = settings(
+            HutchBuilder::defaults()
+                .max_attempts(2)
+                .retry_delay(Duration::from_secs(1), Duration::from_secs(60))
+                .handler_timeout(Duration::from_secs(9)),
+        );
+        let plans = plan_consumers(&settings, &[&PATIENT, &SEND_RECEIPT]).unwrap();
+        let patient = plans.iter().find(|plan| plan.queue == "patient").unwrap();
+        assert_eq!(
+            patient.retry,
+            RetryPolicy {
+                max_attempts: 7,
+                min_delay: Duration::from_secs(5),
+                max_delay: Duration::from_secs(60),
+            }
+        );
+        assert_eq!(patient.timeout, Duration::from_secs(600));
+        let plain = plans
+            .iter()
+            .find(|plan| plan.queue == "send_receipt")
+            .unwrap();
+        assert_eq!(plain.retry, settings.retry);
+        assert_eq!(plain.timeout, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn a_minimum_delay_above_the_default_maximum_is_refused_naming_the_consumer() {
+        let error = plan_consumers(&settings(HutchBuilder::defaults()), &[&IMPATIENT])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("shop::impatient"), "{error}");
+        assert!(error.contains("retry_max_delay"), "{error}");
     }
 
     #[test]

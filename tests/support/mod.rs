@@ -93,6 +93,10 @@ pub struct Seen {
     pub has_timestamp: bool,
     /// Whether the broker flagged a redelivery.
     pub redelivered: bool,
+    /// Which attempt this was (`Message::attempt`).
+    pub attempt: u32,
+    /// When the handler saw it.
+    pub at: std::time::Instant,
 }
 
 impl Seen {
@@ -111,6 +115,8 @@ impl Seen {
             delivery_mode: *msg.properties().delivery_mode(),
             has_timestamp: msg.timestamp().is_some(),
             redelivered: msg.redelivered(),
+            attempt: msg.attempt(),
+            at: std::time::Instant::now(),
         }
     }
 }
@@ -221,6 +227,28 @@ pub async fn raw_publish(
         .close(200, "done".into())
         .await
         .expect("close raw connection");
+}
+
+/// Takes every message out of `queue` (basic.get, acknowledged), in order,
+/// to look at what hutch-rs put there.
+pub async fn take_all(queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+    let (connection, channel) = raw_channel().await;
+    let mut taken = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap_or_else(|error| panic!("basic.get on {queue:?}: {error}"))
+    {
+        taken.push(message);
+    }
+    connection
+        .close(200, "done".into())
+        .await
+        .expect("close raw connection");
+    taken
 }
 
 /// The number of messages (ready + unacknowledged) in `queue`, read exactly
@@ -362,6 +390,25 @@ impl Tally {
 
 /// The tally of this test binary.
 pub static TALLY: LazyLock<Tally> = LazyLock::new(Tally::default);
+
+/// A private node for one test, for what would disturb the others on a
+/// shared one (forced closes, alarms, stops).
+pub async fn own_broker() -> std::sync::Arc<Broker> {
+    let broker = tokio::task::spawn_blocking(Broker::start)
+        .await
+        .expect("the start task does not panic")
+        .expect("start a private node");
+    std::sync::Arc::new(broker)
+}
+
+/// Runs `rabbitmqctl args` on `broker` without blocking the runtime.
+pub async fn rabbitmqctl(broker: &std::sync::Arc<Broker>, args: &'static [&'static str]) {
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || broker.rabbitmqctl(args))
+        .await
+        .expect("the rabbitmqctl task does not panic")
+        .unwrap_or_else(|error| panic!("rabbitmqctl {args:?}: {error}"));
+}
 
 /// Runs `hutch.run_until` in a task, until the returned sender is used (or
 /// dropped).

@@ -13,6 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     Error, Result,
     config::Settings,
+    publisher::Publisher,
     status::Status,
     supervisor::{
         connection::Purpose, connection_manager::ConnectionManager, consumer::ConsumerSupervisor,
@@ -52,6 +53,7 @@ impl Running {
     pub(crate) async fn start(
         settings: Arc<Settings>,
         observer: Observer,
+        publisher: Arc<Publisher>,
         plans: Vec<ConsumerPlan>,
     ) -> Result<Self> {
         observer.track_consumers(plans.iter().map(|plan| (plan.name(), plan.queue.clone())));
@@ -81,6 +83,7 @@ impl Running {
                     settings.clone(),
                     manager.clone(),
                     observer.clone(),
+                    publisher.clone(),
                 );
                 let failures = failure_sender.clone();
                 let shutdown = stop_consumers.child_token();

@@ -60,6 +60,17 @@ pub(crate) fn is_fatal_channel_error(error: &Error) -> bool {
         )
 }
 
+/// A hutch-rs error that retrying cannot fix: what the user must see.
+pub(crate) fn is_fatal(error: &crate::Error) -> bool {
+    use crate::Error as E;
+    match error {
+        E::Config { .. } | E::DuplicateQueue { .. } => true,
+        E::Connect { source, .. } => is_fatal_connect_error(source),
+        E::Declare { source, .. } | E::Publish { source, .. } => is_fatal_channel_error(source),
+        _ => false,
+    }
+}
+
 /// The channel alone was closed by the broker (e.g. 406 on a delivery
 /// acknowledgement timeout) while the connection lives on.
 pub(crate) fn is_channel_only(error: &Error) -> bool {

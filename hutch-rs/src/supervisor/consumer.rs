@@ -3,20 +3,13 @@
 //! registered function, and is restarted when it fails.
 
 use std::{
-    collections::HashSet,
-    panic::AssertUnwindSafe,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures_util::{FutureExt, StreamExt};
 use lapin::{
     Channel,
-    message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicQosOptions, BasicRejectOptions,
-    },
+    options::{BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use tokio::sync::oneshot;
@@ -26,19 +19,19 @@ use tracing::Instrument;
 use crate::{
     Error, Result,
     config::Settings,
-    handler::HandlerOutcome,
-    message::Incoming,
+    publisher::Publisher,
+    retry::queues,
     status::ConsumerState,
     supervisor::{
         classify, connection_manager::ConnectionManager, intensity::RestartIntensity,
-        observer::Observer,
+        observer::Observer, run::Run,
     },
     topology::{self, ConsumerPlan},
 };
 
 /// How one run of a consumer on its channel ended.
 #[derive(Debug)]
-enum Ended {
+pub(super) enum Ended {
     /// Asked to stop.
     Shutdown,
     /// The connection went away: the manager reconnects; the consumer
@@ -47,24 +40,24 @@ enum Ended {
     /// The consumer itself failed (a handler panicked, the broker cancelled
     /// it or closed its channel): restarted under the restart intensity.
     Crashed(String),
+    /// The broker refused something the user must fix (a delay queue that
+    /// exists with other arguments, say): ends `run`.
+    Fatal(Error),
 }
 
 /// One consumer and what it needs to restart itself.
 #[derive(Debug)]
 pub(crate) struct ConsumerSupervisor {
-    plan: ConsumerPlan,
-    name: String,
-    settings: Arc<Settings>,
+    pub(super) plan: ConsumerPlan,
+    pub(super) name: String,
+    pub(super) settings: Arc<Settings>,
     manager: ConnectionManager,
-    observer: Observer,
-    /// Message ids whose handler panicked once, kept across restarts: the
-    /// second panic of the same message rejects it.
-    panicked_once: Mutex<HashSet<String>>,
+    pub(super) observer: Observer,
+    /// Where copies of failed messages (retries, dead letters) are
+    /// published: the publishing connection, so that a consumer's
+    /// connection never publishes and a broker alarm cannot block its acks.
+    pub(super) publisher: Arc<Publisher>,
 }
-
-/// Bounds the memory of `panicked_once`; forgetting only means a message
-/// gets one more delivery.
-const MAX_REMEMBERED_PANICS: usize = 10_000;
 
 impl ConsumerSupervisor {
     pub(crate) fn new(
@@ -72,6 +65,7 @@ impl ConsumerSupervisor {
         settings: Arc<Settings>,
         manager: ConnectionManager,
         observer: Observer,
+        publisher: Arc<Publisher>,
     ) -> Self {
         Self {
             name: plan.name(),
@@ -79,28 +73,8 @@ impl ConsumerSupervisor {
             settings,
             manager,
             observer,
-            panicked_once: Mutex::new(HashSet::new()),
+            publisher,
         }
-    }
-
-    /// Whether this message panicked before (and remembers that it did now).
-    fn panicked_before(&self, message_id: &str, redelivered: bool) -> bool {
-        if message_id.is_empty() {
-            // Nothing to recognise it by: a redelivered message gets no more chances.
-            return redelivered;
-        }
-        let mut panicked = self
-            .panicked_once
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if panicked.remove(message_id) {
-            return true;
-        }
-        if panicked.len() >= MAX_REMEMBERED_PANICS {
-            panicked.clear();
-        }
-        panicked.insert(message_id.to_owned());
-        false
     }
 
     /// Runs the consumer until `shutdown`, restarting it after failures.
@@ -181,12 +155,9 @@ impl ConsumerSupervisor {
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(());
                     }
-                    let run = Run {
-                        consumer: &self,
-                        channel: lease.channel,
-                        deliveries,
-                    };
-                    run.consume(&shutdown).await
+                    Run::new(&self, lease.channel, deliveries, &shutdown)
+                        .consume()
+                        .await
                 }
                 Err(Setup::Fatal(error)) => {
                     tracing::error!(%error, "the broker refused this consumer's setup");
@@ -200,6 +171,12 @@ impl ConsumerSupervisor {
                 Err(Setup::Failed(error)) => Ended::ConnectionLost(error.to_string()),
             };
             match ended {
+                Ended::Fatal(error) => {
+                    tracing::error!(%error, "the broker refused what this consumer needs");
+                    self.observer.consumer_failed(&self.name, error.to_string());
+                    self.manager.release(&self.name).await;
+                    return Err(error);
+                }
                 Ended::Shutdown => {
                     self.observer
                         .consumer_state(&self.name, ConsumerState::Stopped);
@@ -241,7 +218,8 @@ impl ConsumerSupervisor {
     }
 
     /// Applies the consumer's whole channel state: qos, the exchange, its
-    /// queue and bindings, then `basic.consume` with manual acks. Done on
+    /// queue and bindings, its dead-letter queue, then `basic.consume` with
+    /// manual acks (delay queues are declared when first needed). Done on
     /// every start, because a new channel has none of it and a restarted
     /// consumer may find its queue gone.
     async fn start_on(&self, channel: &Channel) -> std::result::Result<lapin::Consumer, Setup> {
@@ -253,6 +231,9 @@ impl ConsumerSupervisor {
             .await
             .map_err(Setup::from_declare)?;
         topology::declare_consumer_queue(channel, &self.settings.exchange, &self.plan)
+            .await
+            .map_err(Setup::from_declare)?;
+        queues::declare_dead_letter_queue(channel, &self.plan)
             .await
             .map_err(Setup::from_declare)?;
         channel
@@ -276,7 +257,7 @@ impl ConsumerSupervisor {
 }
 
 /// Why a consumer could not start on its channel.
-enum Setup {
+pub(super) enum Setup {
     /// The broker refused something the user must fix.
     Fatal(Error),
     /// The channel or connection failed meanwhile.
@@ -284,7 +265,7 @@ enum Setup {
 }
 
 impl Setup {
-    fn from_declare(error: Error) -> Self {
+    pub(super) fn from_declare(error: Error) -> Self {
         match error {
             Error::Declare { source, .. } if !classify::is_fatal_channel_error(&source) => {
                 Setup::Failed(*source)
@@ -292,228 +273,6 @@ impl Setup {
             error => Setup::Fatal(error),
         }
     }
-}
-
-/// One consumption run on one channel: the channel generation every
-/// delivery of this run belongs to.
-struct Run<'a> {
-    consumer: &'a ConsumerSupervisor,
-    channel: Channel,
-    deliveries: lapin::Consumer,
-}
-
-/// What handling one delivery came to, for the run.
-enum Handled {
-    Settled,
-    /// The handler panicked: the consumer restarts.
-    Panicked(String),
-}
-
-impl Run<'_> {
-    async fn consume(mut self, shutdown: &CancellationToken) -> Ended {
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return self.stop().await,
-                next = self.deliveries.next() => next,
-            };
-            match next {
-                Some(Ok(delivery)) => {
-                    let handling = self.handle(delivery);
-                    tokio::pin!(handling);
-                    let handled = tokio::select! {
-                        biased;
-                        handled = &mut handling => handled,
-                        () = shutdown.cancelled() => {
-                            // Stop new deliveries at once; let the in-flight
-                            // handler finish and be acked.
-                            let (_, handled) = tokio::join!(self.cancel_consume(), handling);
-                            if let Handled::Panicked(panic) = handled {
-                                tracing::error!(%panic, "handler panicked during shutdown");
-                            }
-                            self.close_channel().await;
-                            return Ended::Shutdown;
-                        }
-                    };
-                    if let Handled::Panicked(panic) = handled {
-                        self.release_outstanding().await;
-                        return Ended::Crashed(format!("the handler panicked: {panic}"));
-                    }
-                }
-                Some(Err(error)) if classify::is_channel_only(&error) => {
-                    return Ended::Crashed(format!("the broker closed the channel: {error}"));
-                }
-                Some(Err(error)) => return Ended::ConnectionLost(error.to_string()),
-                None if self.channel.status().connected() => {
-                    return Ended::Crashed(
-                        "the broker cancelled the consumer (was its queue deleted?)".to_owned(),
-                    );
-                }
-                None => return Ended::ConnectionLost("the channel closed".to_owned()),
-            }
-        }
-    }
-
-    async fn handle(&self, delivery: Delivery) -> Handled {
-        let Delivery {
-            delivery_tag,
-            exchange,
-            routing_key,
-            redelivered,
-            properties,
-            data,
-            acker,
-        } = delivery;
-        let message_id = properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_owned())
-            .unwrap_or_default();
-        // lapin hands over what it had buffered before it reports the
-        // channel's end. Those deliveries are already back in the queue:
-        // running their handlers would only do the work twice.
-        if !acker.usable() || !self.channel.status().connected() {
-            tracing::debug!(%message_id, delivery_tag, "delivery of a closed channel skipped; the broker redelivers it");
-            return Handled::Settled;
-        }
-        let incoming = Incoming {
-            body: data,
-            exchange: exchange.to_string(),
-            routing_key: routing_key.to_string(),
-            redelivered,
-            properties,
-        };
-        let handler = self.consumer.plan.registration.handler();
-        // The handler is called inside the guarded future so that a panic
-        // while decoding is caught as well as one in the handler's body.
-        let outcome = AssertUnwindSafe(async move { handler(incoming).await })
-            .catch_unwind()
-            .await;
-
-        // A delivery tag is only valid on the channel it came from. If that
-        // channel closed while the handler ran, the broker has already taken
-        // the message back; settling it on a newer channel would make the
-        // broker close that one (406 unknown delivery tag).
-        if !self.channel.status().connected() {
-            self.consumer.observer.stale_ack(&self.consumer.name);
-            tracing::warn!(%message_id, delivery_tag, "the delivery's channel closed while it was handled; not settled, the broker redelivers it");
-            return match outcome {
-                Err(panic) => Handled::Panicked(panic_message(panic.as_ref())),
-                Ok(_) => Handled::Settled,
-            };
-        }
-
-        // Errors are not requeued: a message that failed once would fail
-        // again at once and loop forever.
-        let reject = BasicRejectOptions { requeue: false };
-        let (settled, handled) = match outcome {
-            Ok(HandlerOutcome::Succeeded) => (
-                settle(
-                    &self.consumer.settings,
-                    acker.ack(BasicAckOptions::default()),
-                )
-                .await,
-                Handled::Settled,
-            ),
-            Ok(HandlerOutcome::Failed(error)) => {
-                tracing::error!(%message_id, delivery_tag, %error, "handler failed; message rejected");
-                (
-                    settle(&self.consumer.settings, acker.reject(reject)).await,
-                    Handled::Settled,
-                )
-            }
-            Ok(HandlerOutcome::Undecodable(error)) => {
-                tracing::error!(%message_id, delivery_tag, %error, "message cannot be decoded; rejected, handler not called");
-                (
-                    settle(&self.consumer.settings, acker.reject(reject)).await,
-                    Handled::Settled,
-                )
-            }
-            Err(panic) => {
-                let panic = panic_message(panic.as_ref());
-                // A panic may come from the state of the process rather than
-                // from the message: it gets one more delivery. A message
-                // that panics again is rejected, so a poison message cannot
-                // loop.
-                let settled = if self.consumer.panicked_before(&message_id, redelivered) {
-                    tracing::error!(%message_id, delivery_tag, %panic, "handler panicked again on the same message; rejected");
-                    settle(&self.consumer.settings, acker.reject(reject)).await
-                } else {
-                    tracing::error!(%message_id, delivery_tag, %panic, "handler panicked; message requeued, consumer restarting");
-                    let requeue = BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    };
-                    settle(&self.consumer.settings, acker.nack(requeue)).await
-                };
-                (settled, Handled::Panicked(panic))
-            }
-        };
-        match settled {
-            Ok(true) => {}
-            Ok(false) => {
-                self.consumer.observer.stale_ack(&self.consumer.name);
-                tracing::warn!(%message_id, delivery_tag, "the delivery's channel closed before it was settled; the broker redelivers it");
-            }
-            Err(error) => {
-                tracing::warn!(%message_id, delivery_tag, %error, "could not settle the message; the broker redelivers it")
-            }
-        }
-        handled
-    }
-
-    /// Before the consumer restarts on this (still open) channel: stop the
-    /// old `basic.consume` and hand back what was prefetched for it, which
-    /// would otherwise stay unacknowledged on the channel.
-    async fn release_outstanding(&self) {
-        self.cancel_consume().await;
-        let all = BasicNackOptions {
-            multiple: true,
-            requeue: true,
-        };
-        // Delivery tag 0 with `multiple` means every unacknowledged delivery
-        // of the channel, all of which belong to this consumer.
-        if let Err(error) = self.channel.basic_nack(0, all).await {
-            tracing::warn!(%error, "could not requeue prefetched messages");
-        }
-    }
-
-    async fn stop(&self) -> Ended {
-        self.cancel_consume().await;
-        self.close_channel().await;
-        Ended::Shutdown
-    }
-
-    /// Ends `basic.consume`: the broker sends this consumer nothing more.
-    async fn cancel_consume(&self) {
-        if let Err(error) = self
-            .channel
-            .basic_cancel(self.deliveries.tag(), BasicCancelOptions::default())
-            .await
-        {
-            tracing::debug!(%error, "basic.cancel failed");
-        }
-    }
-
-    /// Closes the channel; deliveries that were prefetched but not handled
-    /// go back to the queue.
-    async fn close_channel(&self) {
-        if let Err(error) = self.channel.close(200, "hutch-rs shutdown".into()).await {
-            tracing::debug!(%error, "closing the channel failed during shutdown");
-        }
-        tracing::info!("stopped");
-    }
-}
-
-/// Settles a delivery, bounded: on a connection that is dying, the
-/// acknowledgement may never be written.
-async fn settle(
-    settings: &Settings,
-    settling: impl std::future::Future<Output = lapin::Result<bool>>,
-) -> lapin::Result<bool> {
-    tokio::time::timeout(settings.connection_timeout, settling)
-        .await
-        .unwrap_or(Ok(false))
 }
 
 /// No wait for the first restart within the window, then the reconnect
@@ -531,13 +290,4 @@ fn restart_delay(settings: &Settings, recent_restarts: u32) -> Duration {
 
 fn consumer_tag(plan: &ConsumerPlan) -> String {
     format!("hutch-rs:{}:{}", plan.queue, uuid::Uuid::new_v4().simple())
-}
-
-/// The text of a panic payload (`panic!` gives a `&str` or a `String`).
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|text| (*text).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic with a non-string payload".to_owned())
 }

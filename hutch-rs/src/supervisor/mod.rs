@@ -6,5 +6,7 @@ pub(crate) mod classify;
 pub(crate) mod connection;
 pub(crate) mod connection_manager;
 pub(crate) mod consumer;
+mod disposal;
 mod intensity;
 pub(crate) mod observer;
+mod run;

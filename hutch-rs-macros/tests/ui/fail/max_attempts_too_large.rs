@@ -1,0 +1,8 @@
+use hutch_rs::{Message, consumer};
+
+#[consumer(routing_key = "orders.placed", max_attempts = 4294967296)]
+async fn send_receipt(_msg: Message<u64>) -> Result<(), hutch_rs::BoxError> {
+    Ok(())
+}
+
+fn main() {}

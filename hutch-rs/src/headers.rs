@@ -1,0 +1,79 @@
+//! The AMQP headers hutch-rs reads and writes on retried and dead-lettered
+//! messages.
+//!
+//! A retry is a copy of the message that waits in a delay queue and comes
+//! back to its consumer's queue through the default exchange; these headers
+//! carry what that route would otherwise lose. A copy in `<queue>:dead` says
+//! why it is there:
+//!
+//! | header | on | value |
+//! |---|---|---|
+//! | [`ATTEMPT`] | retries | the attempt the copy is (2 = first retry) |
+//! | [`ORIGINAL_EXCHANGE`] | retries, dead letters | the exchange it was published to |
+//! | [`ORIGINAL_ROUTING_KEY`] | retries, dead letters | the routing key it was published with |
+//! | [`ERROR`] | retries, dead letters | the text of the last error |
+//! | [`ATTEMPTS`] | dead letters | how many times it was handled |
+//! | [`CONSUMER`] | dead letters | the consumer, `module::function` |
+//! | [`QUEUE`] | dead letters | the consumer's queue |
+//! | [`REASON`] | dead letters | [`REASON_ATTEMPTS_EXHAUSTED`], [`REASON_POISON`] or [`REASON_REJECTED`] |
+//! | [`FAILED_AT`] | dead letters | when it failed (AMQP timestamp, seconds) |
+//!
+//! Every other property and header of the original message is kept.
+
+use lapin::types::{AMQPValue, FieldTable};
+
+/// The attempt number of a retried copy (an integer; absent on the first
+/// delivery, which is attempt 1). Read it with
+/// [`Message::attempt`](crate::Message::attempt).
+pub const ATTEMPT: &str = "x-hutch-attempt";
+/// The exchange the message was first published to.
+pub const ORIGINAL_EXCHANGE: &str = "x-hutch-original-exchange";
+/// The routing key the message was first published with.
+pub const ORIGINAL_ROUTING_KEY: &str = "x-hutch-original-routing-key";
+/// The text of the error that made the message fail (the last one).
+pub const ERROR: &str = "x-hutch-error";
+/// On a dead letter: how many times the message was handled.
+pub const ATTEMPTS: &str = "x-hutch-attempts";
+/// On a dead letter: the consumer that gave up on it (`module::function`).
+pub const CONSUMER: &str = "x-hutch-consumer";
+/// On a dead letter: the queue it was consumed from.
+pub const QUEUE: &str = "x-hutch-queue";
+/// On a dead letter: why it is there.
+pub const REASON: &str = "x-hutch-reason";
+/// On a dead letter: when it failed, as an AMQP timestamp (seconds since
+/// the Unix epoch).
+pub const FAILED_AT: &str = "x-hutch-failed-at";
+
+/// [`REASON`]: the handler failed on every one of its attempts.
+pub const REASON_ATTEMPTS_EXHAUSTED: &str = "attempts-exhausted";
+/// [`REASON`]: the body could not be decoded (or its content type is not
+/// JSON); the handler was not called.
+pub const REASON_POISON: &str = "poison";
+/// [`REASON`]: the handler asked for it with
+/// [`Decision::dead_letter`](crate::Decision::dead_letter).
+pub const REASON_REJECTED: &str = "rejected";
+
+/// A header's value as text, if it is a string.
+pub(crate) fn text(headers: &FieldTable, name: &str) -> Option<String> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// A header's value as a number, whichever integer type a publisher chose.
+pub(crate) fn number(headers: &FieldTable, name: &str) -> Option<i64> {
+    match *headers.inner().get(name)? {
+        AMQPValue::ShortShortInt(value) => Some(value.into()),
+        AMQPValue::ShortShortUInt(value) => Some(value.into()),
+        AMQPValue::ShortInt(value) => Some(value.into()),
+        AMQPValue::ShortUInt(value) => Some(value.into()),
+        AMQPValue::LongInt(value) => Some(value.into()),
+        AMQPValue::LongUInt(value) => Some(value.into()),
+        AMQPValue::LongLongInt(value) => Some(value),
+        _ => None,
+    }
+}

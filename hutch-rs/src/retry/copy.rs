@@ -1,0 +1,228 @@
+//! The copy a failed message becomes: a retry for a delay queue, or a dead
+//! letter. The original's body and properties, with headers that carry what
+//! the new route would lose and say why.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+use crate::{
+    headers,
+    message::Envelope,
+    properties::{PERSISTENT, unix_seconds},
+};
+
+/// Error texts in headers are cut here: the whole content header must fit
+/// in one frame.
+const MAX_ERROR_BYTES: usize = 2_000;
+
+/// Headers the broker writes when it dead-letters a message (here: when a
+/// retry leaves its delay queue). A copy starts without them: recent
+/// RabbitMQ versions take a client's `x-death` as their own and would count
+/// every delay queue a message passed through into its dead letter.
+const BROKER_DEATH_HEADERS: [&str; 5] = [
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-reason",
+];
+
+/// The properties of a retry: the original's, with the attempt it will be,
+/// where it was first published, and the error.
+pub(crate) fn retry_properties(
+    envelope: &Envelope,
+    next_attempt: u32,
+    error: &str,
+) -> BasicProperties {
+    let mut headers = carried_headers(envelope, error);
+    headers.insert(
+        headers::ATTEMPT.into(),
+        AMQPValue::LongLongInt(next_attempt.into()),
+    );
+    copy_properties(&envelope.properties, headers.into())
+}
+
+/// What a dead letter says about itself.
+pub(crate) struct DeadLetter<'a> {
+    pub(crate) consumer: &'a str,
+    pub(crate) queue: &'a str,
+    pub(crate) reason: &'static str,
+    pub(crate) error: &'a str,
+    pub(crate) failed_at: SystemTime,
+}
+
+/// The properties of a dead letter: the original's, with why it is there.
+pub(crate) fn dead_letter_properties(
+    envelope: &Envelope,
+    dead: &DeadLetter<'_>,
+) -> BasicProperties {
+    let mut headers = carried_headers(envelope, dead.error);
+    // A dead letter is not going to be retried.
+    headers.remove(headers::ATTEMPT);
+    headers.insert(
+        headers::ATTEMPTS.into(),
+        AMQPValue::LongLongInt(envelope.attempt.into()),
+    );
+    headers.insert(headers::CONSUMER.into(), long_string(dead.consumer));
+    headers.insert(headers::QUEUE.into(), long_string(dead.queue));
+    headers.insert(headers::REASON.into(), long_string(dead.reason));
+    headers.insert(
+        headers::FAILED_AT.into(),
+        AMQPValue::Timestamp(unix_seconds(dead.failed_at)),
+    );
+    copy_properties(&envelope.properties, headers.into())
+}
+
+/// The original headers plus the original route and the error.
+fn carried_headers(envelope: &Envelope, error: &str) -> BTreeMap<ShortString, AMQPValue> {
+    let mut headers = envelope
+        .properties
+        .headers()
+        .as_ref()
+        .map(|headers| headers.inner().clone())
+        .unwrap_or_default();
+    for broker_header in BROKER_DEATH_HEADERS {
+        headers.remove(broker_header);
+    }
+    headers.insert(
+        headers::ORIGINAL_EXCHANGE.into(),
+        long_string(&envelope.exchange),
+    );
+    headers.insert(
+        headers::ORIGINAL_ROUTING_KEY.into(),
+        long_string(&envelope.routing_key),
+    );
+    headers.insert(headers::ERROR.into(), long_string(truncated(error)));
+    headers
+}
+
+/// Every property of the original but two: `expiration`, which would let
+/// the copy vanish from the delay queue (or the dead-letter queue) early, and
+/// `user_id`, which the broker checks against the publishing connection's
+/// user. Persistent whatever the original was: the copy replaces it.
+fn copy_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut copy = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(PERSISTENT);
+    macro_rules! carry {
+        ($($getter:ident => $setter:ident),* $(,)?) => {
+            $(if let Some(value) = original.$getter() {
+                copy = copy.$setter(value.clone());
+            })*
+        };
+    }
+    carry!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
+    copy
+}
+
+fn long_string(text: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(text))
+}
+
+fn truncated(text: &str) -> &str {
+    if text.len() <= MAX_ERROR_BYTES {
+        return text;
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn envelope(properties: BasicProperties, attempt: u32) -> Envelope {
+        Envelope {
+            exchange: "hutch".into(),
+            routing_key: "orders.placed".into(),
+            redelivered: false,
+            attempt,
+            properties,
+        }
+    }
+
+    #[test]
+    fn a_retry_keeps_the_original_and_says_which_attempt_it_is() {
+        let mut original_headers = FieldTable::default();
+        original_headers.insert("tenant".into(), long_string("acme"));
+        original_headers.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        original_headers.insert("x-first-death-queue".into(), long_string("q:delay:1000ms"));
+        let original = BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_correlation_id("c-1".into())
+            .with_content_type("application/json".into())
+            .with_expiration("60000".into())
+            .with_user_id("guest".into())
+            .with_headers(original_headers);
+        let copy = retry_properties(&envelope(original, 1), 2, "boom");
+        assert_eq!(copy.message_id().as_ref().unwrap().as_str(), "m-1");
+        assert_eq!(copy.correlation_id().as_ref().unwrap().as_str(), "c-1");
+        assert_eq!(copy.delivery_mode(), &Some(PERSISTENT));
+        assert!(copy.expiration().is_none());
+        assert!(copy.user_id().is_none());
+        let headers = copy.headers().as_ref().unwrap();
+        assert_eq!(headers::number(headers, headers::ATTEMPT), Some(2));
+        assert_eq!(headers::text(headers, "tenant").as_deref(), Some("acme"));
+        assert!(
+            !headers.contains_key("x-death"),
+            "the broker's own bookkeeping is not copied"
+        );
+        assert!(!headers.contains_key("x-first-death-queue"));
+        assert_eq!(
+            headers::text(headers, headers::ORIGINAL_ROUTING_KEY).as_deref(),
+            Some("orders.placed")
+        );
+        // The copy, delivered from the delay queue, reads as the original.
+        let delivered = Envelope::of_delivery("", "shop:receipts", false, copy);
+        assert_eq!(delivered.attempt, 2);
+        assert_eq!(delivered.routing_key, "orders.placed");
+        assert_eq!(delivered.exchange, "hutch");
+    }
+
+    #[test]
+    fn a_dead_letter_says_why() {
+        let dead = DeadLetter {
+            consumer: "shop::send_receipt",
+            queue: "shop:send_receipt",
+            reason: headers::REASON_ATTEMPTS_EXHAUSTED,
+            error: &"x".repeat(5_000),
+            failed_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        };
+        let copy = dead_letter_properties(&envelope(BasicProperties::default(), 3), &dead);
+        let headers = copy.headers().as_ref().unwrap();
+        assert_eq!(headers::number(headers, headers::ATTEMPTS), Some(3));
+        assert!(headers.inner().get(headers::ATTEMPT).is_none());
+        assert_eq!(
+            headers::text(headers, headers::REASON).as_deref(),
+            Some("attempts-exhausted")
+        );
+        assert_eq!(
+            headers::text(headers, headers::ERROR).map(|error| error.len()),
+            Some(MAX_ERROR_BYTES)
+        );
+        assert_eq!(
+            headers.inner().get(headers::FAILED_AT),
+            Some(&AMQPValue::Timestamp(1_700_000_000))
+        );
+    }
+}

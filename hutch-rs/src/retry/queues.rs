@@ -1,0 +1,98 @@
+//! The queues behind retries: one dead-letter queue per consumer, and delay
+//! queues that hold a retry until its time and then dead-letter it back to
+//! the consumer's own queue.
+
+use std::time::Duration;
+
+use lapin::{
+    Channel,
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+use crate::{
+    Result,
+    topology::{self, ConsumerPlan},
+};
+
+/// The longest suffix a queue name gets (`:delay:4294967295ms`), which the
+/// name check keeps room for.
+pub(crate) const LONGEST_SUFFIX: usize = ":delay:4294967295ms".len();
+
+/// `<queue>:dead`.
+pub(crate) fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}:dead")
+}
+
+/// `<queue>:delay:<ms>ms`: one queue per consumer and delay step.
+pub(crate) fn delay_queue(queue: &str, delay: Duration) -> String {
+    format!("{queue}:delay:{}ms", delay.as_millis())
+}
+
+/// Declares `<queue>:dead`: durable, no arguments, bound to nothing. Only
+/// hutch-rs puts messages there; they stay until someone looks at them.
+pub(crate) async fn declare_dead_letter_queue(
+    channel: &Channel,
+    plan: &ConsumerPlan,
+) -> Result<()> {
+    let queue = dead_letter_queue(&plan.queue);
+    topology::declare_durable_queue(channel, &queue, FieldTable::default(), || {
+        format!(
+            "dead-letter queue {queue:?} (durable) of consumer {}",
+            plan.name()
+        )
+    })
+    .await
+}
+
+/// Declares the delay queue for `delay`: durable, its messages expire after
+/// `delay` and are dead-lettered through the default exchange straight to
+/// the consumer's own queue, never to the other queues bound to the routing
+/// key. Unconsumed, so expiry order is arrival order.
+pub(crate) async fn declare_delay_queue(
+    channel: &Channel,
+    plan: &ConsumerPlan,
+    delay: Duration,
+) -> Result<String> {
+    let queue = delay_queue(&plan.queue, delay);
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+    );
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(LongString::from(plan.queue.as_str())),
+    );
+    topology::declare_durable_queue(channel, &queue, arguments, || {
+        format!(
+            "delay queue {queue:?} (durable, x-message-ttl {} ms, dead-lettering to {:?}) of consumer {}",
+            delay.as_millis(),
+            plan.queue,
+            plan.name()
+        )
+    })
+    .await?;
+    Ok(queue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_follow_the_convention() {
+        assert_eq!(dead_letter_queue("shop:receipts"), "shop:receipts:dead");
+        assert_eq!(
+            delay_queue("shop:receipts", Duration::from_millis(1_500)),
+            "shop:receipts:delay:1500ms"
+        );
+        assert_eq!(
+            delay_queue("q", super::super::policy::MAX_DELAY).len(),
+            1 + LONGEST_SUFFIX
+        );
+    }
+}

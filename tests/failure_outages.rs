@@ -13,7 +13,9 @@ use std::{
 use hutch_rs::{
     BoxError, Decision, Failure, Hutch, HutchBuilder, Message, Outcome, consumer, testing::Broker,
 };
-use hutch_rs_tests::{JOURNAL, PATIENCE, Scope, Seen, init_logging, own_broker, rabbitmqctl};
+use hutch_rs_tests::{
+    ALARM_OFF, ALARM_ON, JOURNAL, PATIENCE, Scope, Seen, init_logging, own_broker, rabbitmqctl,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -113,15 +115,6 @@ fn builder(
         });
     (builder, failures)
 }
-
-const ALARM_ON: &[&str] = &[
-    "eval",
-    "rabbit_alarm:set_alarm({{resource_limit, memory, node()}, []}).",
-];
-const ALARM_OFF: &[&str] = &[
-    "eval",
-    "rabbit_alarm:clear_alarm({resource_limit, memory, node()}).",
-];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_message_stays_unacknowledged_while_a_broker_alarm_blocks_its_copy() {

@@ -4,52 +4,12 @@
 use std::time::Duration;
 
 use hutch_rs::Error;
-use hutch_rs_tests::{Scope, broker, declare_queue, init_logging, queue_depth, raw_channel};
-use lapin::{
-    ExchangeKind,
-    options::{ExchangeDeclareOptions, QueueBindOptions},
-    types::{AMQPValue, FieldTable},
-};
+use hutch_rs_tests::{ALARM_OFF, ALARM_ON, Scope, bound_queue, broker, init_logging, queue_depth};
+use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::Mutex;
 
 /// The alarm test blocks the whole node; the tests of this binary take turns.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
-
-/// Declares the scope's exchange and a queue bound to it with `routing_key`.
-async fn bound_queue(
-    scope: &Scope,
-    name: &str,
-    routing_key: &str,
-    arguments: FieldTable,
-) -> String {
-    let queue = scope.queue(name);
-    declare_queue(&queue, arguments).await;
-    let (connection, channel) = raw_channel().await;
-    channel
-        .exchange_declare(
-            scope.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            scope.exchange.as_str().into(),
-            routing_key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    connection.close(200, "done".into()).await.unwrap();
-    queue
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ok_means_the_broker_holds_the_message() {
@@ -106,29 +66,19 @@ struct MemoryAlarm;
 
 impl MemoryAlarm {
     fn raise() -> Self {
-        broker()
-            .rabbitmqctl(&[
-                "eval",
-                "rabbit_alarm:set_alarm({{resource_limit, memory, node()}, []}).",
-            ])
-            .expect("set the alarm");
+        broker().rabbitmqctl(ALARM_ON).expect("set the alarm");
         MemoryAlarm
     }
 }
 
 impl Drop for MemoryAlarm {
     fn drop(&mut self) {
-        broker()
-            .rabbitmqctl(&[
-                "eval",
-                "rabbit_alarm:clear_alarm({resource_limit, memory, node()}).",
-            ])
-            .expect("clear the alarm");
+        broker().rabbitmqctl(ALARM_OFF).expect("clear the alarm");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_confirm_within_the_timeout_is_an_error() {
+async fn a_publish_blocked_by_a_broker_alarm_fails_with_a_blocked_error() {
     let _turn = ONE_AT_A_TIME.lock().await;
     init_logging();
     let scope = Scope::new("blocked");
@@ -151,9 +101,10 @@ async fn no_confirm_within_the_timeout_is_an_error() {
         .expect("publish gives up at its confirm timeout")
         .unwrap_err();
     assert!(
-        matches!(&error, Error::PublishTimeout { routing_key, timeout } if routing_key == "blocked.key" && *timeout == Duration::from_secs(2)),
+        matches!(&error, Error::Blocked { routing_key, timeout, reason } if routing_key == "blocked.key" && *timeout == Duration::from_secs(2) && reason.contains("memory")),
         "{error:?}"
     );
+    assert!(error.to_string().contains("blocked"), "{error}");
     drop(alarm);
 
     hutch

@@ -21,8 +21,8 @@ use hutch_rs::{
     Status, consumer, testing::Broker,
 };
 use hutch_rs_tests::{
-    PATIENCE, Scope, TALLY, init_logging, own_broker, proxy::BlackHoleProxy, rabbitmqctl,
-    spawn_run_until,
+    ALARM_OFF, ALARM_ON, PATIENCE, Scope, TALLY, init_logging, own_broker, proxy::BlackHoleProxy,
+    rabbitmqctl, spawn_run_until,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -930,20 +930,10 @@ async fn a_broker_alarm_shows_as_a_blocked_connection_and_clears() {
     let run = scope.namespace.clone();
     let before_alarm = publish_one(&hutch, "stream.alarm", &run, 0).await;
 
-    rabbitmqctl(
-        &broker,
-        &[
-            "eval",
-            "rabbit_alarm:set_alarm({{resource_limit, memory, node()}, []}).",
-        ],
-    )
-    .await;
+    rabbitmqctl(&broker, ALARM_ON).await;
     // The broker blocks a connection when it publishes during the alarm.
     let blocked = hutch.publish("stream.alarm", &Numbered::new(&run, 1)).await;
-    assert!(
-        matches!(blocked, Err(Error::PublishTimeout { .. })),
-        "{blocked:?}"
-    );
+    assert!(matches!(blocked, Err(Error::Blocked { .. })), "{blocked:?}");
     wait_until(&hutch, &mut events, |status| {
         status
             .connection("publish")
@@ -960,10 +950,7 @@ async fn a_broker_alarm_shows_as_a_blocked_connection_and_clears() {
     // A new publishing connection gets blocked as well.
     let during_alarm = Numbered::new(&run, 3);
     let blocked = hutch.publish("stream.alarm", &during_alarm).await;
-    assert!(
-        matches!(blocked, Err(Error::PublishTimeout { .. })),
-        "{blocked:?}"
-    );
+    assert!(matches!(blocked, Err(Error::Blocked { .. })), "{blocked:?}");
     wait_until(&hutch, &mut events, |status| {
         status
             .connection("publish")
@@ -971,14 +958,7 @@ async fn a_broker_alarm_shows_as_a_blocked_connection_and_clears() {
     })
     .await;
 
-    rabbitmqctl(
-        &broker,
-        &[
-            "eval",
-            "rabbit_alarm:clear_alarm({resource_limit, memory, node()}).",
-        ],
-    )
-    .await;
+    rabbitmqctl(&broker, ALARM_OFF).await;
     wait_until(&hutch, &mut events, |status| {
         status
             .connection("publish")

@@ -110,6 +110,22 @@ pub enum Error {
         routing_key: String,
     },
 
+    /// The broker blocked the publishing connection (a memory or disk alarm)
+    /// for longer than the confirm timeout. Consumers are not affected. The
+    /// message may still reach the broker once the alarm clears if it was
+    /// sent before the broker said it was blocking.
+    #[error(
+        "the broker blocked publishing ({reason}) for longer than {timeout:?}; routing key {routing_key:?} not confirmed"
+    )]
+    Blocked {
+        /// The routing key.
+        routing_key: String,
+        /// Why, as the broker said (e.g. "low on memory").
+        reason: String,
+        /// How long the publish waited.
+        timeout: std::time::Duration,
+    },
+
     /// A mandatory message reached no queue: the broker returned it.
     #[error(
         "message to exchange {exchange:?} with routing key {routing_key:?} reached no queue (returned by the broker)"

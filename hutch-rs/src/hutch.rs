@@ -9,6 +9,7 @@ use crate::{
     HutchBuilder, Result, Running,
     config::Settings,
     event::EventStream,
+    outgoing::{Outgoing, PublishOptions, Published},
     publisher::Publisher,
     registry,
     status::Status,
@@ -110,7 +111,11 @@ impl Hutch {
     /// persistent, content type `application/json`, a fresh UUID message id
     /// and a timestamp. Resolves once the broker has confirmed the message.
     ///
-    /// Safe to call from many tasks at once.
+    /// Safe to call from many tasks at once. If the connection dies before
+    /// the confirm, the message is published again on the next connection
+    /// with the same message id, within the confirm timeout: a publish that
+    /// returns `Ok` was confirmed by the broker, and a consumer may see a
+    /// message twice (same message id) but never miss one that was.
     ///
     /// # Errors
     ///
@@ -118,12 +123,97 @@ impl Hutch {
     /// [`Error::PublishTimeout`](crate::Error::PublishTimeout) if no confirm
     /// came within the confirm timeout, which includes waiting for an
     /// unreachable broker (the connection is retried meanwhile);
+    /// [`Error::Blocked`](crate::Error::Blocked) if the broker blocked
+    /// publishing (a resource alarm) all that time;
     /// [`Error::PublishNacked`](crate::Error::PublishNacked) if the broker
     /// refused the message; [`Error::Publish`](crate::Error::Publish) if the
-    /// channel failed under it; [`Error::Connect`](crate::Error::Connect) if
-    /// the broker refused the credentials or the vhost.
+    /// broker refused the publish itself (e.g. no write permission);
+    /// [`Error::Connect`](crate::Error::Connect) if the broker refused the
+    /// credentials or the vhost.
     pub async fn publish<T: Serialize + ?Sized>(&self, routing_key: &str, value: &T) -> Result<()> {
-        self.inner.publisher.publish_json(routing_key, value).await
+        self.publish_with(routing_key, value, PublishOptions::new())
+            .await
+            .map(drop)
+    }
+
+    /// [`publish`](Self::publish) with per-publish options: headers,
+    /// correlation id, reply-to, expiration, priority, an explicit message
+    /// id, mandatory. Returns the message id it went out with.
+    ///
+    /// ```no_run
+    /// # async fn example(hutch: hutch_rs::Hutch) -> hutch_rs::Result<()> {
+    /// use hutch_rs::PublishOptions;
+    ///
+    /// let published = hutch
+    ///     .publish_with(
+    ///         "orders.placed",
+    ///         &serde_json::json!({ "order_id": 1 }),
+    ///         PublishOptions::new().correlation_id("req-7").mandatory(),
+    ///     )
+    ///     .await?;
+    /// println!("confirmed as {}", published.message_id());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish), and
+    /// [`Error::Unroutable`](crate::Error::Unroutable) for a mandatory
+    /// message that no queue is bound for.
+    pub async fn publish_with<T: Serialize + ?Sized>(
+        &self,
+        routing_key: &str,
+        value: &T,
+        options: PublishOptions,
+    ) -> Result<Published> {
+        let outgoing = Outgoing::json(routing_key, value)?.with_options(options);
+        self.inner.publisher.publish(&outgoing).await
+    }
+
+    /// Publishes `body` as it is, with `content_type`, for messages that are
+    /// not JSON (or are JSON already).
+    ///
+    /// # Errors
+    ///
+    /// As [`publish_with`](Self::publish_with).
+    pub async fn publish_bytes(
+        &self,
+        routing_key: &str,
+        body: impl Into<Vec<u8>>,
+        content_type: &str,
+        options: PublishOptions,
+    ) -> Result<Published> {
+        let outgoing = Outgoing::bytes(routing_key, body, content_type).with_options(options);
+        self.inner.publisher.publish(&outgoing).await
+    }
+
+    /// Publishes many messages with their confirms pipelined (up to 256
+    /// outstanding), and reports each one's outcome, in order. Each message
+    /// is published as by [`publish_with`](Self::publish_with), within its
+    /// own confirm timeout; one failing does not stop the others.
+    ///
+    /// ```no_run
+    /// # async fn example(hutch: hutch_rs::Hutch) -> hutch_rs::Result<()> {
+    /// use hutch_rs::Outgoing;
+    ///
+    /// let batch = (1..=100)
+    ///     .map(|n| Outgoing::json("orders.placed", &serde_json::json!({ "order_id": n })))
+    ///     .collect::<hutch_rs::Result<Vec<_>>>()?;
+    /// for (n, outcome) in hutch.publish_batch(batch).await.into_iter().enumerate() {
+    ///     if let Err(error) = outcome {
+    ///         eprintln!("message {n} was not confirmed: {error}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_batch(
+        &self,
+        messages: impl IntoIterator<Item = Outgoing>,
+    ) -> Vec<Result<Published>> {
+        self.inner
+            .publisher
+            .publish_batch(messages.into_iter().collect())
+            .await
     }
 
     /// Connects, declares the exchange, the selected consumers' queues and

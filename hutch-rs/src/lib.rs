@@ -40,7 +40,12 @@
 //!   `queue = "..."` argument, prefixed `"<namespace>:"` when a namespace is
 //!   set; one binding per routing key.
 //! - Published messages are persistent JSON (`application/json`) with a fresh
-//!   message id and a timestamp; a publish resolves after the broker's confirm.
+//!   message id and a timestamp; a publish resolves after the broker's confirm
+//!   (sent again with the same id if the connection dies first).
+//!   [`Hutch::publish_with`] takes [`PublishOptions`] (headers, correlation
+//!   id, reply-to, expiration, priority, message id, mandatory),
+//!   [`Hutch::publish_bytes`] sends raw bytes, [`Hutch::publish_batch`]
+//!   pipelines confirms and reports each message's outcome.
 //! - A handler's `Ok` acks the message. An `Err`, a panic or a timeout is
 //!   retried with exponential backoff, the copy waiting in one of the
 //!   consumer's delay queues on the broker, up to `max_attempts` (default 3);
@@ -76,6 +81,7 @@ mod handler;
 pub mod headers;
 mod hutch;
 mod message;
+mod outgoing;
 mod panic;
 mod properties;
 mod publisher;
@@ -99,6 +105,7 @@ pub use error::{BoxError, Error, Result};
 pub use event::{Event, EventStream};
 pub use hutch::Hutch;
 pub use message::{DecodeError, Message};
+pub use outgoing::{HeaderValue, Outgoing, PublishOptions, Published};
 pub use registry::{ConsumerRegistration, consumers};
 pub use retry::{Decision, ErrorHook, Failure, HandlerError, Outcome, RetryPolicy};
 pub use status::{ConnectionState, ConnectionStatus, ConsumerState, ConsumerStatus, Status};

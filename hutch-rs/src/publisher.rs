@@ -1,23 +1,27 @@
 //! Confirmed publishing on a connection of its own.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
+use futures_util::{StreamExt, stream};
 use lapin::{
-    BasicProperties, Channel,
+    BasicProperties, Channel, Confirmation,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
-use serde::Serialize;
 use tokio::{sync::Mutex, task::JoinHandle};
 
 use crate::{
     Error, Result,
     config::Settings,
-    properties::{PERSISTENT, unix_seconds},
+    outgoing::{Outgoing, Published},
     supervisor::{
         classify, connection::Purpose, connection_manager::ConnectionManager, observer::Observer,
     },
     topology,
 };
+
+/// How many messages of a batch are in flight (published, confirm awaited)
+/// at once.
+const BATCH_WINDOW: usize = 256;
 
 /// A confirm-mode channel on the publishing connection, known to its
 /// connection manager by `owner`.
@@ -37,26 +41,29 @@ impl Lane {
     }
 }
 
-/// Publishes JSON messages to the exchange and waits for the broker's confirm.
+/// Publishes messages and waits for the broker's confirms.
 ///
 /// It has a connection of its own, supervised like the consumers' one: opened
 /// on the first publish, re-opened when lost. A consumer-side outage never
-/// blocks publishing and vice versa.
+/// blocks publishing and vice versa, and a broker alarm (which blocks
+/// connections that publish) never blocks consuming.
 #[derive(Debug)]
 pub(crate) struct Publisher {
     settings: Arc<Settings>,
     observer: Observer,
     link: Mutex<Option<Link>>,
-    /// The application's publishes, any number in flight.
+    /// Ordinary publishes, any number in flight.
     publishing: Lane,
-    /// Copies of failed messages (mandatory publishes), one at a time.
-    forwarding: Lane,
-    /// Held for the whole of a forward. lapin hands a `basic.return` to
-    /// whichever confirm completes next, and the broker may confirm several
-    /// publishes at once: with two mandatory publishes in flight on a
-    /// channel, a return could be blamed on the wrong one (and a lost copy
-    /// taken for a confirmed one). One at a time, a return is the forward's.
-    forward_turn: Mutex<()>,
+    /// Mandatory publishes (the application's, and copies of failed
+    /// messages), one at a time.
+    returning: Lane,
+    /// Held for the whole of a mandatory publish. lapin hands a
+    /// `basic.return` to whichever confirm completes next, and the broker
+    /// may confirm several publishes at once: with two mandatory publishes
+    /// in flight on a channel, a return could be blamed on the wrong one
+    /// (and a lost message taken for a confirmed one). One at a time, a
+    /// return is that publish's.
+    returning_turn: Mutex<()>,
 }
 
 /// The publishing connection's manager and the task running it.
@@ -66,6 +73,15 @@ struct Link {
     task: JoinHandle<Result<()>>,
 }
 
+/// One attempt at a publish, on one channel.
+enum Attempt {
+    /// The broker answered: confirmed, refused or returned.
+    Answered(Result<()>),
+    /// The channel or connection failed before the broker answered; the
+    /// same message (same id) goes out again on the next connection.
+    Lost(lapin::Error),
+}
+
 impl Publisher {
     pub(crate) fn new(settings: Arc<Settings>, observer: Observer) -> Self {
         Self {
@@ -73,38 +89,37 @@ impl Publisher {
             observer,
             link: Mutex::new(None),
             publishing: Lane::new("publisher"),
-            forwarding: Lane::new("forwarder"),
-            forward_turn: Mutex::new(()),
+            returning: Lane::new("mandatory publisher"),
+            returning_turn: Mutex::new(()),
         }
     }
 
-    /// Serializes `value` as JSON and publishes it persistently with a fresh
-    /// message id and a timestamp; resolves once the broker confirms it.
-    pub(crate) async fn publish_json<T: Serialize + ?Sized>(
-        &self,
-        routing_key: &str,
-        value: &T,
-    ) -> Result<()> {
-        topology::check_publish_routing_key(routing_key)?;
-        let body = serde_json::to_vec(value).map_err(|source| Error::Encode {
-            routing_key: routing_key.to_owned(),
-            source,
-        })?;
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(PERSISTENT)
-            .with_message_id(uuid::Uuid::new_v4().to_string().into())
-            .with_timestamp(unix_seconds(SystemTime::now()));
-        let exchange = self.settings.exchange.clone();
-        let publishing = self.publish_bytes(
-            &self.publishing,
-            &exchange,
-            routing_key,
-            &body,
+    /// Publishes `outgoing` to the exchange and resolves once the broker has
+    /// confirmed it, within the confirm timeout.
+    pub(crate) async fn publish(&self, outgoing: &Outgoing) -> Result<Published> {
+        topology::check_publish_routing_key(&outgoing.routing_key)?;
+        let (properties, message_id) = outgoing.properties();
+        let mandatory = outgoing.options.is_mandatory();
+        let exchange = self.settings.exchange.as_str();
+        self.confirmed(
+            exchange,
+            &outgoing.routing_key,
+            &outgoing.body,
             properties,
-            false,
-        );
-        self.within_confirm_timeout(routing_key, publishing).await
+            mandatory,
+        )
+        .await?;
+        Ok(Published::new(message_id))
+    }
+
+    /// Publishes every message, keeping up to [`BATCH_WINDOW`] confirms
+    /// outstanding at once; one result per message, in order.
+    pub(crate) async fn publish_batch(&self, batch: Vec<Outgoing>) -> Vec<Result<Published>> {
+        stream::iter(&batch)
+            .map(|outgoing| self.publish(outgoing))
+            .buffered(BATCH_WINDOW)
+            .collect()
+            .await
     }
 
     /// Publishes a copy of a failed message straight to `queue` through the
@@ -116,31 +131,80 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<()> {
-        let forwarding = async {
-            let _turn = self.forward_turn.lock().await;
-            self.publish_bytes(&self.forwarding, "", queue, body, properties, true)
-                .await
-        };
-        self.within_confirm_timeout(queue, forwarding).await
+        self.confirmed("", queue, body, properties, true).await
     }
 
-    /// Bounds a whole publish, waiting for a connection included, by the
-    /// confirm timeout.
-    async fn within_confirm_timeout(
+    /// Publishes until the broker answers, within the confirm timeout:
+    /// waiting for a connection, waiting while the broker blocks it, and
+    /// publishing again (same properties, so the same message id) when the
+    /// connection died before the confirm came. Only the broker's ack is a
+    /// success.
+    async fn confirmed(
         &self,
+        exchange: &str,
         routing_key: &str,
-        publishing: impl std::future::Future<Output = Result<()>>,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
     ) -> Result<()> {
         let timeout = self.settings.confirm_timeout;
-        tokio::time::timeout(timeout, publishing)
-            .await
-            .map_err(|_| Error::PublishTimeout {
-                routing_key: routing_key.to_owned(),
-                timeout,
-            })?
+        let manager = self.manager().await;
+        let mut blocked = manager.blocked();
+        let publishing = async {
+            let _turn = match mandatory {
+                true => Some(self.returning_turn.lock().await),
+                false => None,
+            };
+            let lane = if mandatory {
+                &self.returning
+            } else {
+                &self.publishing
+            };
+            let mut blocked = manager.blocked();
+            loop {
+                // A blocked connection is not read by the broker: what is
+                // sent now would sit in the socket. Wait for the alarm to
+                // clear (within the timeout) instead.
+                let _ = blocked.wait_for(Option::is_none).await;
+                let attempt = self
+                    .publish_once(
+                        lane,
+                        exchange,
+                        routing_key,
+                        body,
+                        properties.clone(),
+                        mandatory,
+                    )
+                    .await?;
+                match attempt {
+                    Attempt::Answered(answer) => return answer,
+                    Attempt::Lost(error) => {
+                        tracing::warn!(%exchange, %routing_key, %error, "the publish was not confirmed before its channel failed; publishing it again");
+                        manager.report_trouble();
+                        // Not in a tight loop if the channel keeps failing.
+                        tokio::time::sleep(self.settings.reconnect_min_delay).await;
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, publishing).await {
+            Ok(answer) => answer,
+            Err(_) => Err(match blocked.borrow_and_update().clone() {
+                Some(reason) => Error::Blocked {
+                    routing_key: routing_key.to_owned(),
+                    reason,
+                    timeout,
+                },
+                None => Error::PublishTimeout {
+                    routing_key: routing_key.to_owned(),
+                    timeout,
+                },
+            }),
+        }
     }
 
-    async fn publish_bytes(
+    /// One publish on the lane's channel and the broker's answer to it.
+    async fn publish_once(
         &self,
         lane: &Lane,
         exchange: &str,
@@ -148,12 +212,7 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
         mandatory: bool,
-    ) -> Result<()> {
-        let publish_error = |source| Error::Publish {
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
-            source: Box::new(source),
-        };
+    ) -> Result<Attempt> {
         let channel = self.channel(lane).await?;
         let confirmed = async {
             channel
@@ -172,24 +231,21 @@ impl Publisher {
         };
         let confirmation = match confirmed.await {
             Ok(confirmation) => confirmation,
-            Err(error) => {
-                self.report_trouble().await;
-                return Err(publish_error(error));
+            Err(error) if classify::is_fatal_channel_error(&error) => {
+                return Err(Error::Publish {
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                    source: Box::new(error),
+                });
             }
+            Err(error) => return Ok(Attempt::Lost(error)),
         };
-        if !confirmation.is_ack() {
-            return Err(Error::PublishNacked {
-                routing_key: routing_key.to_owned(),
-            });
-        }
-        // A returned message is confirmed too, after its basic.return.
-        if mandatory && confirmation.take_message().is_some() {
-            return Err(Error::Unroutable {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
-            });
-        }
-        Ok(())
+        Ok(Attempt::Answered(answer(
+            confirmation,
+            exchange,
+            routing_key,
+            mandatory,
+        )))
     }
 
     /// The confirm-mode channel. A new channel is put in confirm mode and
@@ -287,16 +343,10 @@ impl Publisher {
         }
     }
 
-    async fn report_trouble(&self) {
-        if let Some(link) = self.link.lock().await.as_ref() {
-            link.manager.report_trouble();
-        }
-    }
-
     /// Closes the publishing connection, if open.
     pub(crate) async fn close(&self) -> Result<()> {
         self.publishing.channel.lock().await.take();
-        self.forwarding.channel.lock().await.take();
+        self.returning.channel.lock().await.take();
         let Some(link) = self.link.lock().await.take() else {
             return Ok(());
         };
@@ -317,4 +367,26 @@ impl Drop for Publisher {
             link.manager.shut_down();
         }
     }
+}
+
+/// What the broker's answer means for the publish.
+fn answer(
+    confirmation: Confirmation,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+) -> Result<()> {
+    if !confirmation.is_ack() {
+        return Err(Error::PublishNacked {
+            routing_key: routing_key.to_owned(),
+        });
+    }
+    // A returned message is confirmed too, after its basic.return.
+    if mandatory && confirmation.take_message().is_some() {
+        return Err(Error::Unroutable {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        });
+    }
+    Ok(())
 }

@@ -251,6 +251,55 @@ pub async fn take_all(queue: &str) -> Vec<lapin::message::BasicGetMessage> {
     taken
 }
 
+/// Declares the scope's exchange and a queue bound to it with `routing_key`.
+pub async fn bound_queue(
+    scope: &Scope,
+    name: &str,
+    routing_key: &str,
+    arguments: lapin::types::FieldTable,
+) -> String {
+    let queue = scope.queue(name);
+    declare_queue(&queue, arguments).await;
+    let (connection, channel) = raw_channel().await;
+    channel
+        .exchange_declare(
+            scope.exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            scope.exchange.as_str().into(),
+            routing_key.into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+    queue
+}
+
+/// `rabbitmqctl eval` arguments that raise a memory alarm on the node:
+/// every connection that publishes is blocked until [`ALARM_OFF`].
+pub const ALARM_ON: &[&str] = &[
+    "eval",
+    "rabbit_alarm:set_alarm({{resource_limit, memory, node()}, []}).",
+];
+
+/// Clears the alarm of [`ALARM_ON`].
+pub const ALARM_OFF: &[&str] = &[
+    "eval",
+    "rabbit_alarm:clear_alarm({resource_limit, memory, node()}).",
+];
+
 /// The number of messages (ready + unacknowledged) in `queue`, read exactly
 /// from the broker; panics if the queue does not exist.
 pub fn queue_depth(queue: &str) -> u64 {

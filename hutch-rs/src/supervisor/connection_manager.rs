@@ -70,6 +70,9 @@ struct Shared {
     /// The owner → channel map: a restarted owner gets its channel back
     /// while it is open, instead of leaking a new one.
     channels: Mutex<HashMap<String, Channel>>,
+    /// Why the broker blocked the open connection (a resource alarm), while
+    /// it does.
+    blocked: watch::Sender<Option<String>>,
     /// Rung by whoever saw the connection fail (a consumer whose stream
     /// ended, a publish that failed), so the manager checks it at once.
     trouble: Notify,
@@ -85,6 +88,7 @@ impl ConnectionManager {
                 settings,
                 observer,
                 link: watch::Sender::new(Link::Down),
+                blocked: watch::Sender::new(None),
                 channels: Mutex::new(HashMap::new()),
                 trouble: Notify::new(),
                 shutdown: CancellationToken::new(),
@@ -96,6 +100,11 @@ impl ConnectionManager {
     /// requests return `None`.
     pub(crate) fn shut_down(&self) {
         self.shared.shutdown.cancel();
+    }
+
+    /// Whether (and why) the broker blocks the connection, as it changes.
+    pub(crate) fn blocked(&self) -> watch::Receiver<Option<String>> {
+        self.shared.blocked.subscribe()
     }
 
     /// Tells the manager that an operation failed in a way that may mean the
@@ -291,10 +300,12 @@ impl ConnectionManager {
                     Some(lapin::Event::Error(error)) if !connection.status().connected() => break error.to_string(),
                     Some(lapin::Event::ConnectionBlocked(reason)) => {
                         tracing::warn!(connection = purpose, %reason, "the broker blocked the connection");
+                        shared.blocked.send_replace(Some(reason.clone()));
                         shared.observer.blocked(purpose, reason);
                     }
                     Some(lapin::Event::ConnectionUnblocked) => {
                         tracing::info!(connection = purpose, "the broker unblocked the connection");
+                        shared.blocked.send_replace(None);
                         shared.observer.unblocked(purpose);
                     }
                     Some(_) => {}
@@ -308,6 +319,8 @@ impl ConnectionManager {
             }
         };
         shared.link.send_replace(Link::Down);
+        // A new connection starts unblocked; the broker says so if not.
+        shared.blocked.send_replace(None);
         shared.channels.lock().await.clear();
         Some(reason)
     }

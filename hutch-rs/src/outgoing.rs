@@ -1,0 +1,302 @@
+//! A message on its way out: routing key, body, content type and the
+//! per-publish options; and what the broker confirmed.
+
+use std::time::{Duration, SystemTime};
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use serde::Serialize;
+
+use crate::{
+    Error, Result,
+    properties::{PERSISTENT, unix_seconds},
+};
+
+/// The content type of typed (JSON) messages.
+pub(crate) const JSON: &str = "application/json";
+
+/// Options for one publish, on top of what every hutch-rs message gets
+/// (persistent, a timestamp, a fresh message id unless one is given here).
+///
+/// ```
+/// use std::time::Duration;
+/// use hutch_rs::PublishOptions;
+///
+/// let options = PublishOptions::new()
+///     .correlation_id("req-42")
+///     .reply_to("shop:replies")
+///     .header("tenant", "acme")
+///     .expiration(Duration::from_secs(60))
+///     .priority(5)
+///     .message_id("order-1001-placed")
+///     .mandatory();
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct PublishOptions {
+    headers: FieldTable,
+    correlation_id: Option<String>,
+    reply_to: Option<String>,
+    expiration: Option<Duration>,
+    priority: Option<u8>,
+    message_id: Option<String>,
+    mandatory: bool,
+}
+
+impl PublishOptions {
+    /// No options: the same as [`publish`](crate::Hutch::publish).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an AMQP header: a string, an integer, a boolean, or any
+    /// [`AMQPValue`](crate::amqp::AMQPValue).
+    pub fn header(mut self, name: &str, value: impl HeaderValue) -> Self {
+        self.headers
+            .insert(ShortString::from(name), value.into_amqp_value());
+        self
+    }
+
+    /// Sets the correlation id (request/reply, tracing).
+    pub fn correlation_id(mut self, correlation_id: impl Into<String>) -> Self {
+        self.correlation_id = Some(correlation_id.into());
+        self
+    }
+
+    /// Sets `reply_to`: where the receiver should answer.
+    pub fn reply_to(mut self, reply_to: impl Into<String>) -> Self {
+        self.reply_to = Some(reply_to.into());
+        self
+    }
+
+    /// The message expires (is dropped, or dead-lettered by a queue that
+    /// says so) if not consumed within `ttl` (whole milliseconds).
+    pub fn expiration(mut self, ttl: Duration) -> Self {
+        self.expiration = Some(ttl);
+        self
+    }
+
+    /// Sets the priority (0–9 on a priority queue; ignored elsewhere).
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Uses `message_id` instead of a fresh UUID: publish the same business
+    /// event with the same id and consumers can recognise a duplicate.
+    pub fn message_id(mut self, message_id: impl Into<String>) -> Self {
+        self.message_id = Some(message_id.into());
+        self
+    }
+
+    /// Fails with [`Error::Unroutable`] if no queue is bound for the routing
+    /// key, instead of the broker dropping the message. Mandatory publishes
+    /// go out one at a time (a `basic.return` can only be matched to its
+    /// publish that way), so they are slower than ordinary ones.
+    pub fn mandatory(mut self) -> Self {
+        self.mandatory = true;
+        self
+    }
+
+    pub(crate) fn is_mandatory(&self) -> bool {
+        self.mandatory
+    }
+}
+
+/// A value an AMQP header can hold, for [`PublishOptions::header`]: text
+/// becomes a long string, integers a signed 64-bit integer.
+pub trait HeaderValue {
+    /// The value as AMQP encodes it.
+    fn into_amqp_value(self) -> AMQPValue;
+}
+
+impl HeaderValue for AMQPValue {
+    fn into_amqp_value(self) -> AMQPValue {
+        self
+    }
+}
+
+impl HeaderValue for &str {
+    fn into_amqp_value(self) -> AMQPValue {
+        AMQPValue::LongString(self.into())
+    }
+}
+
+impl HeaderValue for String {
+    fn into_amqp_value(self) -> AMQPValue {
+        AMQPValue::LongString(self.into())
+    }
+}
+
+impl HeaderValue for bool {
+    fn into_amqp_value(self) -> AMQPValue {
+        AMQPValue::Boolean(self)
+    }
+}
+
+macro_rules! integer_header_values {
+    ($($integer:ty),*) => {
+        $(impl HeaderValue for $integer {
+            fn into_amqp_value(self) -> AMQPValue {
+                AMQPValue::LongLongInt(self.into())
+            }
+        })*
+    };
+}
+
+integer_header_values!(i8, i16, i32, i64, u8, u16, u32);
+
+/// One message to publish, for [`Hutch::publish_batch`](crate::Hutch::publish_batch).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Outgoing {
+    pub(crate) routing_key: String,
+    pub(crate) body: Vec<u8>,
+    content_type: String,
+    pub(crate) options: PublishOptions,
+}
+
+impl Outgoing {
+    /// `value` as JSON (`application/json`), as [`Hutch::publish`](crate::Hutch::publish) sends it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] if `value` does not serialize.
+    pub fn json<T: Serialize + ?Sized>(routing_key: &str, value: &T) -> Result<Self> {
+        let body = serde_json::to_vec(value).map_err(|source| Error::Encode {
+            routing_key: routing_key.to_owned(),
+            source,
+        })?;
+        Ok(Self::bytes(routing_key, body, JSON))
+    }
+
+    /// `body` as it is, with `content_type` (e.g. `"text/plain"`,
+    /// `"application/protobuf"`).
+    pub fn bytes(routing_key: &str, body: impl Into<Vec<u8>>, content_type: &str) -> Self {
+        Self {
+            routing_key: routing_key.to_owned(),
+            body: body.into(),
+            content_type: content_type.to_owned(),
+            options: PublishOptions::default(),
+        }
+    }
+
+    /// Sets the per-publish options.
+    pub fn with_options(mut self, options: PublishOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The routing key.
+    #[must_use]
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
+    /// The AMQP properties this message is published with, and its message
+    /// id (the one given, or a fresh UUID). Built once: a publish retried on
+    /// a new connection goes out with the same id.
+    pub(crate) fn properties(&self) -> (BasicProperties, String) {
+        let options = &self.options;
+        let message_id = options
+            .message_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut properties = BasicProperties::default()
+            .with_content_type(self.content_type.as_str().into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(message_id.as_str().into())
+            .with_timestamp(unix_seconds(SystemTime::now()));
+        if !options.headers.inner().is_empty() {
+            properties = properties.with_headers(options.headers.clone());
+        }
+        if let Some(correlation_id) = &options.correlation_id {
+            properties = properties.with_correlation_id(correlation_id.as_str().into());
+        }
+        if let Some(reply_to) = &options.reply_to {
+            properties = properties.with_reply_to(reply_to.as_str().into());
+        }
+        if let Some(ttl) = options.expiration {
+            properties = properties.with_expiration(ttl.as_millis().to_string().into());
+        }
+        if let Some(priority) = options.priority {
+            properties = properties.with_priority(priority);
+        }
+        (properties, message_id)
+    }
+}
+
+/// A message the broker confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    message_id: String,
+}
+
+impl Published {
+    pub(crate) fn new(message_id: String) -> Self {
+        Self { message_id }
+    }
+
+    /// The message id it was published with: the one given in
+    /// [`PublishOptions::message_id`], or the fresh UUID hutch-rs chose.
+    #[must_use]
+    pub fn message_id(&self) -> &str {
+        &self.message_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_become_properties() {
+        let outgoing = Outgoing::bytes("a.b", b"hi".to_vec(), "text/plain").with_options(
+            PublishOptions::new()
+                .header("tenant", "acme")
+                .correlation_id("c-1")
+                .reply_to("replies")
+                .expiration(Duration::from_millis(1_500))
+                .priority(7)
+                .message_id("m-1"),
+        );
+        let (properties, message_id) = outgoing.properties();
+        assert_eq!(message_id, "m-1");
+        assert_eq!(properties.message_id().as_ref().unwrap().as_str(), "m-1");
+        assert_eq!(
+            properties.content_type().as_ref().unwrap().as_str(),
+            "text/plain"
+        );
+        assert_eq!(
+            properties.correlation_id().as_ref().unwrap().as_str(),
+            "c-1"
+        );
+        assert_eq!(properties.reply_to().as_ref().unwrap().as_str(), "replies");
+        assert_eq!(properties.expiration().as_ref().unwrap().as_str(), "1500");
+        assert_eq!(properties.priority(), &Some(7));
+        assert_eq!(properties.delivery_mode(), &Some(PERSISTENT));
+        assert!(properties.timestamp().is_some());
+        assert!(
+            properties
+                .headers()
+                .as_ref()
+                .unwrap()
+                .contains_key("tenant")
+        );
+    }
+
+    #[test]
+    fn without_options_a_message_gets_a_fresh_id_and_nothing_else() {
+        let outgoing = Outgoing::json("a.b", &serde_json::json!({ "n": 1 })).unwrap();
+        let (first, first_id) = outgoing.properties();
+        let (_, second_id) = outgoing.properties();
+        assert_ne!(first_id, second_id, "each publish call gets its own id");
+        assert_eq!(first.content_type().as_ref().unwrap().as_str(), JSON);
+        assert!(first.headers().is_none());
+        assert!(first.expiration().is_none());
+        assert!(!outgoing.options.is_mandatory());
+    }
+}

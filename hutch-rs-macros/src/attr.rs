@@ -28,6 +28,8 @@ const KNOWN_ARGUMENTS: &[&str] = &[
     "retry_min_delay",
     "retry_max_delay",
     "timeout",
+    "prefetch",
+    "concurrency",
 ];
 
 /// Names used by other frameworks or settings, too far from the right one
@@ -39,6 +41,12 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("min_delay", "retry_min_delay"),
     ("max_delay", "retry_max_delay"),
     ("handler_timeout", "timeout"),
+    ("prefetch_count", "prefetch"),
+    ("qos", "prefetch"),
+    ("workers", "concurrency"),
+    ("max_workers", "concurrency"),
+    ("parallelism", "concurrency"),
+    ("max_concurrency", "concurrency"),
 ];
 
 /// The arguments of one `#[consumer(...)]`.
@@ -53,6 +61,8 @@ pub(crate) struct ConsumerArgs {
     pub(crate) retry_min_delay: Option<LitStr>,
     pub(crate) retry_max_delay: Option<LitStr>,
     pub(crate) timeout: Option<LitStr>,
+    pub(crate) prefetch: Option<LitInt>,
+    pub(crate) concurrency: Option<LitInt>,
     /// The known arguments that were written, valid or not, or suggested for
     /// a misspelled one: an argument with an error is not also "missing".
     pub(crate) mentioned: Vec<&'static str>,
@@ -102,7 +112,15 @@ impl ConsumerArgs {
                 self.queue = string_literal(name, "\"billing_audit\"", &argument.value, errors)
             }
             "group" => self.group = string_literal(name, "\"billing\"", &argument.value, errors),
-            "max_attempts" => self.max_attempts = integer_literal(name, &argument.value, errors),
+            "max_attempts" => {
+                self.max_attempts = integer_literal(
+                    name,
+                    "3",
+                    "how many times a message is handled",
+                    &argument.value,
+                    errors,
+                )
+            }
             "retry_min_delay" => {
                 self.retry_min_delay = duration_literal(name, "500ms", &argument.value, errors)
             }
@@ -110,6 +128,24 @@ impl ConsumerArgs {
                 self.retry_max_delay = duration_literal(name, "5m", &argument.value, errors)
             }
             "timeout" => self.timeout = duration_literal(name, "30s", &argument.value, errors),
+            "prefetch" => {
+                self.prefetch = integer_literal(
+                    name,
+                    "32",
+                    "how many deliveries the broker sends ahead",
+                    &argument.value,
+                    errors,
+                )
+            }
+            "concurrency" => {
+                self.concurrency = integer_literal(
+                    name,
+                    "8",
+                    "how many calls of the handler run at once",
+                    &argument.value,
+                    errors,
+                )
+            }
             _ => errors.at(argument.name.span(), unknown_argument(name)),
         }
         self.mentioned.extend(
@@ -231,8 +267,16 @@ fn string_literal(name: &str, example: &str, value: &Expr, errors: &mut Errors) 
     }
 }
 
-/// `max_attempts = 3`: an integer literal, whose value `check.rs` validates.
-fn integer_literal(name: &str, value: &Expr, errors: &mut Errors) -> Option<LitInt> {
+/// `max_attempts = 3`, `prefetch = 32`: an integer literal, whose value
+/// `check.rs` validates. `example` is a typical value and `counts` what the
+/// number counts, for the error messages.
+fn integer_literal(
+    name: &str,
+    example: &str,
+    counts: &str,
+    value: &Expr,
+    errors: &mut Errors,
+) -> Option<LitInt> {
     let message = match ungroup(value) {
         Expr::Lit(ExprLit {
             lit: Lit::Int(literal),
@@ -247,14 +291,13 @@ fn integer_literal(name: &str, value: &Expr, errors: &mut Errors) -> Option<LitI
         ),
         Expr::Lit(ExprLit {
             lit: Lit::Float(_), ..
-        }) => format!("`{name}` takes a whole number: `{name} = 3`"),
+        }) => format!("`{name}` takes a whole number: `{name} = {example}`"),
         Expr::Unary(ExprUnary {
             op: UnOp::Neg(_), ..
         }) => format!(
-            "`{name}` cannot be negative: it counts how many times a message is handled, \
-             at least 1, e.g. `{name} = 3`"
+            "`{name}` cannot be negative: it counts {counts}, at least 1, e.g. `{name} = {example}`"
         ),
-        _ => format!("`{name}` takes an integer literal: `{name} = 3`"),
+        _ => format!("`{name}` takes an integer literal: `{name} = {example}`"),
     };
     errors.spanned(value, message);
     None
@@ -410,6 +453,19 @@ mod tests {
     }
 
     #[test]
+    fn parses_prefetch_and_concurrency() {
+        let args = parse_ok(quote!(
+            routing_key = "a.b",
+            prefetch = 64,
+            concurrency = 8u16
+        ));
+        assert_eq!(args.prefetch.unwrap().base10_digits(), "64");
+        let concurrency = args.concurrency.unwrap();
+        assert_eq!(concurrency.base10_digits(), "8");
+        assert_eq!(concurrency.suffix(), "u16");
+    }
+
+    #[test]
     fn explains_values_of_the_wrong_kind() {
         let quoted = parse_err(quote!(max_attempts = "3"));
         assert!(
@@ -422,6 +478,31 @@ mod tests {
         assert!(negative.contains("cannot be negative"), "{negative}");
         let constant = parse_err(quote!(max_attempts = ATTEMPTS));
         assert!(constant.contains("an integer literal"), "{constant}");
+        let quoted = parse_err(quote!(prefetch = "32"));
+        assert!(
+            quoted.contains("remove the quotes, `prefetch = 32`"),
+            "{quoted}"
+        );
+        let negative = parse_err(quote!(concurrency = -1));
+        assert!(
+            negative.contains(
+                "`concurrency` cannot be negative: it counts how many calls of the handler run \
+                 at once, at least 1, e.g. `concurrency = 8`"
+            ),
+            "{negative}"
+        );
+        let fraction = parse_err(quote!(concurrency = 2.5));
+        assert!(
+            fraction.contains("`concurrency` takes a whole number: `concurrency = 8`"),
+            "{fraction}"
+        );
+        let constant = parse_err(quote!(prefetch = PREFETCH));
+        assert!(
+            constant.contains("`prefetch` takes an integer literal: `prefetch = 32`"),
+            "{constant}"
+        );
+        let twice = parse_err(quote!(prefetch = 1, prefetch = 2));
+        assert!(twice.contains("`prefetch` is given twice"), "{twice}");
         let bare = parse_err(quote!(timeout = 30));
         assert!(bare.contains("`timeout = \"30s\"`"), "{bare}");
         let constant = parse_err(quote!(retry_max_delay = MAX));
@@ -439,6 +520,13 @@ mod tests {
         assert_eq!(suggestion("timout"), Some("timeout"));
         assert_eq!(suggestion("max_retries"), Some("max_attempts"));
         assert_eq!(suggestion("min_delay"), Some("retry_min_delay"));
+        assert_eq!(suggestion("prefetc"), Some("prefetch"));
+        assert_eq!(suggestion("prefetch_count"), Some("prefetch"));
+        assert_eq!(suggestion("qos"), Some("prefetch"));
+        assert_eq!(suggestion("concurency"), Some("concurrency"));
+        for synonym in ["workers", "max_workers", "parallelism", "max_concurrency"] {
+            assert_eq!(suggestion(synonym), Some("concurrency"), "{synonym}");
+        }
         assert_eq!(suggestion("exchange"), None);
     }
 

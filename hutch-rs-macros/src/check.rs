@@ -1,6 +1,7 @@
 //! What `#[consumer]` can refuse before the type checker runs: the shape of
 //! the function's signature, the syntax of routing keys, queue and group
-//! names, the number of attempts and the durations of the failure handling.
+//! names, the number of attempts, the durations of the failure handling, the
+//! prefetch and the concurrency.
 //!
 //! The return type and the message body type are left to the bounds of
 //! `hutch_rs::__private::call_handler`: only the type checker knows whether a
@@ -47,6 +48,8 @@ pub(crate) struct Consumer<'a> {
     pub(crate) retry_min_delay: Option<Duration>,
     pub(crate) retry_max_delay: Option<Duration>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) prefetch: Option<u16>,
+    pub(crate) concurrency: Option<u16>,
     /// `T` in the argument `Message<T>`.
     pub(crate) body_type: &'a Type,
     /// Where the function's return type is written, or its name when it
@@ -127,6 +130,7 @@ pub(crate) fn consumer<'a>(
         .timeout
         .as_ref()
         .and_then(|literal| handler_timeout(literal, errors));
+    let (prefetch, concurrency) = flow_control(args, errors);
 
     let body_type = signature(&function.sig, errors);
     Some(Consumer {
@@ -139,6 +143,8 @@ pub(crate) fn consumer<'a>(
         retry_min_delay,
         retry_max_delay,
         timeout,
+        prefetch,
+        concurrency,
         body_type: body_type?,
         output_span: match &function.sig.output {
             ReturnType::Type(_, ty) => ty.span(),
@@ -178,6 +184,83 @@ fn max_attempts(literal: &LitInt, errors: &mut Errors) -> Option<u32> {
                     u32::MAX
                 ),
             );
+            None
+        }
+    }
+}
+
+/// `prefetch` and `concurrency`, each valid on its own and, when both are
+/// given, `concurrency` at most `prefetch`. One given alone is checked
+/// against the configured default of the other when the consumer starts.
+fn flow_control(args: &ConsumerArgs, errors: &mut Errors) -> (Option<u16>, Option<u16>) {
+    let prefetch = args.prefetch.as_ref().and_then(|literal| {
+        u16_count(
+            "prefetch",
+            literal,
+            "prefetch must be at least 1: in AMQP a prefetch of 0 means unlimited, which lets \
+             the broker push the whole queue into this consumer's memory; give a number, \
+             e.g. `prefetch = 32`",
+            "`prefetch` is at most 65535, the largest prefetch count AMQP can carry; \
+             a few dozen is usual, e.g. `prefetch = 32`",
+            errors,
+        )
+    });
+    let concurrency = args.concurrency.as_ref().and_then(|literal| {
+        u16_count(
+            "concurrency",
+            literal,
+            "concurrency must be at least 1: with 0 the handler would never be called; \
+             `concurrency = 1` handles one message at a time, `concurrency = 8` up to 8 at once",
+            "`concurrency` is at most 65535, and at most the prefetch; e.g. `concurrency = 8`",
+            errors,
+        )
+    });
+    if let (Some(prefetch), Some(concurrency), Some(literal)) =
+        (prefetch, concurrency, &args.concurrency)
+    {
+        if concurrency > prefetch {
+            errors.at(
+                literal.span(),
+                format_args!(
+                    "`concurrency = {concurrency}` is more than `prefetch = {prefetch}`: the broker \
+                     never has more than {prefetch} deliveries out to this consumer, so at most \
+                     {prefetch} calls could run at once; lower concurrency to {prefetch} or less, \
+                     or raise prefetch to at least {concurrency}"
+                ),
+            );
+        }
+    }
+    (prefetch, concurrency)
+}
+
+/// `prefetch = N` or `concurrency = N`: at least 1, a `u16`. `zero` and
+/// `too_large` are the messages for 0 and for more than `u16::MAX`.
+fn u16_count(
+    name: &str,
+    literal: &LitInt,
+    zero: &str,
+    too_large: &str,
+    errors: &mut Errors,
+) -> Option<u16> {
+    let suffix = literal.suffix();
+    if !suffix.is_empty() && suffix != "u16" {
+        errors.at(
+            literal.span(),
+            format_args!(
+                "`{name}` is a `u16`; remove the `{suffix}` suffix: `{name} = {}`",
+                literal.base10_digits()
+            ),
+        );
+        return None;
+    }
+    match literal.base10_parse::<u16>() {
+        Ok(0) => {
+            errors.at(literal.span(), zero);
+            None
+        }
+        Ok(count) => Some(count),
+        Err(_) => {
+            errors.at(literal.span(), too_large);
             None
         }
     }
@@ -606,19 +689,15 @@ mod tests {
         assert!(validate_routing_key(&"é".repeat(128)).is_err());
     }
 
-    fn check(args: TokenStream) -> (Option<FailureHandling>, String) {
+    /// Checks a consumer with these arguments: what `seen` picks out of it
+    /// when it passed, and every error message, one a line.
+    fn check_with<T>(args: TokenStream, seen: impl Fn(&Consumer<'_>) -> T) -> (Option<T>, String) {
         let mut errors = Errors::default();
         let args = crate::attr::parse(args, &mut errors).expect("parsed");
         let function: ItemFn = syn::parse_quote! {
             async fn handle(msg: Message<u64>) -> Result<(), BoxError> { Ok(()) }
         };
-        let handling =
-            consumer(Some(&args), &function, &mut errors).map(|consumer| FailureHandling {
-                max_attempts: consumer.max_attempts,
-                retry_min_delay: consumer.retry_min_delay,
-                retry_max_delay: consumer.retry_max_delay,
-                timeout: consumer.timeout,
-            });
+        let seen = consumer(Some(&args), &function, &mut errors).map(|consumer| seen(&consumer));
         let message = errors
             .finish()
             .err()
@@ -627,7 +706,101 @@ mod tests {
             .map(|error| error.to_string())
             .collect::<Vec<_>>()
             .join("\n");
-        (handling, message)
+        (seen, message)
+    }
+
+    fn check(args: TokenStream) -> (Option<FailureHandling>, String) {
+        check_with(args, |consumer| FailureHandling {
+            max_attempts: consumer.max_attempts,
+            retry_min_delay: consumer.retry_min_delay,
+            retry_max_delay: consumer.retry_max_delay,
+            timeout: consumer.timeout,
+        })
+    }
+
+    /// `prefetch` and `concurrency` of a consumer that passed.
+    type Flow = (Option<u16>, Option<u16>);
+
+    /// The `Flow` when the consumer passed, and the errors.
+    fn flow(args: TokenStream) -> (Option<Flow>, String) {
+        check_with(quote::quote!(routing_key = "a", #args), |consumer| {
+            (consumer.prefetch, consumer.concurrency)
+        })
+    }
+
+    #[test]
+    fn accepts_prefetch_and_concurrency() {
+        for (args, expected) in [
+            (quote::quote!(), (None, None)),
+            (quote::quote!(prefetch = 64), (Some(64), None)),
+            (quote::quote!(concurrency = 8), (None, Some(8))),
+            (
+                quote::quote!(prefetch = 64, concurrency = 8),
+                (Some(64), Some(8)),
+            ),
+            // Equal is fine: every delivery out can be handled at once.
+            (
+                quote::quote!(prefetch = 16u16, concurrency = 16u16),
+                (Some(16), Some(16)),
+            ),
+            (
+                quote::quote!(prefetch = 1, concurrency = 1),
+                (Some(1), Some(1)),
+            ),
+            (
+                quote::quote!(prefetch = 65535, concurrency = 65535),
+                (Some(65535), Some(65535)),
+            ),
+            // Alone, a large concurrency is checked against the configured
+            // prefetch when the consumer starts.
+            (quote::quote!(concurrency = 1000), (None, Some(1000))),
+        ] {
+            let (seen, message) = flow(args.clone());
+            assert_eq!(message, "", "{args}");
+            assert_eq!(seen, Some(expected), "{args}");
+        }
+    }
+
+    #[test]
+    fn refuses_out_of_range_prefetch_and_concurrency() {
+        for (args, expected) in [
+            (
+                quote::quote!(prefetch = 0),
+                "prefetch must be at least 1: in AMQP a prefetch of 0 means unlimited",
+            ),
+            (
+                quote::quote!(concurrency = 0),
+                "concurrency must be at least 1",
+            ),
+            (
+                quote::quote!(prefetch = 65536),
+                "`prefetch` is at most 65535",
+            ),
+            (
+                quote::quote!(concurrency = 70000),
+                "`concurrency` is at most 65535",
+            ),
+            (
+                quote::quote!(prefetch = 32u32),
+                "`prefetch` is a `u16`; remove the `u32` suffix: `prefetch = 32`",
+            ),
+            (quote::quote!(concurrency = 4i64), "remove the `i64` suffix"),
+            (
+                quote::quote!(prefetch = 64, concurrency = 65),
+                "`concurrency = 65` is more than `prefetch = 64`",
+            ),
+            (
+                quote::quote!(concurrency = 100, prefetch = 10),
+                "at most 10 calls could run at once",
+            ),
+        ] {
+            let (_, message) = flow(args.clone());
+            assert!(message.contains(expected), "{args}: {message}");
+            assert_eq!(message.lines().count(), 1, "{args}: {message}");
+        }
+        // An invalid prefetch is reported once, not compared with the concurrency.
+        let (_, message) = flow(quote::quote!(prefetch = 0, concurrency = 8));
+        assert_eq!(message.lines().count(), 1, "{message}");
     }
 
     #[derive(Debug, PartialEq)]

@@ -37,6 +37,14 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
         let timeout = duration(timeout);
         quote!(.with_timeout(#timeout))
     });
+    let prefetch = consumer.prefetch.map(|prefetch| {
+        let prefetch = Literal::u16_suffixed(prefetch);
+        quote!(.with_prefetch(#prefetch))
+    });
+    let concurrency = consumer.concurrency.map(|concurrency| {
+        let concurrency = Literal::u16_suffixed(concurrency);
+        quote!(.with_concurrency(#concurrency))
+    });
 
     // A wrong return type fails `call_handler`'s bounds, reported at the
     // call; located at the return type, the error points where the fix goes.
@@ -83,6 +91,8 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
                 #retry_min_delay
                 #retry_max_delay
                 #timeout
+                #prefetch
+                #concurrency
             }
         };
     }

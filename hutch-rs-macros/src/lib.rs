@@ -59,9 +59,12 @@ use crate::errors::Errors;
 /// | `retry_min_delay` | optional | The wait before the first retry, a duration such as `"500ms"`. Defaults to the configuration's, 1s. |
 /// | `retry_max_delay` | optional | The longest wait between two attempts, such as `"5m"`; at most 4294967295 ms (about 49 days). Defaults to the configuration's, 60s. |
 /// | `timeout` | optional | How long one call of the function may run before it counts as a failure, such as `"30s"`. Defaults to the configuration's, 30s; must be shorter than RabbitMQ's consumer_timeout, 30 minutes. |
+/// | `prefetch` | optional | How many unacknowledged deliveries the broker sends this consumer ahead (the channel's `basic.qos` prefetch count): an integer from 1 to 65535. Defaults to the configuration's (`HutchBuilder::prefetch`), 32. |
+/// | `concurrency` | optional | How many calls of the function may be in flight at once on this consumer: an integer from 1 to 65535, at most the prefetch. Defaults to the configuration's (`HutchBuilder::concurrency`). |
 ///
 /// Values are literals written in the attribute, so that they can be checked
-/// when the crate compiles: strings, and an integer for `max_attempts`.
+/// when the crate compiles: strings, and integers for `max_attempts`,
+/// `prefetch` and `concurrency`.
 ///
 /// ## Failure handling
 ///
@@ -100,6 +103,29 @@ use crate::errors::Errors;
 /// default): a delivery left unacknowledged longer makes the broker close the
 /// channel. A timed-out call is dropped at its next `.await`; work it started
 /// elsewhere (a spawned task, a blocking call) is not stopped.
+///
+/// ## Prefetch and concurrency
+///
+/// ```
+/// # use hutch_rs::{consumer, Message};
+/// #[consumer(routing_key = "images.resize", prefetch = 64, concurrency = 8)]
+/// async fn resize(msg: Message<String>) -> Result<(), hutch_rs::BoxError> {
+///     Ok(())
+/// }
+/// ```
+///
+/// `prefetch` bounds how many deliveries the broker has out to this consumer
+/// at once, unacknowledged; they wait in the process's memory until their
+/// turn. It must be at least 1: in AMQP a prefetch of 0 means unlimited,
+/// which would let one consumer pull the whole queue into memory.
+///
+/// `concurrency` bounds how many of those deliveries are being handled at
+/// once, so that while one call waits on I/O the others go on. It must be at
+/// least 1 and at most the prefetch: the broker never sends more than
+/// `prefetch` deliveries ahead, so calls beyond that could never run. When
+/// both are given, that is checked when the crate compiles; one given alone
+/// must fit the configured default of the other (`HutchBuilder::prefetch`,
+/// `HutchBuilder::concurrency`), which is checked when the consumer starts.
 ///
 /// ## Routing keys
 ///
@@ -208,11 +234,12 @@ use crate::errors::Errors;
 ///
 /// Every mistake the attribute can see is reported at once, at the token to
 /// fix: a missing `routing_key`, an unknown or repeated argument, an invalid
-/// routing key, queue or group name, a `max_attempts` below 1, a duration
-/// that does not parse or is out of range, a function that is not `async`, a
-/// `self` receiver, a missing, extra or non-`Message` argument. A body type
-/// without `Deserialize` and a wrong return type are reported by the type
-/// checker, at the `T` of `Message<T>` and at the return type.
+/// routing key, queue or group name, a `max_attempts`, `prefetch` or
+/// `concurrency` below 1 or too large, a `concurrency` above the `prefetch`,
+/// a duration that does not parse or is out of range, a function that is not
+/// `async`, a `self` receiver, a missing, extra or non-`Message` argument. A
+/// body type without `Deserialize` and a wrong return type are reported by
+/// the type checker, at the `T` of `Message<T>` and at the return type.
 ///
 /// ```compile_fail
 /// # use hutch_rs::{consumer, Message};

@@ -54,6 +54,15 @@ mod payments {
     }
 }
 
+mod images {
+    use hutch_rs::{Message, consumer};
+
+    #[consumer(routing_key = "images.resize", prefetch = 64, concurrency = 8)]
+    pub(crate) async fn resize(_msg: Message<String>) -> Result<(), hutch_rs::BoxError> {
+        Ok(())
+    }
+}
+
 fn registration(qualified_name: &str) -> &'static hutch_rs::ConsumerRegistration {
     hutch_rs::consumers()
         .into_iter()
@@ -75,6 +84,7 @@ fn lists_every_consumer_of_the_binary_in_a_stable_order() {
             "registration::declared_in_an_async_test",
             "registration::send_receipt",
             "registration::billing::audit",
+            "registration::images::resize",
             "registration::payments::charge",
         ]
     );
@@ -113,6 +123,21 @@ fn registers_failure_handling_arguments() {
     assert_eq!(receipt.retry_min_delay(), None);
     assert_eq!(receipt.retry_max_delay(), None);
     assert_eq!(receipt.timeout(), None);
+}
+
+#[test]
+fn registers_prefetch_and_concurrency() {
+    let resize = registration("registration::images::resize");
+    assert_eq!(resize.prefetch(), Some(64));
+    assert_eq!(resize.concurrency(), Some(8));
+    let debug = format!("{resize:?}");
+    assert!(debug.contains("prefetch: Some(64)"), "{debug}");
+    assert!(debug.contains("concurrency: Some(8)"), "{debug}");
+
+    // Without them, the configured defaults apply at run time.
+    let receipt = registration("registration::send_receipt");
+    assert_eq!(receipt.prefetch(), None);
+    assert_eq!(receipt.concurrency(), None);
 }
 
 #[test]

@@ -14,8 +14,12 @@ use crate::{
 pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The exchange used when neither `HUTCH_EXCHANGE` nor [`HutchBuilder::exchange`] says otherwise.
 pub const DEFAULT_EXCHANGE: &str = "hutch";
-/// How many unacknowledged messages the broker sends each consumer ahead.
+/// How many unacknowledged messages the broker sends each consumer ahead,
+/// unless the consumer says otherwise (`prefetch`).
 pub const DEFAULT_PREFETCH: u16 = 32;
+/// How many calls of one consumer's handler may be in flight at once,
+/// unless the consumer says otherwise (`concurrency`).
+pub const DEFAULT_CONCURRENCY: u16 = 1;
 /// How long a publish waits for the broker's confirm.
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight handlers.
@@ -159,6 +163,7 @@ pub(crate) struct Settings {
     pub(crate) namespace: Option<String>,
     pub(crate) group: Option<String>,
     pub(crate) prefetch: u16,
+    pub(crate) concurrency: u16,
     pub(crate) confirm_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) heartbeat: Duration,
@@ -205,6 +210,7 @@ pub struct HutchBuilder {
     namespace: Layered<Option<String>>,
     group: Layered<Option<String>>,
     prefetch: Layered<u16>,
+    concurrency: Layered<u16>,
     confirm_timeout: Layered<Duration>,
     shutdown_timeout: Layered<Duration>,
     heartbeat: Layered<Duration>,
@@ -235,6 +241,7 @@ impl fmt::Debug for HutchBuilder {
             .field("namespace", &self.namespace.value)
             .field("group", &self.group.value)
             .field("prefetch", &self.prefetch.value)
+            .field("concurrency", &self.concurrency.value)
             .field("confirm_timeout", &self.confirm_timeout.value)
             .field("shutdown_timeout", &self.shutdown_timeout.value)
             .field("heartbeat", &self.heartbeat.value)
@@ -258,6 +265,7 @@ impl HutchBuilder {
             namespace: Layered::new(None, Source::Default),
             group: Layered::new(None, Source::Default),
             prefetch: Layered::new(DEFAULT_PREFETCH, Source::Default),
+            concurrency: Layered::new(DEFAULT_CONCURRENCY, Source::Default),
             confirm_timeout: Layered::new(DEFAULT_CONFIRM_TIMEOUT, Source::Default),
             shutdown_timeout: Layered::new(DEFAULT_SHUTDOWN_TIMEOUT, Source::Default),
             heartbeat: Layered::new(DEFAULT_HEARTBEAT, Source::Default),
@@ -343,9 +351,22 @@ impl HutchBuilder {
     }
 
     /// How many unacknowledged messages the broker may send each consumer
-    /// ahead of its handler (AMQP `basic.qos`). Must be at least 1.
+    /// ahead of its handler (AMQP `basic.qos`), for consumers without their
+    /// own `prefetch = N`. Must be at least 1, and at least the consumer's
+    /// concurrency.
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = Layered::new(prefetch, Source::Setter("prefetch"));
+        self
+    }
+
+    /// How many calls of one consumer's handler may be in flight at once,
+    /// for consumers without their own `concurrency = N`. Must be at least
+    /// 1, and at most the consumer's prefetch. The calls run concurrently on
+    /// the consumer's task (like `join_all`, not on separate threads): a
+    /// handler that waits on I/O lets the others go on; one that computes
+    /// for long should hand that work to `tokio::task::spawn_blocking`.
+    pub fn concurrency(mut self, concurrency: u16) -> Self {
+        self.concurrency = Layered::new(concurrency, Source::Setter("concurrency"));
         self
     }
 
@@ -465,6 +486,9 @@ impl HutchBuilder {
                 .prefetch
                 .invalid("must be at least 1 (0 would mean no limit)"));
         }
+        if self.concurrency.value == 0 {
+            return Err(self.concurrency.invalid("must be at least 1"));
+        }
         for timeout in [
             &self.confirm_timeout,
             &self.shutdown_timeout,
@@ -515,6 +539,7 @@ impl HutchBuilder {
             namespace: self.namespace.value,
             group: self.group.value,
             prefetch: self.prefetch.value,
+            concurrency: self.concurrency.value,
             confirm_timeout: self.confirm_timeout.value,
             shutdown_timeout: self.shutdown_timeout.value,
             heartbeat,

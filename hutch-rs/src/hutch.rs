@@ -236,7 +236,7 @@ impl Hutch {
             tracing::warn!(group = ?self.group(), "no consumers selected; nothing will be consumed");
         }
         for plan in &plans {
-            topology::warn_about_consumer_timeout(&self.inner.settings, plan);
+            topology::warn_about_consumer_timeout(plan);
         }
         Running::start(
             self.inner.settings.clone(),

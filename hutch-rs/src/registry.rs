@@ -20,6 +20,8 @@ pub struct ConsumerRegistration {
     retry_min_delay: Option<Duration>,
     retry_max_delay: Option<Duration>,
     timeout: Option<Duration>,
+    prefetch: Option<u16>,
+    concurrency: Option<u16>,
     handler: HandlerFn,
 }
 
@@ -43,6 +45,8 @@ impl ConsumerRegistration {
             retry_min_delay: None,
             retry_max_delay: None,
             timeout: None,
+            prefetch: None,
+            concurrency: None,
             handler,
         }
     }
@@ -90,6 +94,22 @@ impl ConsumerRegistration {
     #[must_use]
     pub const fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets `prefetch`: how many unacknowledged deliveries the broker sends
+    /// this consumer ahead.
+    #[must_use]
+    pub const fn with_prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = Some(prefetch);
+        self
+    }
+
+    /// Sets `concurrency`: how many calls of the handler may be in flight
+    /// at once.
+    #[must_use]
+    pub const fn with_concurrency(mut self, concurrency: u16) -> Self {
+        self.concurrency = Some(concurrency);
         self
     }
 
@@ -160,6 +180,18 @@ impl ConsumerRegistration {
         self.timeout
     }
 
+    /// The `prefetch = N` argument, if given.
+    #[must_use]
+    pub fn prefetch(&self) -> Option<u16> {
+        self.prefetch
+    }
+
+    /// The `concurrency = N` argument, if given.
+    #[must_use]
+    pub fn concurrency(&self) -> Option<u16> {
+        self.concurrency
+    }
+
     /// The generated entry point that decodes a delivery and calls the
     /// function. Not a stable API.
     #[doc(hidden)]
@@ -180,6 +212,8 @@ impl std::fmt::Debug for ConsumerRegistration {
             .field("retry_min_delay", &self.retry_min_delay)
             .field("retry_max_delay", &self.retry_max_delay)
             .field("timeout", &self.timeout)
+            .field("prefetch", &self.prefetch)
+            .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }
 }

@@ -89,6 +89,10 @@ pub(crate) struct ConsumerPlan {
     pub(crate) retry: RetryPolicy,
     /// How long one handler call may run.
     pub(crate) timeout: Duration,
+    /// The channel's prefetch (`basic.qos`).
+    pub(crate) prefetch: u16,
+    /// How many handler calls may be in flight at once (at most `prefetch`).
+    pub(crate) concurrency: u16,
 }
 
 impl ConsumerPlan {
@@ -125,6 +129,7 @@ pub(crate) fn plan_consumers(
             });
         }
         let retry = retry_policy(settings, registration)?;
+        let (prefetch, concurrency) = flow(settings, registration)?;
         if let Some(existing) = by_queue.get(&queue) {
             return Err(Error::DuplicateQueue {
                 queue,
@@ -139,6 +144,8 @@ pub(crate) fn plan_consumers(
                 queue,
                 retry,
                 timeout: registration.timeout().unwrap_or(settings.handler_timeout),
+                prefetch,
+                concurrency,
             },
         );
     }
@@ -175,18 +182,54 @@ fn retry_policy(settings: &Settings, registration: &ConsumerRegistration) -> Res
     Ok(policy)
 }
 
+/// A consumer's prefetch and concurrency: its own arguments where it has
+/// them, the configured defaults elsewhere. Handler calls beyond the
+/// prefetch could never run: the broker sends no more deliveries than that.
+fn flow(settings: &Settings, registration: &ConsumerRegistration) -> Result<(u16, u16)> {
+    let prefetch = registration.prefetch().unwrap_or(settings.prefetch);
+    let concurrency = registration.concurrency().unwrap_or(settings.concurrency);
+    let invalid = |reason: String| Error::Config {
+        setting: format!("#[consumer] on {}", registration.qualified_name()),
+        reason,
+    };
+    if prefetch == 0 || concurrency == 0 {
+        return Err(invalid(
+            "prefetch and concurrency must be at least 1".to_owned(),
+        ));
+    }
+    if concurrency > prefetch {
+        let origin = |own: Option<u16>, setter: &str| {
+            if own.is_some() {
+                "its own argument".to_owned()
+            } else {
+                format!("HutchBuilder::{setter}")
+            }
+        };
+        return Err(invalid(format!(
+            "concurrency {concurrency} ({}) exceeds prefetch {prefetch} ({}): the broker never has more than prefetch deliveries out, so at most {prefetch} calls could run; raise the prefetch or lower the concurrency",
+            origin(registration.concurrency(), "concurrency"),
+            origin(registration.prefetch(), "prefetch"),
+        )));
+    }
+    Ok((prefetch, concurrency))
+}
+
 /// Warns about a consumer whose handler timeout, times the deliveries that
 /// may wait ahead of a message, reaches RabbitMQ's `consumer_timeout`: under
 /// a slow downstream the broker would close its channel and take the
 /// messages back.
-pub(crate) fn warn_about_consumer_timeout(settings: &Settings, plan: &ConsumerPlan) {
-    let worst_wait = plan.timeout.saturating_mul(u32::from(settings.prefetch));
+pub(crate) fn warn_about_consumer_timeout(plan: &ConsumerPlan) {
+    // The last of `prefetch` deliveries waits for the ones ahead of it,
+    // `concurrency` at a time, and then for its own call.
+    let rounds = plan.prefetch.div_ceil(plan.concurrency);
+    let worst_wait = plan.timeout.saturating_mul(u32::from(rounds));
     if worst_wait >= MAX_HANDLER_TIMEOUT {
         tracing::warn!(
             consumer = %plan.name(),
             timeout = ?plan.timeout,
-            prefetch = settings.prefetch,
-            "a delivery can wait prefetch × timeout = {worst_wait:?} before it is acked, past RabbitMQ's consumer_timeout (30 minutes); lower the timeout or the prefetch"
+            prefetch = plan.prefetch,
+            concurrency = plan.concurrency,
+            "a delivery can wait ⌈prefetch / concurrency⌉ × timeout = {worst_wait:?} before it is acked, past RabbitMQ's consumer_timeout (30 minutes); lower the timeout or the prefetch, or raise the concurrency"
         );
     }
 }

@@ -224,7 +224,7 @@ impl ConsumerSupervisor {
     /// consumer may find its queue gone.
     async fn start_on(&self, channel: &Channel) -> std::result::Result<lapin::Consumer, Setup> {
         channel
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .basic_qos(self.plan.prefetch, BasicQosOptions::default())
             .await
             .map_err(Setup::Failed)?;
         topology::declare_exchange(channel, &self.settings.exchange)

@@ -1,6 +1,7 @@
 //! The supervision tree: the connections hutch-rs owns and the consumers
 //! running on them.
 
+mod acks;
 pub(crate) mod app;
 pub(crate) mod classify;
 pub(crate) mod connection;

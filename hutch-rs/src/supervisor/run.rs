@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use lapin::{
     Channel,
     message::Delivery,
@@ -23,6 +23,7 @@ use crate::{
     panic::panic_message,
     retry::HandlerError,
     supervisor::{
+        acks::{Ack, AckLedger},
         classify,
         consumer::{ConsumerSupervisor, Ended},
     },
@@ -48,6 +49,8 @@ pub(super) const REQUEUE: BasicNackOptions = BasicNackOptions {
 
 /// What handling one delivery came to, for the run.
 pub(super) enum Handled {
+    /// The handler succeeded: the run owes the broker an acknowledgement.
+    Succeeded,
     /// Settled, or left to the broker to redeliver.
     Settled,
     /// The handler panicked: the message was dealt with as a failure, and
@@ -74,63 +77,121 @@ impl<'a> Run<'a> {
         }
     }
 
-    pub(super) async fn consume(mut self) -> Ended {
-        let shutdown = self.shutdown.clone();
+    /// Takes deliveries and runs up to the consumer's `concurrency`
+    /// handler calls at once, on this task, until the channel ends, the
+    /// consumer must restart, or shutdown.
+    pub(super) async fn consume(self) -> Ended {
+        let mut deliveries = self.deliveries.clone();
+        let concurrency = usize::from(self.consumer.plan.concurrency);
+        // Paying every half prefetch keeps the broker's window open while a
+        // burst is worked through; an idle moment pays at once.
+        let pay_at = usize::from(self.consumer.plan.prefetch).div_ceil(2);
+        let mut ledger = AckLedger::default();
+        let mut handlers = FuturesUnordered::new();
+        let mut ending: Option<Ended> = None;
         loop {
-            let next = tokio::select! {
+            if ending.is_some() && handlers.is_empty() {
+                break;
+            }
+            tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return self.stop().await,
-                next = self.deliveries.next() => next,
-            };
-            match next {
-                Some(Ok(delivery)) => {
-                    let handling = self.handle(delivery);
-                    tokio::pin!(handling);
-                    let handled = tokio::select! {
-                        biased;
-                        handled = &mut handling => handled,
-                        () = shutdown.cancelled() => {
-                            // Stop new deliveries at once; let the in-flight
-                            // handler finish and be settled.
-                            let (_, handled) = tokio::join!(self.cancel_consume(), handling);
-                            match handled {
-                                Handled::Panicked(panic) => {
-                                    tracing::error!(%panic, "handler panicked during shutdown");
-                                }
-                                Handled::Ended(ended) => {
-                                    tracing::error!(?ended, "a failed message could not be forwarded during shutdown; it was put back");
-                                }
-                                Handled::Settled => {}
-                            }
-                            self.close_channel().await;
-                            return Ended::Shutdown;
-                        }
-                    };
+                () = self.shutdown.cancelled(), if ending.is_none() => {
+                    // Stop new deliveries at once; the handlers in flight
+                    // finish and are settled.
+                    self.cancel_consume().await;
+                    ending = Some(Ended::Shutdown);
+                }
+                Some((tag, handled)) = handlers.next(), if !handlers.is_empty() => {
                     match handled {
-                        Handled::Settled => {}
+                        Handled::Succeeded => ledger.handled(tag),
+                        Handled::Settled => ledger.settled(tag),
                         Handled::Panicked(panic) => {
-                            self.release_outstanding().await;
-                            return Ended::Crashed(format!("the handler panicked: {panic}"));
+                            ledger.settled(tag);
+                            self.end_with(&mut ending, Ended::Crashed(format!("the handler panicked: {panic}"))).await;
                         }
-                        Handled::Ended(Ended::Shutdown) => return self.stop().await,
                         Handled::Ended(ended) => {
-                            if self.channel.status().connected() {
-                                self.release_outstanding().await;
-                            }
-                            return ended;
+                            ledger.settled(tag);
+                            self.end_with(&mut ending, ended).await;
                         }
                     }
+                    if ledger.owed() >= pay_at {
+                        self.pay(&mut ledger);
+                    }
                 }
-                Some(Err(error)) if classify::is_channel_only(&error) => {
-                    return Ended::Crashed(format!("the broker closed the channel: {error}"));
+                next = deliveries.next(), if ending.is_none() && handlers.len() < concurrency => {
+                    match next {
+                        Some(Ok(delivery)) => {
+                            let tag = delivery.delivery_tag;
+                            ledger.delivered(tag);
+                            handlers.push(self.handle(delivery).map(move |handled| (tag, handled)));
+                        }
+                        Some(Err(error)) if classify::is_channel_only(&error) => {
+                            ending = Some(Ended::Crashed(format!("the broker closed the channel: {error}")));
+                        }
+                        Some(Err(error)) => ending = Some(Ended::ConnectionLost(error.to_string())),
+                        None if self.channel.status().connected() => {
+                            ending = Some(Ended::Crashed(
+                                "the broker cancelled the consumer (was its queue deleted?)".to_owned(),
+                            ));
+                        }
+                        None => ending = Some(Ended::ConnectionLost("the channel closed".to_owned())),
+                    }
                 }
-                Some(Err(error)) => return Ended::ConnectionLost(error.to_string()),
-                None if self.channel.status().connected() => {
-                    return Ended::Crashed(
-                        "the broker cancelled the consumer (was its queue deleted?)".to_owned(),
-                    );
-                }
-                None => return Ended::ConnectionLost("the channel closed".to_owned()),
+                // Reached only when nothing else is ready: no delivery is
+                // waiting and no handler has finished. Pay now rather than
+                // keep handled messages unacknowledged while idle.
+                () = std::future::ready(()), if ledger.owed() > 0 => self.pay(&mut ledger),
+            }
+        }
+        // Everything handled is paid before the channel is closed or its
+        // remaining deliveries are handed back, which would otherwise put
+        // handled messages back in the queue.
+        self.pay(&mut ledger);
+        let ended = ending.unwrap_or(Ended::Shutdown);
+        if matches!(ended, Ended::Shutdown) {
+            self.close_channel().await;
+        } else if self.channel.status().connected() {
+            // The consumer restarts or gives up on this still open channel.
+            self.release_outstanding().await;
+        }
+        ended
+    }
+
+    /// Records why the run ends (the first reason wins) and stops new
+    /// deliveries; handlers already running finish first.
+    async fn end_with(&self, ending: &mut Option<Ended>, ended: Ended) {
+        if ending.is_some() {
+            tracing::warn!(?ended, "the consumer was already ending");
+            return;
+        }
+        if let Ended::Shutdown = ended {
+            // A forward was interrupted by shutdown; the token ends the run.
+        } else if self.channel.status().connected() {
+            self.cancel_consume().await;
+        }
+        *ending = Some(ended);
+    }
+
+    /// Sends the acknowledgements the ledger owes, on this run's channel:
+    /// a delivery tag means nothing on any other. Each frame is queued
+    /// before this returns, so they reach the broker in order, after every
+    /// settle a finished handler already made.
+    fn pay(&self, ledger: &mut AckLedger) {
+        for ack in ledger.pay() {
+            let (tag, multiple) = match ack {
+                Ack::UpTo(tag) => (tag, true),
+                Ack::One(tag) => (tag, false),
+            };
+            // The frame is queued on the first poll; the broker does not
+            // answer acknowledgements, so what is left is lapin confirming
+            // the write, which nobody needs to wait for.
+            let sending = self
+                .channel
+                .basic_ack(tag, BasicAckOptions { multiple })
+                .now_or_never();
+            if let Some(Err(error)) = sending {
+                self.consumer.observer.stale_ack(&self.consumer.name);
+                tracing::warn!(delivery_tag = tag, multiple, %error, "could not acknowledge handled messages; the broker redelivers them");
             }
         }
     }
@@ -186,15 +247,8 @@ impl<'a> Run<'a> {
         }
 
         let handled = match failure {
-            None => {
-                let acked = settle(
-                    &self.consumer.settings,
-                    acker.ack(BasicAckOptions::default()),
-                )
-                .await;
-                self.settled(acked, &incoming, delivery_tag);
-                Handled::Settled
-            }
+            // Acknowledged by the run, together with its neighbours.
+            None => return Handled::Succeeded,
             Some(error) => self.dispose(acker, incoming, delivery_tag, error).await,
         };
         match (handled, panic) {
@@ -257,12 +311,6 @@ impl<'a> Run<'a> {
         if let Err(error) = self.channel.basic_nack(0, all).await {
             tracing::warn!(%error, "could not requeue prefetched messages");
         }
-    }
-
-    async fn stop(&self) -> Ended {
-        self.cancel_consume().await;
-        self.close_channel().await;
-        Ended::Shutdown
     }
 
     /// Ends `basic.consume`: the broker sends this consumer nothing more.

@@ -15,11 +15,11 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    BindingInfo, BrokerError, ExchangeInfo, QueueInfo,
+    BindingInfo, BrokerError, ConsumerInfo, ExchangeInfo, QueueInfo,
     binaries::Binaries,
     command::{self, TimedOut},
     ctl::Ctl,
-    info::{self, BindingRow, ExchangeRow, QueueRow},
+    info::{self, BindingRow, ConsumerRow, ExchangeRow, QueueRow},
     layout::Layout,
     management::Management,
     ports::Ports,
@@ -250,6 +250,12 @@ impl Broker {
     pub fn exchanges(&self) -> Result<Vec<ExchangeInfo>, BrokerError> {
         let rows: Vec<ExchangeRow> = self.ctl.list("list_exchanges", info::EXCHANGE_COLUMNS)?;
         Ok(rows.into_iter().map(ExchangeInfo::from).collect())
+    }
+
+    /// Every consumer, with its queue and prefetch.
+    pub fn consumers(&self) -> Result<Vec<ConsumerInfo>, BrokerError> {
+        let rows: Vec<ConsumerRow> = self.ctl.list("list_consumers", info::CONSUMER_COLUMNS)?;
+        Ok(rows.into_iter().map(ConsumerInfo::from).collect())
     }
 
     /// How many client connections the node has (on every virtual host).

@@ -15,6 +15,10 @@ pub struct QueueInfo {
     pub name: String,
     /// Messages in the queue: ready plus delivered-but-unacknowledged.
     pub messages: u64,
+    /// Messages waiting to be delivered.
+    pub messages_ready: u64,
+    /// Messages delivered to consumers and not yet acknowledged.
+    pub messages_unacknowledged: u64,
     /// Whether the queue survives a broker restart.
     pub durable: bool,
     /// Whether the queue is deleted when its last consumer goes.
@@ -61,10 +65,56 @@ pub struct ExchangeInfo {
     pub auto_delete: bool,
 }
 
+/// A consumer on the node's default virtual host, read from `rabbitmqctl
+/// list_consumers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerInfo {
+    /// The queue it consumes from.
+    pub queue: String,
+    /// Its consumer tag.
+    pub consumer_tag: String,
+    /// Whether the broker waits for its acknowledgements (manual acks).
+    pub ack_required: bool,
+    /// How many unacknowledged deliveries the broker sends it ahead
+    /// (`basic.qos`; 0 means no limit).
+    pub prefetch_count: u64,
+}
+
+/// The columns requested from `list_consumers`.
+pub(crate) const CONSUMER_COLUMNS: &[&str] = &[
+    "queue_name",
+    "consumer_tag",
+    "ack_required",
+    "prefetch_count",
+];
+
+/// One row of `list_consumers --formatter json`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConsumerRow {
+    queue_name: String,
+    consumer_tag: String,
+    ack_required: bool,
+    prefetch_count: u64,
+}
+
+impl From<ConsumerRow> for ConsumerInfo {
+    fn from(row: ConsumerRow) -> Self {
+        Self {
+            queue: row.queue_name,
+            consumer_tag: row.consumer_tag,
+            ack_required: row.ack_required,
+            prefetch_count: row.prefetch_count,
+        }
+    }
+}
+
 /// The columns requested from `list_queues`, in the names the rows use.
 pub(crate) const QUEUE_COLUMNS: &[&str] = &[
     "name",
     "messages",
+    "messages_ready",
+    "messages_unacknowledged",
     "durable",
     "auto_delete",
     "exclusive",
@@ -77,6 +127,8 @@ pub(crate) const QUEUE_COLUMNS: &[&str] = &[
 pub(crate) struct QueueRow {
     name: String,
     messages: u64,
+    messages_ready: u64,
+    messages_unacknowledged: u64,
     durable: bool,
     auto_delete: bool,
     exclusive: bool,
@@ -89,6 +141,8 @@ impl From<QueueRow> for QueueInfo {
         Self {
             name: row.name,
             messages: row.messages,
+            messages_ready: row.messages_ready,
+            messages_unacknowledged: row.messages_unacknowledged,
             durable: row.durable,
             auto_delete: row.auto_delete,
             exclusive: row.exclusive,
@@ -175,7 +229,7 @@ mod tests {
     #[test]
     fn parses_a_queue_row_as_rabbitmq_3_10_prints_it() {
         let row: QueueRow = serde_json::from_str(
-            r#"{"name":"q1","messages":1,"durable":true,"auto_delete":false,"exclusive":false,"arguments":[["x-max-length","long",10],["x-queue-type","longstr","classic"]],"consumers":0}"#,
+            r#"{"name":"q1","messages":1,"messages_ready":1,"messages_unacknowledged":0,"durable":true,"auto_delete":false,"exclusive":false,"arguments":[["x-max-length","long",10],["x-queue-type","longstr","classic"]],"consumers":0}"#,
         )
         .unwrap();
         let queue = QueueInfo::from(row);

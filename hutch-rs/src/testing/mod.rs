@@ -60,4 +60,4 @@ mod watchdog;
 
 pub use broker::Broker;
 pub use error::BrokerError;
-pub use info::{BindingInfo, ExchangeInfo, QueueInfo};
+pub use info::{BindingInfo, ConsumerInfo, ExchangeInfo, QueueInfo};

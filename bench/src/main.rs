@@ -1,0 +1,104 @@
+//! Benchmarks hutch-rs against hand-written lapin programs.
+//!
+//! ```sh
+//! cargo run --release -p hutch-rs-bench -- [--rounds 5] [--only drain,publish,...] [--quick]
+//! ```
+//!
+//! The orchestrator (this process) starts a private RabbitMQ node and, round
+//! after round, runs every scenario (drain, publish, latency, idle memory,
+//! recovery) once for each implementation: raw lapin on tokio's
+//! current-thread runtime, raw lapin on the multi-thread runtime, and a
+//! hutch-rs application, in an order that rotates each round. Each client
+//! is a child process (this binary again, `client ...`), so that its CPU
+//! time and memory are its own. Same broker, same queues, same settings:
+//! durable classic queues, persistent 1 KiB JSON messages, manual acks,
+//! prefetch 200, publisher confirms with a window of 200.
+//!
+//! Progress goes to stderr; the markdown table of the results to stdout.
+
+mod broker;
+mod child;
+mod cli;
+mod hutch_client;
+mod procfs;
+mod raw_client;
+mod report;
+mod scenario;
+mod stats;
+mod workload;
+
+use std::process::ExitCode;
+
+use crate::{
+    broker::BenchBroker,
+    cli::{ClientArgs, Impl, Options},
+    scenario::Bench,
+    stats::Results,
+};
+
+/// Errors end the run with their message: a benchmark that checks nothing
+/// lost has nothing to recover from.
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.split_first() {
+        Some((command, rest)) if command == "client" => ClientArgs::parse(rest).and_then(client),
+        _ => Options::parse(&args).and_then(|options| orchestrate(&options)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hutch-rs-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A client child: one scenario by one implementation.
+fn client(args: ClientArgs) -> Result<(), Error> {
+    match args.implementation {
+        Impl::Hutch => hutch_client::run(args),
+        Impl::RawCurrentThread | Impl::RawMultiThread => raw_client::run(&args),
+    }
+}
+
+/// Runs every round and prints the table.
+fn orchestrate(options: &Options) -> Result<(), Error> {
+    hutch_client::check_queue_names()?;
+    eprintln!("starting a private RabbitMQ node...");
+    let broker = BenchBroker::start()?;
+    let version = broker.version()?;
+    let bench = Bench {
+        broker: &broker,
+        options,
+    };
+    let mut results = Results::default();
+    for round in 0..options.rounds {
+        let order = Impl::rotation(round);
+        for scenario in &options.scenarios {
+            for implementation in order {
+                eprintln!(
+                    "round {}/{}: {scenario} by {implementation}",
+                    round + 1,
+                    options.rounds
+                );
+                scenario.run(&bench, implementation, &mut results)?;
+            }
+        }
+    }
+
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let command: Vec<String> = std::env::args().collect();
+    println!("# hutch-rs vs raw lapin\n");
+    println!("- machine: {cpus} CPUs (nproc)");
+    println!("- RabbitMQ {version}, private node");
+    println!("- command: `{}`", command.join(" "));
+    println!(
+        "- {} round(s); {} messages per drain/publish run; latency runs of {:?}",
+        options.rounds, options.messages, options.latency_duration
+    );
+    println!();
+    print!("{}", results.table());
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! Drain: the orchestrator fills the queue, the client consumes all of it;
+//! afterwards the queue must be empty, nothing unacknowledged.
+
+use crate::{
+    Error,
+    broker::PATIENCE,
+    child::ClientProcess,
+    cli::Impl,
+    report::Throughput,
+    scenario::{Bench, Scenario, record_throughput},
+    stats::Results,
+    workload::DRAIN_QUEUE,
+};
+
+pub(super) fn run(
+    bench: &Bench<'_>,
+    implementation: Impl,
+    results: &mut Results,
+) -> Result<(), Error> {
+    let broker = bench.broker;
+    let messages = bench.options.messages;
+    broker.purge(DRAIN_QUEUE)?;
+    broker.fill(DRAIN_QUEUE, messages)?;
+    let filled = broker.messages_in(DRAIN_QUEUE)?;
+    if filled != messages {
+        return Err(
+            format!("{DRAIN_QUEUE} holds {filled} messages after filling {messages}").into(),
+        );
+    }
+
+    let mut args = bench.client(Scenario::Drain, implementation)?;
+    args.messages = messages;
+    let mut client = ClientProcess::spawn(&args)?;
+    let report: Throughput = client.result(PATIENCE)?;
+    client.finish()?;
+
+    // `messages` counts ready and unacknowledged ones alike.
+    let left = broker.messages_in(DRAIN_QUEUE)?;
+    if report.messages != messages || left != 0 {
+        return Err(format!(
+            "drain by {implementation}: handled {} of {messages}, {left} left in {DRAIN_QUEUE} (ready or unacked)",
+            report.messages
+        )
+        .into());
+    }
+    if implementation == Impl::Hutch {
+        let dead = broker.messages_in(&format!("{DRAIN_QUEUE}:dead"))?;
+        if dead != 0 {
+            return Err(format!("drain by hutch-rs dead-lettered {dead} messages").into());
+        }
+    }
+    record_throughput(results, "drain", implementation, &report);
+    Ok(())
+}

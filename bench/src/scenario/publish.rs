@@ -1,0 +1,42 @@
+//! Publish: the client publishes with confirms to the topic exchange; every
+//! confirmed message must be in the bound queue, which is emptied after.
+
+use crate::{
+    Error,
+    broker::PATIENCE,
+    child::ClientProcess,
+    cli::Impl,
+    report::Throughput,
+    scenario::{Bench, Scenario, record_throughput},
+    stats::Results,
+    workload::PUBLISH_QUEUE,
+};
+
+pub(super) fn run(
+    bench: &Bench<'_>,
+    implementation: Impl,
+    results: &mut Results,
+) -> Result<(), Error> {
+    let broker = bench.broker;
+    let messages = bench.options.messages;
+    broker.purge(PUBLISH_QUEUE)?;
+
+    let mut args = bench.client(Scenario::Publish, implementation)?;
+    args.messages = messages;
+    let mut client = ClientProcess::spawn(&args)?;
+    let report: Throughput = client.result(PATIENCE)?;
+    client.finish()?;
+
+    // Every client publishes one warm-up message before the measured ones.
+    let arrived = broker.messages_in(PUBLISH_QUEUE)?;
+    if arrived != messages + 1 {
+        return Err(format!(
+            "publish by {implementation}: {arrived} messages in {PUBLISH_QUEUE}, expected {}",
+            messages + 1
+        )
+        .into());
+    }
+    broker.purge(PUBLISH_QUEUE)?;
+    record_throughput(results, "publish", implementation, &report);
+    Ok(())
+}

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use hutch_rs::Error;
-use hutch_rs_tests::{ALARM_OFF, ALARM_ON, Scope, bound_queue, broker, init_logging, queue_depth};
+use hutch_rs::{Error, Event};
+use hutch_rs_tests::{
+    ALARM_OFF, ALARM_ON, PATIENCE, Scope, bound_queue, broker, init_logging, queue_depth, take_all,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::Mutex;
 
@@ -115,4 +117,78 @@ async fn a_publish_blocked_by_a_broker_alarm_fails_with_a_blocked_error() {
     // once unblocked. Only the confirm came too late.
     assert_eq!(queue_depth(&queue), 3);
     hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_during_an_alarm_fails_a_waiting_publish_as_unavailable_at_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let scope = Scope::new("closed");
+    let queue = bound_queue(&scope, "sink", "closed.key", FieldTable::default()).await;
+    let hutch = scope
+        .builder("none")
+        .confirm_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    hutch
+        .publish("closed.key", &0)
+        .await
+        .expect("confirmed before the alarm");
+
+    let mut events = hutch.events();
+    let alarm = MemoryAlarm::raise();
+    // The broker blocks a connection (and says so) once it publishes.
+    let first = tokio::spawn({
+        let hutch = hutch.clone();
+        async move { hutch.publish("closed.key", &1).await }
+    });
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Event::ConnectionBlocked {
+                connection: "publish",
+                ..
+            } = events.recv().await.expect("the hutch is alive")
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the publishing connection is told it is blocked");
+    // Polled once, this publish waits for the alarm to clear.
+    let mut waiting = Box::pin(hutch.publish("closed.key", &2));
+    tokio::select! {
+        biased;
+        outcome = &mut waiting => panic!("the publish did not wait: {outcome:?}"),
+        () = std::future::ready(()) => {}
+    }
+
+    hutch.close().await.unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the publish ends with the connection, not at its confirm timeout")
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Unavailable { connection: "publish", reason } if reason.contains("closed")),
+        "{error:?}"
+    );
+    // The one sent before the block has no confirm either; it ends too.
+    let first = tokio::time::timeout(PATIENCE, first)
+        .await
+        .expect("the sent publish ends with the connection")
+        .unwrap();
+    assert!(
+        matches!(&first, Err(Error::Unavailable { .. })),
+        "{first:?}"
+    );
+    drop(alarm);
+    let bodies: Vec<Vec<u8>> = take_all(&queue)
+        .await
+        .into_iter()
+        .map(|message| message.data.clone())
+        .collect();
+    assert!(
+        !bodies.contains(&b"2".to_vec()),
+        "the waiting publish was never sent: {bodies:?}"
+    );
 }

@@ -11,9 +11,13 @@ use std::{
     time::Duration,
 };
 
-use hutch_rs::{BoxError, Error, Hutch, HutchBuilder, Message, PublishOptions, consumer};
+use hutch_rs::{
+    BoxError, Error, Hutch, HutchBuilder, Message, Outgoing, PublishOptions, consumer,
+    testing::Broker,
+};
 use hutch_rs_tests::{
-    ALARM_OFF, ALARM_ON, PATIENCE, Scope, TALLY, init_logging, own_broker, rabbitmqctl,
+    ALARM_OFF, ALARM_ON, PATIENCE, Scope, TALLY, init_logging, own_broker, proxy::BlackHoleProxy,
+    rabbitmqctl,
 };
 use serde::{Deserialize, Serialize};
 
@@ -224,12 +228,265 @@ async fn a_broker_alarm_fails_publishes_as_blocked_while_consumers_go_on() {
         )
         .await;
     // Had it been sent, it would have reached the queue ahead of the last
-    // one, on the same connection, once the broker read that again.
+    // one, on the same connection, once the broker read that again. It may
+    // still be on its way to the handler when the last one is seen: only
+    // once the queue holds nothing, delivered or not, has the handler seen
+    // everything that reached it.
+    await_drained(&broker, &scope.queue("sink")).await;
     let never_sent = BTreeSet::from(["sent-while-blocked".to_owned()]);
     assert_eq!(
         TALLY.missing(&run, &never_sent).len(),
         1,
         "it was never sent"
+    );
+    running.shutdown().await.expect("clean shutdown");
+    hutch.close().await.unwrap();
+}
+
+/// Waits until `queue` on `broker` holds no message, ready or delivered and
+/// unacknowledged. The broker's state can only be polled; the deadline turns
+/// a hang into a failure.
+async fn await_drained(broker: &Arc<Broker>, queue: &str) {
+    let broker = broker.clone();
+    let queue = queue.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let info = broker.queue(&queue).expect("rabbitmqctl list_queues");
+            if info.as_ref().is_some_and(|info| info.messages == 0) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue {queue} was never drained: {info:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// The numbers of the channels open on `broker`, over all connections.
+async fn channel_numbers(broker: &Arc<Broker>) -> BTreeSet<u64> {
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        let listed = broker
+            .rabbitmqctl(&["-q", "list_channels", "--formatter", "json", "number"])
+            .expect("rabbitmqctl list_channels");
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&listed).unwrap_or_else(|error| panic!("{error}: {listed}"));
+        rows.iter()
+            .map(|row| row["number"].as_u64().expect("a channel number"))
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// Declares `scope`'s exchange and a durable queue bound to it with
+/// `routing_key` on `broker`, through a plain lapin connection.
+async fn bound_queue_on(broker: &Broker, scope: &Scope, name: &str, routing_key: &str) -> String {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    let queue = scope.queue(name);
+    let connection =
+        lapin::Connection::connect(&broker.amqp_uri(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            scope.exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            scope.exchange.as_str().into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+    queue
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mandatory_publish_abandoned_before_its_answer_leaves_its_channel_behind() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    let scope = Scope::new("abandoned");
+    let queue = bound_queue_on(&broker, &scope, "held", "held.#").await;
+    // Through a proxy that can hold the broker's answers back.
+    let proxy = BlackHoleProxy::start(broker.amqp_port()).await;
+    let hutch = Hutch::builder()
+        .uri(proxy.amqp_uri())
+        .exchange(&scope.exchange)
+        .confirm_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mandatory = || PublishOptions::new().mandatory();
+    hutch
+        .publish_with("held.first", &1, mandatory())
+        .await
+        .expect("confirmed");
+    // The publishing connection has one channel: the mandatory lane's.
+    let before = channel_numbers(&broker).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    // Sent, but its answer cannot come: the caller gives up on it.
+    proxy.black_hole();
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(300),
+        hutch.publish_with("held.second", &2, mandatory()),
+    )
+    .await;
+    assert!(abandoned.is_err(), "{abandoned:?}");
+    proxy.heal();
+
+    // The next mandatory publishes get their own answers: the unroutable
+    // one its return, the routable one its ack.
+    let error = hutch
+        .publish_with("nowhere.third", &3, mandatory())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Unroutable { routing_key, .. } if routing_key == "nowhere.third"),
+        "{error:?}"
+    );
+    hutch
+        .publish_with("held.fourth", &4, mandatory())
+        .await
+        .expect("a routable mandatory publish is confirmed");
+    // They went out on a new channel; the abandoned one is closed. Closing
+    // is asynchronous on the broker's side: poll.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let after = loop {
+        let after = channel_numbers(&broker).await;
+        if after.is_disjoint(&before) {
+            break after;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned channel {before:?} is still open: {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(after.len(), 1, "{after:?}");
+    // The abandoned message reached the queue once the path healed (its
+    // outcome was unknown to the caller, not lost).
+    assert_eq!(broker.queue(&queue).unwrap().unwrap().messages, 3);
+    hutch.close().await.unwrap();
+}
+
+/// Lowers the node's `max_message_size` (128 MiB by default) to 1 KiB, for
+/// channels opened from now on.
+const SMALL_MAX_MESSAGE_SIZE: &[&str] = &[
+    "eval",
+    "application:set_env(rabbit, max_message_size, 1024).",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_fails_alone_and_the_rest_of_its_batch_is_confirmed() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_logging();
+    let broker = own_broker().await;
+    rabbitmqctl(&broker, SMALL_MAX_MESSAGE_SIZE).await;
+    let scope = Scope::new("oversized");
+    let hutch = builder(&broker, &scope)
+        .confirm_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let running = hutch.start().await.expect("start");
+    let run = scope.namespace.clone();
+
+    const OVERSIZED: usize = 150;
+    let mut batch: Vec<Outgoing> = (0..300)
+        .map(|n| {
+            Outgoing::json(
+                "stream.item",
+                &Tagged {
+                    run: run.clone(),
+                    n,
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    batch.insert(
+        OVERSIZED,
+        Outgoing::bytes("stream.big", vec![b' '; 4_096], "application/json"),
+    );
+    let outcomes = hutch.publish_batch(batch).await;
+    let mut confirmed = BTreeSet::new();
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        if index == OVERSIZED {
+            let error = outcome.unwrap_err();
+            assert!(
+                matches!(&error, Error::MessageTooLarge { routing_key, size: 4_096, max: 1_024 } if routing_key == "stream.big"),
+                "{error:?}"
+            );
+            assert!(error.to_string().contains("4096 bytes"), "{error}");
+        } else {
+            let published =
+                outcome.unwrap_or_else(|error| panic!("message {index} failed: {error:?}"));
+            confirmed.insert(published.message_id().to_owned());
+        }
+    }
+    assert_eq!(confirmed.len(), 300);
+    TALLY.wait_for_all(&run, &confirmed, PATIENCE).await;
+
+    // The limit counts the body: one of exactly 1 KiB is accepted. Now that
+    // the broker named its limit, a larger one fails without being sent.
+    hutch
+        .publish_bytes(
+            "edge.limit",
+            vec![b'a'; 1_024],
+            "text/plain",
+            PublishOptions::new(),
+        )
+        .await
+        .expect("a message at the limit is accepted");
+    let error = hutch
+        .publish_bytes(
+            "edge.over",
+            vec![b'a'; 1_025],
+            "text/plain",
+            PublishOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::MessageTooLarge {
+                size: 1_025,
+                max: 1_024,
+                ..
+            }
+        ),
+        "{error:?}"
     );
     running.shutdown().await.expect("clean shutdown");
     hutch.close().await.unwrap();

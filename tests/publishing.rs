@@ -264,3 +264,189 @@ async fn a_publish_to_an_unreachable_broker_waits_then_times_out() {
     );
     hutch.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strings_longer_than_amqp_allows_fail_the_publish_instead_of_panicking() {
+    hutch_rs_tests::init_logging();
+    let scope = Scope::new("long");
+    let queue = bound_queue(&scope, "inbox", "long.#", FieldTable::default()).await;
+    let hutch = scope.hutch("none");
+    let long = "x".repeat(256);
+    let limit = "y".repeat(255);
+
+    let too_long = [
+        ("header name", PublishOptions::new().header(&long, "v")),
+        ("message id", PublishOptions::new().message_id(&long)),
+        (
+            "correlation id",
+            PublishOptions::new().correlation_id(&long),
+        ),
+        ("reply_to", PublishOptions::new().reply_to(&long)),
+    ];
+    for (property, options) in too_long.clone() {
+        let error = hutch
+            .publish_with("long.json", &1, options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidProperty { property: named, routing_key, .. } if named.starts_with(property) && routing_key == "long.json"),
+            "{property}: {error:?}"
+        );
+        assert!(error.to_string().contains("256 bytes"), "{error}");
+    }
+    let error = hutch
+        .publish_bytes("long.raw", b"x".to_vec(), &long, PublishOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::InvalidProperty { property, .. } if property == "content type"),
+        "{error:?}"
+    );
+
+    // In a batch, each bad message fails alone, between good ones.
+    let mut batch = vec![Outgoing::json("long.ok", &0).unwrap()];
+    for (_, options) in too_long {
+        batch.push(
+            Outgoing::json("long.bad", &1)
+                .unwrap()
+                .with_options(options),
+        );
+        batch.push(Outgoing::json("long.ok", &2).unwrap());
+    }
+    batch.push(Outgoing::bytes("long.bad", b"x".to_vec(), &long));
+    // 255 bytes is allowed everywhere.
+    batch.push(
+        Outgoing::bytes("long.ok", b"limit".to_vec(), &limit).with_options(
+            PublishOptions::new()
+                .header(&limit, 1)
+                .message_id(&limit)
+                .correlation_id(&limit)
+                .reply_to(&limit),
+        ),
+    );
+    let outcomes = hutch.publish_batch(batch).await;
+    assert_eq!(outcomes.len(), 11);
+    for (index, outcome) in outcomes.iter().enumerate() {
+        match index {
+            1 | 3 | 5 | 7 | 9 => assert!(
+                matches!(outcome, Err(Error::InvalidProperty { routing_key, .. }) if routing_key == "long.bad"),
+                "message {index}: {outcome:?}"
+            ),
+            _ => assert!(outcome.is_ok(), "message {index}: {outcome:?}"),
+        }
+    }
+    assert_eq!(queue_depth(&queue), 6, "only the valid messages were sent");
+    let arrived = take_all(&queue).await;
+    let at_limit = arrived
+        .iter()
+        .find(|message| message.data == b"limit")
+        .expect("the message at the limits arrived");
+    assert_eq!(
+        at_limit.properties.reply_to().as_ref().unwrap().as_str(),
+        limit
+    );
+    assert!(
+        at_limit
+            .properties
+            .headers()
+            .as_ref()
+            .unwrap()
+            .contains_key(limit.as_str())
+    );
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_publish_waiting_on_refused_credentials_gets_the_connect_error() {
+    hutch_rs_tests::init_logging();
+    let scope = Scope::new("refused");
+    let port = hutch_rs_tests::broker().amqp_port();
+    let hutch = Hutch::builder()
+        .uri(format!(
+            "amqp://guest:not-the-password@127.0.0.1:{port}/%2f"
+        ))
+        .exchange(&scope.exchange)
+        .confirm_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let publishes = (0..8).map(|n| {
+        let hutch = hutch.clone();
+        tokio::spawn(async move {
+            let options = if n % 2 == 0 {
+                PublishOptions::new()
+            } else {
+                PublishOptions::new().mandatory()
+            };
+            hutch.publish_with("refused.key", &n, options).await
+        })
+    });
+    let outcomes = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::future::join_all(publishes),
+    )
+    .await
+    .expect("a refused connection fails the publishes at once, not at their timeout");
+    for outcome in outcomes {
+        let error = outcome.expect("publishing task").unwrap_err();
+        assert!(matches!(&error, Error::Connect { .. }), "{error:?}");
+        assert!(error.to_string().contains("ACCESS_REFUSED"), "{error}");
+        assert!(!error.to_string().contains("not-the-password"), "{error}");
+    }
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandatory_messages_waiting_their_turn_on_a_healthy_broker_do_not_time_out() {
+    hutch_rs_tests::init_logging();
+    // Eight batches at once: about 2000 mandatory messages wait for their
+    // turn together, far longer in all than one confirm timeout, while each
+    // one is answered in milliseconds.
+    const BATCHES: usize = 8;
+    const EACH: usize = 250;
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let scope = Scope::new("mandatory-batch");
+    let queue = bound_queue(&scope, "bound", "mbatch.ok", FieldTable::default()).await;
+    let hutch = scope
+        .builder("none")
+        .confirm_timeout(TIMEOUT)
+        .build()
+        .unwrap();
+    // Open the connection first: the batches measure publishing only.
+    hutch
+        .publish_with("mbatch.ok", &-1, PublishOptions::new().mandatory())
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let batches = (0..BATCHES).map(|batch| {
+        let hutch = hutch.clone();
+        tokio::spawn(async move {
+            let messages = (0..EACH).map(move |n| {
+                Outgoing::json("mbatch.ok", &(batch * EACH + n))
+                    .unwrap()
+                    .with_options(PublishOptions::new().mandatory())
+            });
+            hutch.publish_batch(messages).await
+        })
+    });
+    let outcomes = futures_util::future::join_all(batches).await;
+    let took = started.elapsed();
+    eprintln!(
+        "{} mandatory messages, one at a time, took {took:?}",
+        BATCHES * EACH
+    );
+    for (batch, outcomes) in outcomes.into_iter().enumerate() {
+        for (index, outcome) in outcomes.expect("batch task").iter().enumerate() {
+            assert!(
+                outcome.is_ok(),
+                "batch {batch} message {index}: {outcome:?}"
+            );
+        }
+    }
+    assert!(
+        took > TIMEOUT,
+        "the test needs the messages to wait longer than a confirm timeout in all"
+    );
+    assert_eq!(queue_depth(&queue), (BATCHES * EACH) as u64 + 1);
+    hutch.close().await.unwrap();
+}

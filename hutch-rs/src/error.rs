@@ -90,6 +90,35 @@ pub enum Error {
         reason: String,
     },
 
+    /// A property of a publish does not fit AMQP: a header name, message
+    /// id, correlation id, `reply_to` or content type longer than 255 bytes.
+    /// Nothing was sent.
+    #[error("invalid {property} for routing key {routing_key:?}: {reason}")]
+    InvalidProperty {
+        /// The routing key of the publish.
+        routing_key: String,
+        /// Which property, e.g. `message id` or `header name "tenant…"`.
+        property: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The message is larger than the broker accepts (RabbitMQ's
+    /// `max_message_size`, 128 MiB by default). The broker refused it; the
+    /// other messages published at the same time are not affected.
+    #[error(
+        "the message for routing key {routing_key:?} is {size} bytes, more than the broker's maximum message size of {max} bytes"
+    )]
+    MessageTooLarge {
+        /// The routing key of the publish.
+        routing_key: String,
+        /// The size of the message body, in bytes.
+        size: usize,
+        /// The broker's limit, in bytes, as it said when it refused a
+        /// message.
+        max: usize,
+    },
+
     /// A publish failed before the broker confirmed it.
     #[error("publish to {routing_key:?} on exchange {exchange:?} failed: {source}")]
     Publish {
@@ -161,13 +190,15 @@ pub enum Error {
         reason: String,
     },
 
-    /// The publishing connection gave up after a fatal error (e.g. refused
-    /// credentials).
+    /// The publishing connection is gone: it was closed
+    /// ([`Hutch::close`](crate::Hutch::close)) while the publish waited for
+    /// it or for the broker's confirm (a message already sent may or may not
+    /// have reached the broker), or its task ended abnormally.
     #[error("the {connection} connection is unavailable: {reason}")]
     Unavailable {
         /// Which connection ("consume" or "publish").
         connection: &'static str,
-        /// The fatal error it ended with.
+        /// Why: closed, or how it ended.
         reason: String,
     },
 

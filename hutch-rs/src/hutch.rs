@@ -119,17 +119,28 @@ impl Hutch {
     ///
     /// # Errors
     ///
-    /// [`Error::Encode`](crate::Error::Encode) if `value` does not serialize;
-    /// [`Error::PublishTimeout`](crate::Error::PublishTimeout) if no confirm
-    /// came within the confirm timeout, which includes waiting for an
-    /// unreachable broker (the connection is retried meanwhile);
+    /// Before anything is sent: [`Error::Encode`](crate::Error::Encode) if
+    /// `value` does not serialize;
+    /// [`Error::InvalidRoutingKey`](crate::Error::InvalidRoutingKey) for a
+    /// routing key longer than 255 bytes.
+    ///
+    /// From the broker: [`Error::PublishTimeout`](crate::Error::PublishTimeout)
+    /// if no confirm came within the confirm timeout, which includes waiting
+    /// for an unreachable broker (the connection is retried meanwhile);
     /// [`Error::Blocked`](crate::Error::Blocked) if the broker blocked
     /// publishing (a resource alarm) all that time;
     /// [`Error::PublishNacked`](crate::Error::PublishNacked) if the broker
-    /// refused the message; [`Error::Publish`](crate::Error::Publish) if the
-    /// broker refused the publish itself (e.g. no write permission);
+    /// refused the message;
+    /// [`Error::MessageTooLarge`](crate::Error::MessageTooLarge) if it is
+    /// larger than the broker's maximum message size (other publishes in
+    /// flight go out again and are not affected);
+    /// [`Error::Publish`](crate::Error::Publish) if the broker refused the
+    /// publish itself (e.g. no write permission);
     /// [`Error::Connect`](crate::Error::Connect) if the broker refused the
-    /// credentials or the vhost.
+    /// credentials or the vhost (every publish waiting for the connection
+    /// gets it); [`Error::Unavailable`](crate::Error::Unavailable) if the
+    /// publishing connection was closed ([`close`](Self::close)) while the
+    /// publish waited.
     pub async fn publish<T: Serialize + ?Sized>(&self, routing_key: &str, value: &T) -> Result<()> {
         self.publish_with(routing_key, value, PublishOptions::new())
             .await
@@ -157,7 +168,10 @@ impl Hutch {
     ///
     /// # Errors
     ///
-    /// As [`publish`](Self::publish), and
+    /// As [`publish`](Self::publish);
+    /// [`Error::InvalidProperty`](crate::Error::InvalidProperty) (nothing
+    /// sent) for a header name, message id, correlation id or `reply_to`
+    /// longer than 255 bytes; and
     /// [`Error::Unroutable`](crate::Error::Unroutable) for a mandatory
     /// message that no queue is bound for.
     pub async fn publish_with<T: Serialize + ?Sized>(
@@ -175,7 +189,9 @@ impl Hutch {
     ///
     /// # Errors
     ///
-    /// As [`publish_with`](Self::publish_with).
+    /// As [`publish_with`](Self::publish_with), and
+    /// [`Error::InvalidProperty`](crate::Error::InvalidProperty) for a
+    /// content type longer than 255 bytes.
     pub async fn publish_bytes(
         &self,
         routing_key: &str,
@@ -189,8 +205,21 @@ impl Hutch {
 
     /// Publishes many messages with their confirms pipelined (up to 256
     /// outstanding), and reports each one's outcome, in order. Each message
-    /// is published as by [`publish_with`](Self::publish_with), within its
-    /// own confirm timeout; one failing does not stop the others.
+    /// is published as by [`publish_with`](Self::publish_with) or
+    /// [`publish_bytes`](Self::publish_bytes) and can fail in the same ways
+    /// (an invalid property, a message too large, a timeout…); one failing
+    /// does not stop the others.
+    ///
+    /// Timeouts are per message, not for the batch: a message's confirm
+    /// timeout starts when it is sent, once one of the 256 places is free.
+    /// Mandatory messages go out one at a time, each with its own timeout
+    /// from when its turn comes; one waiting for its turn gives up (with
+    /// [`Error::PublishTimeout`](crate::Error::PublishTimeout) or
+    /// [`Error::Blocked`](crate::Error::Blocked)) only if no mandatory
+    /// message was answered by the broker for a whole confirm timeout. A
+    /// large mandatory batch therefore takes as long as it takes on a
+    /// healthy broker, and fails within about a confirm timeout on one that
+    /// is away.
     ///
     /// ```no_run
     /// # async fn example(hutch: hutch_rs::Hutch) -> hutch_rs::Result<()> {

@@ -1,7 +1,10 @@
 //! A message on its way out: routing key, body, content type and the
 //! per-publish options; and what the broker confirmed.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
 
 use lapin::{
     BasicProperties,
@@ -16,6 +19,10 @@ use crate::{
 
 /// The content type of typed (JSON) messages.
 pub(crate) const JSON: &str = "application/json";
+
+/// AMQP short strings (property values, header names) hold at most 255
+/// bytes.
+const MAX_SHORT_STRING_BYTES: usize = 255;
 
 /// Options for one publish, on top of what every hutch-rs message gets
 /// (persistent, a timestamp, a fresh message id unless one is given here).
@@ -37,7 +44,8 @@ pub(crate) const JSON: &str = "application/json";
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct PublishOptions {
-    headers: FieldTable,
+    /// Names are checked (at most 255 bytes) when the message is published.
+    headers: BTreeMap<String, AMQPValue>,
     correlation_id: Option<String>,
     reply_to: Option<String>,
     expiration: Option<Duration>,
@@ -53,10 +61,15 @@ impl PublishOptions {
     }
 
     /// Adds an AMQP header: a string, an integer, a boolean, or any
-    /// [`AMQPValue`](crate::amqp::AMQPValue).
+    /// [`AMQPValue`](crate::amqp::AMQPValue) (see [`HeaderValue`]). A
+    /// header of the same name given earlier is replaced.
+    ///
+    /// A name longer than 255 bytes (AMQP's limit) fails the publish with
+    /// [`Error::InvalidProperty`], as does a message id, correlation id,
+    /// `reply_to` or content type that long.
     pub fn header(mut self, name: &str, value: impl HeaderValue) -> Self {
         self.headers
-            .insert(ShortString::from(name), value.into_amqp_value());
+            .insert(name.to_owned(), value.into_amqp_value());
         self
     }
 
@@ -95,7 +108,10 @@ impl PublishOptions {
     /// Fails with [`Error::Unroutable`] if no queue is bound for the routing
     /// key, instead of the broker dropping the message. Mandatory publishes
     /// go out one at a time (a `basic.return` can only be matched to its
-    /// publish that way), so they are slower than ordinary ones.
+    /// publish that way), so they are slower than ordinary ones. The confirm
+    /// timeout of each starts when its turn comes; waiting for the turn
+    /// fails only if no mandatory publish was answered for a whole confirm
+    /// timeout.
     pub fn mandatory(mut self) -> Self {
         self.mandatory = true;
         self
@@ -107,7 +123,13 @@ impl PublishOptions {
 }
 
 /// A value an AMQP header can hold, for [`PublishOptions::header`]: text
-/// becomes a long string, integers a signed 64-bit integer.
+/// becomes a long string, a `bool` a boolean, and the integer types that
+/// always fit in one (`i8` to `i64`, `u8` to `u32`) a signed 64-bit integer.
+///
+/// `u64` and `usize` are left out on purpose: AMQP as RabbitMQ speaks it
+/// has no unsigned 64-bit header type, and a value above `i64::MAX` has no
+/// lossless encoding. Convert explicitly (`i64::try_from(n)?`), or pass the
+/// [`AMQPValue`] you want.
 pub trait HeaderValue {
     /// The value as AMQP encodes it.
     fn into_amqp_value(self) -> AMQPValue;
@@ -199,25 +221,36 @@ impl Outgoing {
     /// The AMQP properties this message is published with, and its message
     /// id (the one given, or a fresh UUID). Built once: a publish retried on
     /// a new connection goes out with the same id.
-    pub(crate) fn properties(&self) -> (BasicProperties, String) {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidProperty`] for a header name, message id,
+    /// correlation id, `reply_to` or content type longer than AMQP allows.
+    pub(crate) fn properties(&self) -> Result<(BasicProperties, String)> {
         let options = &self.options;
+        let short = |property: &str, value: &str| short_string(&self.routing_key, property, value);
         let message_id = options
             .message_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mut properties = BasicProperties::default()
-            .with_content_type(self.content_type.as_str().into())
+            .with_content_type(short("content type", &self.content_type)?)
             .with_delivery_mode(PERSISTENT)
-            .with_message_id(message_id.as_str().into())
+            .with_message_id(short("message id", &message_id)?)
             .with_timestamp(unix_seconds(SystemTime::now()));
-        if !options.headers.inner().is_empty() {
-            properties = properties.with_headers(options.headers.clone());
+        if !options.headers.is_empty() {
+            let mut headers = FieldTable::default();
+            for (name, value) in &options.headers {
+                let property = format!("header name {}", abbreviated(name));
+                headers.insert(short(&property, name)?, value.clone());
+            }
+            properties = properties.with_headers(headers);
         }
         if let Some(correlation_id) = &options.correlation_id {
-            properties = properties.with_correlation_id(correlation_id.as_str().into());
+            properties = properties.with_correlation_id(short("correlation id", correlation_id)?);
         }
         if let Some(reply_to) = &options.reply_to {
-            properties = properties.with_reply_to(reply_to.as_str().into());
+            properties = properties.with_reply_to(short("reply_to", reply_to)?);
         }
         if let Some(ttl) = options.expiration {
             properties = properties.with_expiration(ttl.as_millis().to_string().into());
@@ -225,7 +258,30 @@ impl Outgoing {
         if let Some(priority) = options.priority {
             properties = properties.with_priority(priority);
         }
-        (properties, message_id)
+        Ok((properties, message_id))
+    }
+}
+
+/// `value` as an AMQP short string, or [`Error::InvalidProperty`] naming
+/// `property` if it is longer than AMQP allows.
+fn short_string(routing_key: &str, property: &str, value: &str) -> Result<ShortString> {
+    ShortString::try_new(value).map_err(|_| Error::InvalidProperty {
+        routing_key: routing_key.to_owned(),
+        property: property.to_owned(),
+        reason: format!(
+            "it is {} bytes long; AMQP allows at most {MAX_SHORT_STRING_BYTES}",
+            value.len()
+        ),
+    })
+}
+
+/// A name, cut short enough for an error message.
+fn abbreviated(name: &str) -> String {
+    const SHOWN: usize = 32;
+    if name.chars().count() <= SHOWN {
+        format!("{name:?}")
+    } else {
+        format!("{:?}…", name.chars().take(SHOWN).collect::<String>())
     }
 }
 
@@ -263,7 +319,7 @@ mod tests {
                 .priority(7)
                 .message_id("m-1"),
         );
-        let (properties, message_id) = outgoing.properties();
+        let (properties, message_id) = outgoing.properties().unwrap();
         assert_eq!(message_id, "m-1");
         assert_eq!(properties.message_id().as_ref().unwrap().as_str(), "m-1");
         assert_eq!(
@@ -291,12 +347,51 @@ mod tests {
     #[test]
     fn without_options_a_message_gets_a_fresh_id_and_nothing_else() {
         let outgoing = Outgoing::json("a.b", &serde_json::json!({ "n": 1 })).unwrap();
-        let (first, first_id) = outgoing.properties();
-        let (_, second_id) = outgoing.properties();
+        let (first, first_id) = outgoing.properties().unwrap();
+        let (_, second_id) = outgoing.properties().unwrap();
         assert_ne!(first_id, second_id, "each publish call gets its own id");
         assert_eq!(first.content_type().as_ref().unwrap().as_str(), JSON);
         assert!(first.headers().is_none());
         assert!(first.expiration().is_none());
         assert!(!outgoing.options.is_mandatory());
+    }
+
+    #[test]
+    fn strings_longer_than_amqp_allows_are_errors_not_panics() {
+        let long = "x".repeat(256);
+        let limit = "x".repeat(255);
+        let cases = [
+            ("header name", PublishOptions::new().header(&long, 1)),
+            ("message id", PublishOptions::new().message_id(&long)),
+            (
+                "correlation id",
+                PublishOptions::new().correlation_id(&long),
+            ),
+            ("reply_to", PublishOptions::new().reply_to(&long)),
+        ];
+        for (property, options) in cases {
+            let outgoing = Outgoing::json("a.b", &1).unwrap().with_options(options);
+            let error = outgoing.properties().unwrap_err();
+            assert!(
+                matches!(&error, Error::InvalidProperty { property: named, routing_key, .. } if named.starts_with(property) && routing_key == "a.b"),
+                "{error:?}"
+            );
+            assert!(error.to_string().contains("256 bytes"), "{error}");
+        }
+        let error = Outgoing::bytes("a.b", b"x".to_vec(), &long)
+            .properties()
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidProperty { property, .. } if property == "content type"),
+            "{error:?}"
+        );
+        let at_the_limit = Outgoing::bytes("a.b", b"x".to_vec(), &limit).with_options(
+            PublishOptions::new()
+                .header(&limit, 1)
+                .message_id(&limit)
+                .correlation_id(&limit)
+                .reply_to(&limit),
+        );
+        assert!(at_the_limit.properties().is_ok());
     }
 }

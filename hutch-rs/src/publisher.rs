@@ -1,20 +1,32 @@
 //! Confirmed publishing on a connection of its own.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::{StreamExt, stream};
 use lapin::{
     BasicProperties, Channel, Confirmation,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
-use tokio::{sync::Mutex, task::JoinHandle};
+use tokio::{
+    sync::{Mutex, OwnedMutexGuard, watch},
+    task::JoinHandle,
+};
 
 use crate::{
     Error, Result,
     config::Settings,
     outgoing::{Outgoing, Published},
     supervisor::{
-        classify, connection::Purpose, connection_manager::ConnectionManager, observer::Observer,
+        classify,
+        connection::Purpose,
+        connection_manager::{ConnectionManager, close_channel},
+        observer::Observer,
     },
     topology,
 };
@@ -29,14 +41,14 @@ const BATCH_WINDOW: usize = 256;
 struct Lane {
     owner: &'static str,
     /// The channel, once set up.
-    channel: Mutex<Option<Channel>>,
+    channel: Arc<Mutex<Option<Channel>>>,
 }
 
 impl Lane {
-    const fn new(owner: &'static str) -> Self {
+    fn new(owner: &'static str) -> Self {
         Self {
             owner,
-            channel: Mutex::const_new(None),
+            channel: Arc::new(Mutex::new(None)),
         }
     }
 }
@@ -57,13 +69,20 @@ pub(crate) struct Publisher {
     /// Mandatory publishes (the application's, and copies of failed
     /// messages), one at a time.
     returning: Lane,
-    /// Held for the whole of a mandatory publish. lapin hands a
-    /// `basic.return` to whichever confirm completes next, and the broker
+    /// Held for the whole of a mandatory publish (see [`Turn`]). lapin hands
+    /// a `basic.return` to whichever confirm completes next, and the broker
     /// may confirm several publishes at once: with two mandatory publishes
     /// in flight on a channel, a return could be blamed on the wrong one
     /// (and a lost message taken for a confirmed one). One at a time, a
     /// return is that publish's.
-    returning_turn: Mutex<()>,
+    returning_turn: Arc<Mutex<()>>,
+    /// Counts the broker's answers to mandatory publishes: a publish waiting
+    /// for its turn gives up only when none came for a confirm timeout.
+    returning_answers: watch::Sender<u64>,
+    /// The broker's maximum message size once a refusal named it (0 while
+    /// unknown): larger messages then fail here, without costing the
+    /// channel that the other publishes share.
+    max_message_size: AtomicUsize,
 }
 
 /// The publishing connection's manager and the task running it.
@@ -78,8 +97,70 @@ enum Attempt {
     /// The broker answered: confirmed, refused or returned.
     Answered(Result<()>),
     /// The channel or connection failed before the broker answered; the
-    /// same message (same id) goes out again on the next connection.
+    /// same message (same id) goes out again on the next channel.
     Lost(lapin::Error),
+}
+
+/// What to publish, where.
+struct Publish<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    body: &'a [u8],
+    properties: BasicProperties,
+    mandatory: bool,
+}
+
+/// A mandatory publish's turn on the returning lane.
+///
+/// While a message sent on the lane's channel is unanswered, the channel
+/// holds a confirm (and maybe a `basic.return`) that belongs to this
+/// publish. If the publish goes away then (its confirm timeout, or the
+/// caller dropping it), that late answer could be credited to the next
+/// mandatory publish on the channel; so the channel is retired (forgotten by
+/// the lane and the manager, then closed) before the turn passes on.
+struct Turn {
+    /// Released on drop, or by the task retiring the channel.
+    guard: Option<OwnedMutexGuard<()>>,
+    /// The channel a message was sent on that the broker has not answered.
+    unanswered: Option<Channel>,
+    cache: Arc<Mutex<Option<Channel>>>,
+    owner: &'static str,
+    manager: ConnectionManager,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let Some(channel) = self.unanswered.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime: nothing publishes on the channel any more.
+            return;
+        };
+        let guard = self.guard.take();
+        let cache = self.cache.clone();
+        let manager = self.manager.clone();
+        let owner = self.owner;
+        runtime.spawn(async move {
+            {
+                let mut cached = cache.lock().await;
+                if cached
+                    .as_ref()
+                    .is_some_and(|cached| cached.id() == channel.id())
+                {
+                    *cached = None;
+                }
+            }
+            manager.forget(owner, &channel).await;
+            tracing::debug!(
+                channel = channel.id(),
+                "a mandatory publish ended before its answer; its channel is not reused"
+            );
+            // The next mandatory publish opens a new channel.
+            drop(guard);
+            close_channel(owner, &channel).await;
+        });
+    }
 }
 
 impl Publisher {
@@ -90,7 +171,9 @@ impl Publisher {
             link: Mutex::new(None),
             publishing: Lane::new("publisher"),
             returning: Lane::new("mandatory publisher"),
-            returning_turn: Mutex::new(()),
+            returning_turn: Arc::new(Mutex::new(())),
+            returning_answers: watch::Sender::new(0),
+            max_message_size: AtomicUsize::new(0),
         }
     }
 
@@ -98,25 +181,27 @@ impl Publisher {
     /// confirmed it, within the confirm timeout.
     pub(crate) async fn publish(&self, outgoing: &Outgoing) -> Result<Published> {
         topology::check_publish_routing_key(&outgoing.routing_key)?;
-        let (properties, message_id) = outgoing.properties();
-        let mandatory = outgoing.options.is_mandatory();
-        let exchange = self.settings.exchange.as_str();
-        self.confirmed(
-            exchange,
-            &outgoing.routing_key,
-            &outgoing.body,
+        let (properties, message_id) = outgoing.properties()?;
+        self.confirmed(Publish {
+            exchange: self.settings.exchange.as_str(),
+            routing_key: &outgoing.routing_key,
+            body: &outgoing.body,
             properties,
-            mandatory,
-        )
+            mandatory: outgoing.options.is_mandatory(),
+        })
         .await?;
         Ok(Published::new(message_id))
     }
 
     /// Publishes every message, keeping up to [`BATCH_WINDOW`] confirms
     /// outstanding at once; one result per message, in order.
+    ///
+    /// Each message is moved into its own future: a stream of futures that
+    /// borrow from the batch would make the whole future unusable with
+    /// `tokio::spawn` (rustc cannot prove it `Send` for every lifetime).
     pub(crate) async fn publish_batch(&self, batch: Vec<Outgoing>) -> Vec<Result<Published>> {
-        stream::iter(&batch)
-            .map(|outgoing| self.publish(outgoing))
+        stream::iter(batch)
+            .map(|outgoing| async move { self.publish(&outgoing).await })
             .buffered(BATCH_WINDOW)
             .collect()
             .await
@@ -131,55 +216,70 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<()> {
-        self.confirmed("", queue, body, properties, true).await
+        self.confirmed(Publish {
+            exchange: "",
+            routing_key: queue,
+            body,
+            properties,
+            mandatory: true,
+        })
+        .await
     }
 
     /// Publishes until the broker answers, within the confirm timeout:
     /// waiting for a connection, waiting while the broker blocks it, and
     /// publishing again (same properties, so the same message id) when the
-    /// connection died before the confirm came. Only the broker's ack is a
-    /// success.
-    async fn confirmed(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-        mandatory: bool,
-    ) -> Result<()> {
+    /// channel or connection died before the confirm came. Only the broker's
+    /// ack is a success.
+    ///
+    /// A mandatory publish first waits for its turn; its confirm timeout
+    /// starts once it has it. The wait for the turn is bounded too: it gives
+    /// up when no mandatory publish was answered for a confirm timeout.
+    async fn confirmed(&self, publish: Publish<'_>) -> Result<()> {
         let timeout = self.settings.confirm_timeout;
+        let routing_key = publish.routing_key;
+        self.check_size(&publish)?;
+        // One manager for the whole publish: the alarm it reports is the
+        // alarm of the connection the publish waits for.
         let manager = self.manager().await;
         let mut blocked = manager.blocked();
+        let gave_up = |blocked: &mut watch::Receiver<Option<String>>| match blocked
+            .borrow_and_update()
+            .clone()
+        {
+            Some(reason) => Error::Blocked {
+                routing_key: routing_key.to_owned(),
+                reason,
+                timeout,
+            },
+            None => Error::PublishTimeout {
+                routing_key: routing_key.to_owned(),
+                timeout,
+            },
+        };
+        let (lane, mut turn) = if publish.mandatory {
+            let Some(turn) = self.take_turn(&manager, timeout).await else {
+                return Err(gave_up(&mut blocked));
+            };
+            (&self.returning, Some(turn))
+        } else {
+            (&self.publishing, None)
+        };
         let publishing = async {
-            let _turn = match mandatory {
-                true => Some(self.returning_turn.lock().await),
-                false => None,
-            };
-            let lane = if mandatory {
-                &self.returning
-            } else {
-                &self.publishing
-            };
-            let mut blocked = manager.blocked();
+            let mut unblocked = manager.blocked();
             loop {
                 // A blocked connection is not read by the broker: what is
                 // sent now would sit in the socket. Wait for the alarm to
-                // clear (within the timeout) instead.
-                let _ = blocked.wait_for(Option::is_none).await;
+                // clear (within the timeout) instead. The watch is cleared
+                // when the manager ends, too.
+                let _ = unblocked.wait_for(Option::is_none).await;
                 let attempt = self
-                    .publish_once(
-                        lane,
-                        exchange,
-                        routing_key,
-                        body,
-                        properties.clone(),
-                        mandatory,
-                    )
+                    .publish_once(lane, &manager, &publish, turn.as_mut())
                     .await?;
                 match attempt {
                     Attempt::Answered(answer) => return answer,
                     Attempt::Lost(error) => {
-                        tracing::warn!(%exchange, %routing_key, %error, "the publish was not confirmed before its channel failed; publishing it again");
+                        tracing::warn!(exchange = %publish.exchange, %routing_key, %error, "the publish was not confirmed before its channel failed; publishing it again");
                         manager.report_trouble();
                         // Not in a tight loop if the channel keeps failing.
                         tokio::time::sleep(self.settings.reconnect_min_delay).await;
@@ -189,31 +289,73 @@ impl Publisher {
         };
         match tokio::time::timeout(timeout, publishing).await {
             Ok(answer) => answer,
-            Err(_) => Err(match blocked.borrow_and_update().clone() {
-                Some(reason) => Error::Blocked {
-                    routing_key: routing_key.to_owned(),
-                    reason,
-                    timeout,
-                },
-                None => Error::PublishTimeout {
-                    routing_key: routing_key.to_owned(),
-                    timeout,
-                },
-            }),
+            // Dropping the turn now retires the channel if the message on it
+            // is unanswered.
+            Err(_) => Err(gave_up(&mut blocked)),
         }
+    }
+
+    /// The turn of a mandatory publish, once the publishes before it are
+    /// done; `None` if no mandatory publish was answered for `timeout`
+    /// meanwhile (the broker is away, or blocks publishing).
+    async fn take_turn(&self, manager: &ConnectionManager, timeout: Duration) -> Option<Turn> {
+        let mut answers = self.returning_answers.subscribe();
+        let lock = self.returning_turn.clone().lock_owned();
+        tokio::pin!(lock);
+        loop {
+            tokio::select! {
+                biased;
+                guard = &mut lock => {
+                    return Some(Turn {
+                        guard: Some(guard),
+                        unanswered: None,
+                        cache: self.returning.channel.clone(),
+                        owner: self.returning.owner,
+                        manager: manager.clone(),
+                    });
+                }
+                progress = tokio::time::timeout(timeout, answers.changed()) => {
+                    if !matches!(progress, Ok(Ok(()))) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message larger than the broker's limit (once known) fails here:
+    /// sent, it would close the channel that other publishes share.
+    fn check_size(&self, publish: &Publish<'_>) -> Result<()> {
+        let max = self.max_message_size.load(Ordering::Relaxed);
+        if max > 0 && publish.body.len() > max {
+            return Err(Error::MessageTooLarge {
+                routing_key: publish.routing_key.to_owned(),
+                size: publish.body.len(),
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// One publish on the lane's channel and the broker's answer to it.
     async fn publish_once(
         &self,
         lane: &Lane,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-        mandatory: bool,
+        manager: &ConnectionManager,
+        publish: &Publish<'_>,
+        mut turn: Option<&mut Turn>,
     ) -> Result<Attempt> {
-        let channel = self.channel(lane).await?;
+        let Publish {
+            exchange,
+            routing_key,
+            body,
+            mandatory,
+            ..
+        } = *publish;
+        let channel = self.channel(lane, manager).await?;
+        if let Some(turn) = turn.as_deref_mut() {
+            turn.unanswered = Some(channel.clone());
+        }
         let confirmed = async {
             channel
                 .basic_publish(
@@ -224,22 +366,32 @@ impl Publisher {
                         ..BasicPublishOptions::default()
                     },
                     body,
-                    properties,
+                    publish.properties.clone(),
                 )
                 .await?
                 .await
         };
-        let confirmation = match confirmed.await {
-            Ok(confirmation) => confirmation,
-            Err(error) if classify::is_fatal_channel_error(&error) => {
-                return Err(Error::Publish {
-                    exchange: exchange.to_owned(),
-                    routing_key: routing_key.to_owned(),
-                    source: Box::new(error),
-                });
-            }
-            Err(error) => return Ok(Attempt::Lost(error)),
+        // A connection closed while the confirm is outstanding may take
+        // until its heartbeat times out to fail the confirm (a blocked
+        // connection is not read by the broker, so not even the close gets
+        // through): the end of the manager ends the wait.
+        let outcome = tokio::select! {
+            biased;
+            outcome = confirmed => outcome,
+            () = manager.until_ended() => return Err(manager.ended()),
         };
+        // Answered, or the channel is gone: nothing of this publish is left
+        // on it.
+        if let Some(turn) = turn {
+            turn.unanswered = None;
+        }
+        let confirmation = match outcome {
+            Ok(confirmation) => confirmation,
+            Err(error) => return self.failed(publish, error),
+        };
+        if mandatory {
+            self.returning_answers.send_modify(|answers| *answers += 1);
+        }
         Ok(Attempt::Answered(answer(
             confirmation,
             exchange,
@@ -248,18 +400,49 @@ impl Publisher {
         )))
     }
 
-    /// The confirm-mode channel. A new channel is put in confirm mode and
-    /// the exchange declared on it, so a publisher that starts before any
-    /// consumer does not publish into an exchange that does not exist (the
-    /// broker would close the channel).
-    async fn channel(&self, lane: &Lane) -> Result<Channel> {
+    /// What a publish whose channel or connection failed before the
+    /// broker's answer should do.
+    ///
+    /// The broker closes the channel for one message's fault, and every
+    /// publish with a confirm pending on it gets that error: only the
+    /// message at fault fails, the others go out again. A message over the
+    /// broker's size limit is told apart by its size (the broker names the
+    /// size and the limit). Other refusals (403 no write permission, 406)
+    /// concern every publish to the exchange alike, and fail them all.
+    fn failed(&self, publish: &Publish<'_>, error: lapin::Error) -> Result<Attempt> {
+        if let Some(refused) = classify::refused_message_size(&error) {
+            self.max_message_size.store(refused.max, Ordering::Relaxed);
+            let size = publish.body.len();
+            if size > refused.max || size == refused.size {
+                return Err(Error::MessageTooLarge {
+                    routing_key: publish.routing_key.to_owned(),
+                    size,
+                    max: refused.max,
+                });
+            }
+            return Ok(Attempt::Lost(error));
+        }
+        if classify::is_fatal_channel_error(&error) {
+            return Err(Error::Publish {
+                exchange: publish.exchange.to_owned(),
+                routing_key: publish.routing_key.to_owned(),
+                source: Box::new(error),
+            });
+        }
+        Ok(Attempt::Lost(error))
+    }
+
+    /// The lane's confirm-mode channel on `manager`'s connection. A new
+    /// channel is put in confirm mode and the exchange declared on it, so a
+    /// publisher that starts before any consumer does not publish into an
+    /// exchange that does not exist (the broker would close the channel).
+    async fn channel(&self, lane: &Lane, manager: &ConnectionManager) -> Result<Channel> {
         let mut cached = lane.channel.lock().await;
         if let Some(channel) = cached.as_ref()
             && channel.status().connected()
         {
             return Ok(channel.clone());
         }
-        let manager = self.manager().await;
         loop {
             let lease = manager
                 .channel(lane.owner)
@@ -269,7 +452,7 @@ impl Publisher {
                     source: Box::new(source),
                 })?;
             let Some(lease) = lease else {
-                return Err(self.ended().await);
+                return Err(manager.ended());
             };
             // Set up every leased channel, not only fresh ones: a publish that
             // timed out during the setup leaves a channel in the map whose
@@ -323,30 +506,13 @@ impl Publisher {
         manager
     }
 
-    /// Why the manager ended, once it has.
-    async fn ended(&self) -> Error {
-        let task = self.link.lock().await.take().map(|link| link.task);
-        let outcome = match task {
-            Some(task) => task.await,
-            None => Ok(Ok(())),
-        };
-        match outcome {
-            Ok(Err(error)) => error,
-            Ok(Ok(())) => Error::Unavailable {
-                connection: Purpose::Publish.as_str(),
-                reason: "it was closed".to_owned(),
-            },
-            Err(join) => Error::Unavailable {
-                connection: Purpose::Publish.as_str(),
-                reason: join.to_string(),
-            },
-        }
-    }
-
-    /// Closes the publishing connection, if open.
+    /// Closes the publishing connection, if open. Publishes waiting for it
+    /// fail with [`Error::Unavailable`].
     pub(crate) async fn close(&self) -> Result<()> {
         self.publishing.channel.lock().await.take();
         self.returning.channel.lock().await.take();
+        // A later connection may go to a node configured otherwise.
+        self.max_message_size.store(0, Ordering::Relaxed);
         let Some(link) = self.link.lock().await.take() else {
             return Ok(());
         };

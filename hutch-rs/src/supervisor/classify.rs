@@ -77,6 +77,36 @@ pub(crate) fn is_channel_only(error: &Error) -> bool {
     error.is_amqp_soft_error()
 }
 
+/// The broker's refusal of a message over its size limit, as it names both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RefusedSize {
+    /// The size of the message it refused.
+    pub(crate) size: usize,
+    /// Its limit (`max_message_size`).
+    pub(crate) max: usize,
+}
+
+/// The size refusal `error` is, if it is one: RabbitMQ closes the channel
+/// with 406 PRECONDITION_FAILED, "message size 2000 is larger than
+/// configured max size 1024" (or "than max size" at its hard limit).
+pub(crate) fn refused_message_size(error: &Error) -> Option<RefusedSize> {
+    if reply_code(error) != Some(PRECONDITION_FAILED) {
+        return None;
+    }
+    let ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return None;
+    };
+    let text = amqp.get_message().as_str();
+    let (_, rest) = text.split_once("message size ")?;
+    let (size, rest) = rest.split_once(" is larger than ")?;
+    let (_, max) = rest.split_once("max size ")?;
+    let number = |digits: &str| digits.trim().trim_end_matches('.').parse::<usize>().ok();
+    Some(RefusedSize {
+        size: number(size)?,
+        max: number(max)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +154,41 @@ mod tests {
         let io = Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(!is_fatal_channel_error(&io));
         assert!(!is_channel_only(&io));
+    }
+
+    #[test]
+    fn a_size_refusal_names_the_size_and_the_limit() {
+        let refused = |text: &str| {
+            refused_message_size(&Error::from(ErrorKind::ProtocolError(AMQPError::new(
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+                text.into(),
+            ))))
+        };
+        assert_eq!(
+            refused(
+                "PRECONDITION_FAILED - message size 2000 is larger than configured max size 1024"
+            ),
+            Some(RefusedSize {
+                size: 2000,
+                max: 1024
+            })
+        );
+        assert_eq!(
+            refused(
+                "PRECONDITION_FAILED - message size 600000000 is larger than max size 536870912"
+            ),
+            Some(RefusedSize {
+                size: 600_000_000,
+                max: 536_870_912
+            })
+        );
+        assert_eq!(
+            refused("PRECONDITION_FAILED - inequivalent arg 'durable' for exchange 'x'"),
+            None
+        );
+        assert_eq!(
+            refused_message_size(&amqp(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))),
+            None
+        );
     }
 }

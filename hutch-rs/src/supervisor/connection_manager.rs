@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -77,6 +77,10 @@ struct Shared {
     /// ended, a publish that failed), so the manager checks it at once.
     trouble: Notify,
     shutdown: CancellationToken,
+    /// The fatal error [`run`](ConnectionManager::run) ended with, kept for
+    /// every channel request that finds the manager ended, not only the
+    /// first to ask.
+    failure: OnceLock<Error>,
 }
 
 impl ConnectionManager {
@@ -92,6 +96,7 @@ impl ConnectionManager {
                 channels: Mutex::new(HashMap::new()),
                 trouble: Notify::new(),
                 shutdown: CancellationToken::new(),
+                failure: OnceLock::new(),
             }),
         }
     }
@@ -196,13 +201,47 @@ impl ConnectionManager {
     /// Forgets the owner's channel and closes it: for an owner that gives up.
     pub(crate) async fn release(&self, owner: &str) {
         let channel = self.shared.channels.lock().await.remove(owner);
-        if let Some(channel) = channel
-            && channel.status().connected()
+        if let Some(channel) = channel {
+            close_channel(owner, &channel).await;
+        }
+    }
+
+    /// Forgets `channel` if it is still the owner's, without closing it: the
+    /// owner's next request gets a new channel.
+    pub(crate) async fn forget(&self, owner: &str, channel: &Channel) {
+        let mut channels = self.shared.channels.lock().await;
+        if channels
+            .get(owner)
+            .is_some_and(|current| current.id() == channel.id())
         {
-            let closing = channel.close(200, "hutch-rs: owner stopped".into());
-            if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
-                tracing::debug!(owner, "closing a released channel timed out");
-            }
+            channels.remove(owner);
+        }
+    }
+
+    /// Resolves once the manager has ended (shut down, or a fatal error).
+    pub(crate) async fn until_ended(&self) {
+        let mut link = self.shared.link.subscribe();
+        let _ = link.wait_for(|link| matches!(link, Link::Ended)).await;
+    }
+
+    /// Why the manager ended, once it has: the fatal error it ended with
+    /// (every caller gets it, e.g. [`Error::Connect`] for refused
+    /// credentials), or [`Error::Unavailable`] if it was shut down.
+    pub(crate) fn ended(&self) -> Error {
+        let connection = self.shared.purpose.as_str();
+        match self.shared.failure.get() {
+            Some(Error::Connect { uri, source }) => Error::Connect {
+                uri: uri.clone(),
+                source: source.clone(),
+            },
+            Some(other) => Error::Unavailable {
+                connection,
+                reason: other.to_string(),
+            },
+            None => Error::Unavailable {
+                connection,
+                reason: "it was closed".to_owned(),
+            },
         }
     }
 
@@ -250,6 +289,12 @@ impl ConnectionManager {
                     if classify::is_fatal_connect_error(&source) =>
                 {
                     tracing::error!(connection = purpose, %uri, error = %source, "the broker refused the connection; giving up");
+                    // Kept before the end is announced, so that whoever
+                    // sees the end finds the reason.
+                    let _ = shared.failure.set(Error::Connect {
+                        uri: uri.clone(),
+                        source: source.clone(),
+                    });
                     self.end(ConnectionState::Failed);
                     return Err(Error::Connect { uri, source });
                 }
@@ -325,11 +370,29 @@ impl ConnectionManager {
         Some(reason)
     }
 
+    /// Announces the end: channel requests give up, and whoever waits for an
+    /// alarm to clear stops waiting (there is no connection to be blocked
+    /// any more).
     fn end(&self, state: ConnectionState) {
+        // Ended first: a publish woken by the cleared alarm must find no
+        // connection to send on.
         self.shared.link.send_replace(Link::Ended);
+        self.shared.blocked.send_replace(None);
         self.shared
             .observer
             .connection_ended(self.shared.purpose.as_str(), state);
+    }
+}
+
+/// Closes a channel its owner no longer uses, waiting at most
+/// [`CLOSE_TIMEOUT`] for the broker.
+pub(crate) async fn close_channel(owner: &str, channel: &Channel) {
+    if !channel.status().connected() {
+        return;
+    }
+    let closing = channel.close(200, "hutch-rs: owner stopped".into());
+    if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+        tracing::debug!(owner, "closing a released channel timed out");
     }
 }
 

@@ -421,6 +421,48 @@ async fn a_broker_stopped_and_started_mid_stream_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_back_after_an_outage_is_used_at_once_not_after_the_backoff() {
+    let OwnNode {
+        broker,
+        scope,
+        _turn,
+    } = OwnNode::take("back").await;
+    // Without watching for the broker's return, the next attempt after the
+    // outage would come 30 s or more later.
+    let hutch = builder(broker.amqp_uri(), &scope, "stream")
+        .reconnect_delay(Duration::from_secs(30), Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let running = hutch.start().await.expect("start");
+    let before = publish_one(&hutch, "stream.back", &scope.namespace, 0).await;
+    TALLY
+        .wait_for_all(&scope.namespace, &BTreeSet::from([before]), PATIENCE)
+        .await;
+
+    rabbitmqctl(&broker, &["stop_app"]).await;
+    rabbitmqctl(&broker, &["start_app"]).await;
+    // Both connections come back well inside the first 30 s delay: the
+    // publish is confirmed (10 s confirm timeout) and consumed.
+    let after = tokio::time::timeout(
+        Duration::from_secs(10),
+        publish_one(&hutch, "stream.back", &scope.namespace, 1),
+    )
+    .await
+    .expect("the publishing connection came back without waiting out its backoff");
+    TALLY
+        .wait_for_all(
+            &scope.namespace,
+            &BTreeSet::from([after]),
+            Duration::from_secs(10),
+        )
+        .await;
+    let status = hutch.status();
+    assert_eq!(status.connection("consume").unwrap().connects, 2);
+    running.shutdown().await.expect("clean shutdown");
+    hutch.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_panicking_on_every_100th_message_restarts_on_its_channel_and_loses_nothing() {
     let OwnNode {
         broker,

@@ -112,7 +112,7 @@ pub(crate) struct BrokerUri {
 }
 
 impl BrokerUri {
-    fn parse(raw: &str) -> std::result::Result<Self, String> {
+    pub(crate) fn parse(raw: &str) -> std::result::Result<Self, String> {
         let parsed = AMQPUri::from_str(raw).map_err(|reason| {
             // lapin's message may quote the URI; describe the problem without it.
             let reason = reason.replace(raw, "<uri>");

@@ -21,6 +21,7 @@ use crate::{
         classify,
         connection::{Purpose, connect},
         observer::Observer,
+        reachability,
     },
 };
 
@@ -304,13 +305,14 @@ impl ConnectionManager {
                 }
             }
             let delay = backoff.next().unwrap_or(settings.reconnect_max_delay);
+            let next_uri = &settings.uris[node % settings.uris.len()];
             tokio::select! {
                 biased;
                 () = shared.shutdown.cancelled() => {
                     self.end(ConnectionState::Closed);
                     return Ok(());
                 }
-                () = tokio::time::sleep(delay) => {}
+                () = reachability::wait_before_retry(next_uri, delay) => {}
             }
         }
     }

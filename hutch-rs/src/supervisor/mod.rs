@@ -10,4 +10,5 @@ pub(crate) mod consumer;
 mod disposal;
 mod intensity;
 pub(crate) mod observer;
+mod reachability;
 mod run;

@@ -90,7 +90,7 @@ async fn plain(msg: Message<Item>) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Asks for more calls at once than the default prefetch allows.
+/// Asks for more calls at once than the default prefetch (50).
 #[consumer(routing_key = "wide.#", group = "wide", concurrency = 40)]
 async fn wide(_msg: Message<Item>) -> Result<(), BoxError> {
     Ok(())
@@ -248,11 +248,24 @@ async fn consumers_without_arguments_take_the_builder_defaults() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrency_beyond_the_prefetch_is_refused_before_anything_is_declared() {
+async fn an_unset_prefetch_follows_the_concurrency_and_a_smaller_one_is_refused() {
     hutch_rs_tests::init_logging();
     let scope = Scope::new("wide");
-    // `wide` asks for 40 calls at once; the default prefetch is 32.
-    let refused = scope.hutch("wide").start().await.map(|_| ());
+    // `wide` asks for 40 calls at once: unset, its prefetch is twice that.
+    let running = scope.hutch("wide").start().await.expect("start");
+    assert_eq!(broker_prefetch(&scope.queue("wide")), 80);
+    running.shutdown().await.expect("clean shutdown");
+
+    // A prefetch set below it is refused before anything is declared.
+    let scope = Scope::new("wide");
+    let refused = scope
+        .builder("wide")
+        .prefetch(32)
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .map(|_| ());
     match refused {
         Err(Error::Config { setting, reason }) => {
             assert_eq!(setting, "#[consumer] on concurrency::wide");
@@ -266,17 +279,6 @@ async fn concurrency_beyond_the_prefetch_is_refused_before_anything_is_declared(
         other => panic!("expected a configuration error, got {other:?}"),
     }
     assert_eq!(broker().queue(&scope.queue("wide")).unwrap(), None);
-    // A prefetch that makes room is accepted.
-    let running = scope
-        .builder("wide")
-        .prefetch(40)
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .expect("start");
-    assert_eq!(broker_prefetch(&scope.queue("wide")), 40);
-    running.shutdown().await.expect("clean shutdown");
 
     match Hutch::builder().concurrency(0).build() {
         Err(Error::Config { setting, reason }) => {

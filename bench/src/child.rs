@@ -39,8 +39,25 @@ pub(crate) struct ClientProcess {
 
 impl ClientProcess {
     /// Starts `hutch-rs-bench client ...`; its stderr goes to ours.
+    ///
+    /// With `HUTCH_BENCH_STRACE=<dir>` set, the child runs under
+    /// `strace -f -c`, its system-call counts written to
+    /// `<dir>/<implementation>-<scenario>.txt`: how many wake-ups (`futex`)
+    /// and socket calls each implementation makes per message. Timings of
+    /// such a run mean nothing.
     pub(crate) fn spawn(args: &ClientArgs) -> Result<Self, Error> {
-        let mut child = Command::new(std::env::current_exe()?)
+        let program = std::env::current_exe()?;
+        let mut command = match std::env::var_os("HUTCH_BENCH_STRACE") {
+            Some(dir) => {
+                let output = std::path::Path::new(&dir)
+                    .join(format!("{}-{}.txt", args.implementation, args.scenario));
+                let mut strace = Command::new("strace");
+                strace.args(["-f", "-c", "-o"]).arg(output).arg(program);
+                strace
+            }
+            None => Command::new(program),
+        };
+        let mut child = command
             .args(args.to_args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -3,7 +3,7 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
-use crate::{Error, scenario::Scenario};
+use crate::{Error, scenario::Scenario, workload::PREFETCH};
 
 /// What a run of the benchmark measures.
 #[derive(Debug, Clone)]
@@ -16,10 +16,12 @@ pub(crate) struct Options {
     pub(crate) messages: u64,
     /// How long each latency run publishes.
     pub(crate) latency_duration: Duration,
+    /// Instead of the comparison: hutch-rs alone, draining with a range of
+    /// prefetch and concurrency settings (how the defaults were chosen).
+    pub(crate) sweep: bool,
 }
 
-const USAGE: &str =
-    "usage: hutch-rs-bench [--rounds N] [--only drain,publish,latency,idle,recovery] [--quick]";
+const USAGE: &str = "usage: hutch-rs-bench [--rounds N] [--only drain,publish,latency,idle,recovery] [--quick] [--sweep]";
 
 impl Options {
     /// Parses the orchestrator's arguments (without the program name).
@@ -27,6 +29,7 @@ impl Options {
         let mut rounds = 5;
         let mut scenarios = Scenario::ALL.to_vec();
         let mut quick = false;
+        let mut sweep = false;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = || {
@@ -42,6 +45,7 @@ impl Options {
                         .collect::<Result<_, _>>()?;
                 }
                 "--quick" => quick = true,
+                "--sweep" => sweep = true,
                 "--help" | "-h" => return Err(USAGE.into()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
             }
@@ -54,6 +58,7 @@ impl Options {
             scenarios,
             messages: if quick { 2_000 } else { 20_000 },
             latency_duration: Duration::from_secs(if quick { 1 } else { 5 }),
+            sweep,
         })
     }
 }
@@ -136,6 +141,13 @@ pub(crate) struct ClientArgs {
     pub(crate) duration: Duration,
     /// Idle: how many consumers.
     pub(crate) consumers: usize,
+    /// The consumers' prefetch.
+    pub(crate) prefetch: u16,
+    /// hutch-rs drain: handler calls in flight at once.
+    pub(crate) concurrency: u16,
+    /// hutch-rs drain: how long each handler call waits, as if on a
+    /// database or an HTTP call (0: it returns at once).
+    pub(crate) work: Duration,
 }
 
 impl ClientArgs {
@@ -155,6 +167,9 @@ impl ClientArgs {
             rate: 0,
             duration: Duration::ZERO,
             consumers: 0,
+            prefetch: PREFETCH,
+            concurrency: 1,
+            work: Duration::ZERO,
         }
     }
 
@@ -177,6 +192,12 @@ impl ClientArgs {
             self.duration.as_millis().to_string(),
             "--consumers".to_owned(),
             self.consumers.to_string(),
+            "--prefetch".to_owned(),
+            self.prefetch.to_string(),
+            "--concurrency".to_owned(),
+            self.concurrency.to_string(),
+            "--work-us".to_owned(),
+            self.work.as_micros().to_string(),
         ]
     }
 
@@ -196,6 +217,9 @@ impl ClientArgs {
                 "--rate" => client.rate = parse(flag, value)?,
                 "--duration-ms" => client.duration = Duration::from_millis(parse(flag, value)?),
                 "--consumers" => client.consumers = parse(flag, value)?,
+                "--prefetch" => client.prefetch = parse(flag, value)?,
+                "--concurrency" => client.concurrency = parse(flag, value)?,
+                "--work-us" => client.work = Duration::from_micros(parse(flag, value)?),
                 other => return Err(format!("client: unknown argument {other:?}").into()),
             }
         }

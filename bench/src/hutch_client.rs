@@ -26,8 +26,7 @@ use crate::{
     scenario::Scenario,
     workload::{
         CONFIRM_WINDOW, DRAIN_QUEUE, IDLE_CONSUMERS, LATENCY_KEY, LATENCY_QUEUE, MARKER_SEQ,
-        NAMESPACE, PREFETCH, PUBLISH_KEY, Payload, RECOVERY_QUEUE, WARM_UP_SEQ, idle_queue,
-        unix_nanos,
+        NAMESPACE, PUBLISH_KEY, Payload, RECOVERY_QUEUE, WARM_UP_SEQ, idle_queue, unix_nanos,
     },
 };
 
@@ -56,6 +55,11 @@ static DRAIN: Drain = Drain {
 #[consumer(group = "drain", queue = "drain", routing_key = "bench.drain")]
 async fn drain(msg: Message<Payload>) -> Result<(), BoxError> {
     std::hint::black_box(msg.body());
+    let work = DRAIN_WORK_US.load(Ordering::Relaxed);
+    if work > 0 {
+        // Stands for the handler's own I/O (a database write, an HTTP call).
+        tokio::time::sleep(Duration::from_micros(work)).await;
+    }
     let handled = DRAIN.handled.fetch_add(1, Ordering::Relaxed) + 1;
     if handled == 1 {
         *lock(&DRAIN.meter) = Some(Meter::start(BROKER_PID.load(Ordering::Relaxed)));
@@ -67,6 +71,9 @@ async fn drain(msg: Message<Payload>) -> Result<(), BoxError> {
     }
     Ok(())
 }
+
+/// How long each drain handler call waits, in microseconds.
+static DRAIN_WORK_US: AtomicU64 = AtomicU64::new(0);
 
 /// Latencies seen by the latency consumer, in nanoseconds.
 static LATENCIES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
@@ -139,7 +146,8 @@ fn builder(args: &ClientArgs, group: &str) -> HutchBuilder {
         .uri(&args.uri)
         .namespace(NAMESPACE)
         .group(group)
-        .prefetch(PREFETCH)
+        .prefetch(args.prefetch)
+        .concurrency(args.concurrency)
         // The default 30 s times prefetch 200 would exceed RabbitMQ's
         // consumer_timeout, which hutch-rs warns about; these handlers take
         // microseconds.
@@ -150,6 +158,7 @@ fn builder(args: &ClientArgs, group: &str) -> HutchBuilder {
 /// handled every message.
 async fn drain_all(args: &ClientArgs) -> Result<Throughput, Error> {
     DRAIN.target.store(args.messages, Ordering::Relaxed);
+    DRAIN_WORK_US.store(u64::try_from(args.work.as_micros())?, Ordering::Relaxed);
     let running = builder(args, "drain").build()?.start().await?;
     DRAIN.done.acquire().await?.forget();
     let report = lock(&DRAIN.report)

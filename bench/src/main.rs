@@ -73,6 +73,13 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
         broker: &broker,
         options,
     };
+    if options.sweep {
+        let table = scenario::sweep::run(&bench, options.rounds)?;
+        println!("# hutch-rs drain by prefetch and concurrency\n");
+        print_header(options, &version);
+        print!("{table}");
+        return Ok(());
+    }
     let mut results = Results::default();
     for round in 0..options.rounds {
         let order = Impl::rotation(round);
@@ -88,9 +95,16 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
         }
     }
 
+    println!("# hutch-rs vs raw lapin\n");
+    print_header(options, &version);
+    print!("{}", results.table());
+    Ok(())
+}
+
+/// The machine, the broker and the command line, above a table.
+fn print_header(options: &Options, version: &str) {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let command: Vec<String> = std::env::args().collect();
-    println!("# hutch-rs vs raw lapin\n");
     println!("- machine: {cpus} CPUs (nproc)");
     println!("- RabbitMQ {version}, private node");
     println!("- command: `{}`", command.join(" "));
@@ -99,6 +113,4 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
         options.rounds, options.messages, options.latency_duration
     );
     println!();
-    print!("{}", results.table());
-    Ok(())
 }

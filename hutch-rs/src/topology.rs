@@ -11,7 +11,7 @@ use lapin::{
 
 use crate::{
     ConsumerRegistration, Error, Result,
-    config::{MAX_HANDLER_TIMEOUT, Settings},
+    config::{DEFAULT_PREFETCH, MAX_HANDLER_TIMEOUT, Settings},
     retry::{self, RetryPolicy, queues::LONGEST_SUFFIX},
 };
 
@@ -186,8 +186,13 @@ fn retry_policy(settings: &Settings, registration: &ConsumerRegistration) -> Res
 /// them, the configured defaults elsewhere. Handler calls beyond the
 /// prefetch could never run: the broker sends no more deliveries than that.
 fn flow(settings: &Settings, registration: &ConsumerRegistration) -> Result<(u16, u16)> {
-    let prefetch = registration.prefetch().unwrap_or(settings.prefetch);
     let concurrency = registration.concurrency().unwrap_or(settings.concurrency);
+    // Unset, the prefetch keeps every handler call busy with one delivery
+    // waiting behind it.
+    let prefetch = registration
+        .prefetch()
+        .or(settings.prefetch)
+        .unwrap_or_else(|| DEFAULT_PREFETCH.max(concurrency.saturating_mul(2)));
     let invalid = |reason: String| Error::Config {
         setting: format!("#[consumer] on {}", registration.qualified_name()),
         reason,
@@ -370,6 +375,58 @@ mod tests {
             .to_string();
         assert!(error.contains("billing::audit"), "{error}");
         assert!(error.contains("other::billing_audit"), "{error}");
+    }
+
+    static BUSY: ConsumerRegistration =
+        ConsumerRegistration::new("busy", "shop", &["busy.#"], never).with_concurrency(40);
+    static SMALL_WINDOW: ConsumerRegistration =
+        ConsumerRegistration::new("small_window", "shop", &["small.#"], never).with_prefetch(4);
+
+    fn flow_of(builder: HutchBuilder, registration: &'static ConsumerRegistration) -> (u16, u16) {
+        let plans = plan_consumers(&settings(builder), &[registration]).unwrap();
+        (plans[0].prefetch, plans[0].concurrency)
+    }
+
+    #[test]
+    fn an_unset_prefetch_follows_the_concurrency() {
+        assert_eq!(flow_of(HutchBuilder::defaults(), &SEND_RECEIPT), (50, 1));
+        assert_eq!(flow_of(HutchBuilder::defaults(), &BUSY), (80, 40));
+        assert_eq!(
+            flow_of(HutchBuilder::defaults().concurrency(30), &SEND_RECEIPT),
+            (60, 30)
+        );
+        // Set anywhere, the prefetch is taken as it is.
+        assert_eq!(
+            flow_of(HutchBuilder::defaults().prefetch(200), &BUSY),
+            (200, 40)
+        );
+        assert_eq!(flow_of(HutchBuilder::defaults(), &SMALL_WINDOW), (4, 1));
+    }
+
+    #[test]
+    fn concurrency_above_the_prefetch_is_refused_naming_where_each_came_from() {
+        let error = plan_consumers(&settings(HutchBuilder::defaults().prefetch(32)), &[&BUSY])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("shop::busy"), "{error}");
+        assert!(
+            error.contains(
+                "concurrency 40 (its own argument) exceeds prefetch 32 (HutchBuilder::prefetch)"
+            ),
+            "{error}"
+        );
+        let error = plan_consumers(
+            &settings(HutchBuilder::defaults().concurrency(8)),
+            &[&SMALL_WINDOW],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains(
+                "concurrency 8 (HutchBuilder::concurrency) exceeds prefetch 4 (its own argument)"
+            ),
+            "{error}"
+        );
     }
 
     static PATIENT: ConsumerRegistration =

@@ -6,6 +6,7 @@ mod idle;
 mod latency;
 mod publish;
 mod recovery;
+pub(crate) mod sweep;
 
 use std::{fmt, str::FromStr};
 
@@ -100,7 +101,11 @@ pub(crate) struct Bench<'a> {
 
 impl Bench<'_> {
     /// The arguments of a client child for `scenario` by `implementation`.
-    fn client(&self, scenario: Scenario, implementation: Impl) -> Result<ClientArgs, Error> {
+    pub(crate) fn client(
+        &self,
+        scenario: Scenario,
+        implementation: Impl,
+    ) -> Result<ClientArgs, Error> {
         Ok(ClientArgs::new(
             scenario,
             implementation,

@@ -105,6 +105,18 @@ impl ClientProcess {
         }
     }
 
+    /// Runs a client to its end: starts it, waits up to `timeout` for its
+    /// result, and for it to exit successfully.
+    pub(crate) fn run<T: DeserializeOwned>(
+        args: &ClientArgs,
+        timeout: Duration,
+    ) -> Result<T, Error> {
+        let mut client = Self::spawn(args)?;
+        let result = client.result(timeout)?;
+        client.finish()?;
+        Ok(result)
+    }
+
     /// Waits for the child's `RESULT` line and parses it.
     pub(crate) fn result<T: DeserializeOwned>(&mut self, timeout: Duration) -> Result<T, Error> {
         let json = self.expect(RESULT, timeout)?;

@@ -59,8 +59,8 @@ use crate::errors::Errors;
 /// | `retry_min_delay` | optional | The wait before the first retry, a duration such as `"500ms"`. Defaults to the configuration's, 1s. |
 /// | `retry_max_delay` | optional | The longest wait between two attempts, such as `"5m"`; at most 4294967295 ms (about 49 days). Defaults to the configuration's, 60s. |
 /// | `timeout` | optional | How long one call of the function may run before it counts as a failure, such as `"30s"`. Defaults to the configuration's, 30s; must be shorter than RabbitMQ's consumer_timeout, 30 minutes. |
-/// | `prefetch` | optional | How many unacknowledged deliveries the broker sends this consumer ahead (the channel's `basic.qos` prefetch count): an integer from 1 to 65535. Defaults to the configuration's (`HutchBuilder::prefetch`), 32. |
-/// | `concurrency` | optional | How many calls of the function may be in flight at once on this consumer: an integer from 1 to 65535, at most the prefetch. Defaults to the configuration's (`HutchBuilder::concurrency`). |
+/// | `prefetch` | optional | How many unacknowledged deliveries the broker sends this consumer ahead (the channel's `basic.qos` prefetch count): an integer from 1 to 65535. Defaults to the configuration's (`HutchBuilder::prefetch`) if set, otherwise 50 or twice the concurrency, whichever is more. |
+/// | `concurrency` | optional | How many calls of the function may be in flight at once on this consumer: an integer from 1 to 65535, at most the prefetch. Defaults to the configuration's (`HutchBuilder::concurrency`), 1. |
 ///
 /// Values are literals written in the attribute, so that they can be checked
 /// when the crate compiles: strings, and integers for `max_attempts`,
@@ -123,9 +123,16 @@ use crate::errors::Errors;
 /// once, so that while one call waits on I/O the others go on. It must be at
 /// least 1 and at most the prefetch: the broker never sends more than
 /// `prefetch` deliveries ahead, so calls beyond that could never run. When
-/// both are given, that is checked when the crate compiles; one given alone
-/// must fit the configured default of the other (`HutchBuilder::prefetch`,
-/// `HutchBuilder::concurrency`), which is checked when the consumer starts.
+/// both are given, that is checked when the crate compiles. A consumer with
+/// a `concurrency` and no prefetch set anywhere gets twice its concurrency
+/// (at least 50); a prefetch set with `HutchBuilder::prefetch` must fit,
+/// which is checked when the consumer starts.
+///
+/// The calls run concurrently on the consumer's task, like `join_all`, not
+/// on separate threads: a call that waits on I/O lets the others go on, one
+/// that computes for long holds them up (give such work to
+/// `tokio::task::spawn_blocking`). With a concurrency above 1, messages
+/// finish out of queue order.
 ///
 /// ## Routing keys
 ///

@@ -56,7 +56,7 @@ pub const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
 /// (`timeout`). Well below RabbitMQ's `consumer_timeout` (30 minutes from
 /// delivery to ack, after which the broker closes the channel and takes the
 /// message back): a delivery may wait behind up to `prefetch` others before
-/// its own handler starts, and 32 × 30 s is 16 minutes.
+/// its own handler starts, and 50 × 30 s is 25 minutes.
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// RabbitMQ's default `consumer_timeout`. A handler timeout must be shorter:

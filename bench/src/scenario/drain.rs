@@ -30,9 +30,7 @@ pub(super) fn run(
 
     let mut args = bench.client(Scenario::Drain, implementation)?;
     args.messages = messages;
-    let mut client = ClientProcess::spawn(&args)?;
-    let report: Throughput = client.result(PATIENCE)?;
-    client.finish()?;
+    let report: Throughput = ClientProcess::run(&args, PATIENCE)?;
 
     // `messages` counts ready and unacknowledged ones alike.
     let left = broker.messages_in(DRAIN_QUEUE)?;

@@ -27,9 +27,7 @@ pub(super) fn run(
         args.rate = rate;
         args.duration = bench.options.latency_duration;
         let expected = rate * args.duration.as_millis() as u64 / 1000;
-        let mut client = ClientProcess::spawn(&args)?;
-        let report: Latency = client.result(PATIENCE)?;
-        client.finish()?;
+        let report: Latency = ClientProcess::run(&args, PATIENCE)?;
 
         let left = broker.messages_in(LATENCY_QUEUE)?;
         if report.samples != expected || left != 0 {

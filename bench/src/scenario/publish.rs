@@ -23,9 +23,7 @@ pub(super) fn run(
 
     let mut args = bench.client(Scenario::Publish, implementation)?;
     args.messages = messages;
-    let mut client = ClientProcess::spawn(&args)?;
-    let report: Throughput = client.result(PATIENCE)?;
-    client.finish()?;
+    let report: Throughput = ClientProcess::run(&args, PATIENCE)?;
 
     // Every client publishes one warm-up message before the measured ones.
     let arrived = broker.messages_in(PUBLISH_QUEUE)?;

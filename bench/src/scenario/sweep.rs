@@ -37,7 +37,7 @@ fn settings(messages: u64) -> Vec<Setting> {
     // messages keep the one-at-a-time runs short. The prefetch is what
     // hutch-rs picks when it is not set: 50, or twice the concurrency.
     let waiting =
-        [(32, 1), (32, 4), (32, 16), (32, 32), (128, 64)].map(|(prefetch, concurrency)| Setting {
+        [(50, 1), (50, 4), (50, 16), (64, 32), (128, 64)].map(|(prefetch, concurrency)| Setting {
             prefetch,
             concurrency,
             work: Duration::from_millis(2),
@@ -98,9 +98,7 @@ fn drain_once(bench: &Bench<'_>, setting: &Setting) -> Result<Throughput, Error>
     args.prefetch = setting.prefetch;
     args.concurrency = setting.concurrency;
     args.work = setting.work;
-    let mut client = ClientProcess::spawn(&args)?;
-    let report: Throughput = client.result(PATIENCE)?;
-    client.finish()?;
+    let report: Throughput = ClientProcess::run(&args, PATIENCE)?;
     let left = broker.messages_in(DRAIN_QUEUE)?;
     if report.messages != setting.messages || left != 0 {
         return Err(format!(

@@ -11,16 +11,14 @@
 
 use std::collections::VecDeque;
 
-/// Where one delivery stands.
+/// Where one delivery in the ledger stands. Deliveries that need nothing
+/// more (settled on their own, or paid for) leave the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Standing {
     /// Its handler has not finished.
     InHandler,
     /// Handled successfully; an acknowledgement is owed.
     Owed,
-    /// Nothing owed: settled on its own (retried, dead-lettered, requeued)
-    /// or left for the broker to redeliver.
-    Settled,
 }
 
 /// One acknowledgement frame to send.
@@ -33,8 +31,9 @@ pub(super) enum Ack {
     One(u64),
 }
 
-/// The deliveries of one channel generation that are not yet paid for, in
-/// delivery-tag order.
+/// The deliveries of one channel generation that are in a handler or owed
+/// an acknowledgement, in delivery-tag order: at most the channel's
+/// prefetch.
 #[derive(Debug, Default)]
 pub(super) struct AckLedger {
     entries: VecDeque<(u64, Standing)>,
@@ -52,15 +51,18 @@ impl AckLedger {
 
     /// The delivery's handler succeeded: it is owed an acknowledgement.
     pub(super) fn handled(&mut self, tag: u64) {
-        if self.set(tag, Standing::Owed) {
+        if let Some(index) = self.in_handler(tag) {
+            self.entries[index].1 = Standing::Owed;
             self.owed += 1;
         }
     }
 
-    /// The delivery needs nothing more from the ledger.
+    /// The delivery was settled on its own (retried, dead-lettered,
+    /// requeued) or left for the broker to redeliver: nothing is owed.
     pub(super) fn settled(&mut self, tag: u64) {
-        self.set(tag, Standing::Settled);
-        self.drop_settled_prefix();
+        if let Some(index) = self.in_handler(tag) {
+            self.entries.remove(index);
+        }
     }
 
     /// How many handled deliveries wait for their acknowledgement.
@@ -69,58 +71,41 @@ impl AckLedger {
     }
 
     /// The frames that pay everything owed, forgetting it: one `multiple`
-    /// acknowledgement up to the first delivery still in a handler, then
-    /// single ones for those handled after it.
+    /// acknowledgement up to the last owed delivery before the first one
+    /// still in a handler, then single ones for those handled after it. A
+    /// `multiple` acknowledgement also passes over deliveries settled on
+    /// their own, which the broker no longer counts; it never names one.
     pub(super) fn pay(&mut self) -> Vec<Ack> {
         let mut acks = Vec::new();
         if self.owed == 0 {
             return acks;
         }
-        let mut up_to = None;
-        while let Some(&(tag, standing)) = self.entries.front() {
-            if standing == Standing::InHandler {
-                break;
-            }
-            if standing == Standing::Owed {
-                up_to = Some(tag);
-            }
-            self.entries.pop_front();
-        }
-        acks.extend(up_to.map(Ack::UpTo));
-        for (tag, standing) in &mut self.entries {
-            if *standing == Standing::Owed {
-                acks.push(Ack::One(*tag));
-                *standing = Standing::Settled;
-            }
-        }
+        let first_in_handler = self
+            .entries
+            .iter()
+            .position(|(_, standing)| *standing == Standing::InHandler)
+            .unwrap_or(self.entries.len());
+        let up_to = self.entries.range(..first_in_handler).next_back();
+        acks.extend(up_to.map(|(tag, _)| Ack::UpTo(*tag)));
+        acks.extend(
+            self.entries
+                .range(first_in_handler..)
+                .filter(|(_, standing)| *standing == Standing::Owed)
+                .map(|(tag, _)| Ack::One(*tag)),
+        );
+        self.entries
+            .retain(|(_, standing)| *standing == Standing::InHandler);
         self.owed = 0;
         acks
     }
 
-    /// Marks `tag`; false if it is not in the ledger or was not in its
-    /// handler.
-    fn set(&mut self, tag: u64, standing: Standing) -> bool {
-        let Ok(index) = self.entries.binary_search_by_key(&tag, |(tag, _)| *tag) else {
-            return false;
-        };
-        let entry = &mut self.entries[index].1;
-        if *entry != Standing::InHandler {
-            return false;
-        }
-        *entry = standing;
-        true
-    }
-
-    /// Settled deliveries at the front need no acknowledgement: forget them,
-    /// so that the ledger holds at most the channel's prefetch.
-    fn drop_settled_prefix(&mut self) {
-        while self
+    /// Where `tag` is, if it is in its handler.
+    fn in_handler(&self, tag: u64) -> Option<usize> {
+        let index = self
             .entries
-            .front()
-            .is_some_and(|(_, standing)| *standing == Standing::Settled)
-        {
-            self.entries.pop_front();
-        }
+            .binary_search_by_key(&tag, |(tag, _)| *tag)
+            .ok()?;
+        (self.entries[index].1 == Standing::InHandler).then_some(index)
     }
 }
 
@@ -182,6 +167,22 @@ mod tests {
         assert!(ledger.in_handlers());
         ledger.settled(4);
         assert!(!ledger.in_handlers());
+        assert!(ledger.entries.is_empty());
+    }
+
+    #[test]
+    fn a_delivery_stuck_in_its_handler_keeps_only_itself_in_the_ledger() {
+        // The oldest delivery does not finish; thousands behind it are
+        // handled and paid one by one, and none of them stays behind.
+        let mut ledger = ledger([1]);
+        for tag in 2..5_000 {
+            ledger.delivered(tag);
+            ledger.handled(tag);
+            assert_eq!(ledger.pay(), vec![Ack::One(tag)]);
+            assert_eq!(ledger.entries.len(), 1);
+        }
+        ledger.handled(1);
+        assert_eq!(ledger.pay(), vec![Ack::UpTo(1)]);
         assert!(ledger.entries.is_empty());
     }
 

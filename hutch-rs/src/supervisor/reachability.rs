@@ -10,7 +10,7 @@
 //! once a second, so that the broker's log is not filled with half-open
 //! connections; the wait ends early only after the port was seen refusing.
 
-use std::time::Duration;
+use std::{io::ErrorKind, time::Duration};
 
 use tokio::{net::TcpStream, time::Instant};
 
@@ -22,37 +22,70 @@ pub(super) const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// refuse: seldom, since each probe is a connection in the broker's log.
 const ACCEPTING_RECHECK: Duration = Duration::from_secs(1);
 
+/// How long one probe may take; a probe without an answer says nothing.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Waits `delay` before the next connection attempt to `uri`, or less: until
 /// its port accepts TCP connections again, if it refused them when the wait
-/// began.
+/// began. Never longer than `delay`.
 pub(super) async fn wait_before_retry(uri: &BrokerUri, delay: Duration) {
     let deadline = Instant::now() + delay;
     let authority = &uri.expose().authority;
-    let address = (authority.host.as_str(), authority.port);
+    // Resolved once per wait: a resolver that hangs during an outage must
+    // not pile up blocking lookups, one per probe.
+    let resolved = tokio::time::timeout_at(
+        deadline.min(Instant::now() + PROBE_TIMEOUT),
+        tokio::net::lookup_host((authority.host.as_str(), authority.port)),
+    )
+    .await;
+    let Some(address) = resolved
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|mut found| found.next())
+    else {
+        tokio::time::sleep_until(deadline).await;
+        return;
+    };
     let mut refused_before = false;
     loop {
         let now = Instant::now();
         if now >= deadline {
             return;
         }
-        let probe = tokio::time::timeout(PROBE_INTERVAL, TcpStream::connect(address)).await;
+        let probe = tokio::time::timeout_at(
+            (now + PROBE_TIMEOUT).min(deadline),
+            TcpStream::connect(address),
+        )
+        .await;
         match probe {
-            // Dropping the stream closes it before any AMQP is spoken.
-            Ok(Ok(_stream)) if refused_before => {
-                tracing::debug!(broker = %uri, "the broker accepts connections again");
-                return;
-            }
-            // Accepting, but the broker may be about to close its port (a
-            // connection lost to a stopping broker can be noticed first).
-            Ok(Ok(_stream)) => {
+            Ok(Ok(stream)) => {
+                // Closed before any AMQP is spoken.
+                drop(stream);
+                if refused_before {
+                    tracing::debug!(broker = %uri, "the broker accepts connections again");
+                    return;
+                }
+                // Accepting, but the broker may be about to close its port
+                // (a connection lost to a stopping broker can be noticed
+                // first): look again, seldom.
                 tokio::time::sleep_until((now + ACCEPTING_RECHECK).min(deadline)).await;
                 continue;
             }
-            // Refused, unresolvable, or no answer within the interval.
-            Ok(Err(_)) | Err(_) => refused_before = true,
+            Ok(Err(error)) if says_nobody_listens(&error) => refused_before = true,
+            // No answer in time, or another failure: no news of the port.
+            Ok(Err(_)) | Err(_) => {}
         }
         tokio::time::sleep_until((now + PROBE_INTERVAL).min(deadline)).await;
     }
+}
+
+/// Whether a failed connect shows that nothing accepts there now (as
+/// opposed to a slow or lossy path, which says nothing either way).
+fn says_nobody_listens(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable
+    )
 }
 
 #[cfg(test)]

@@ -4,11 +4,16 @@
 use std::{
     collections::HashSet,
     panic::AssertUnwindSafe,
+    pin::pin,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
+use futures_util::{
+    FutureExt, StreamExt,
+    future::{Fuse, FusedFuture},
+    stream::FuturesUnordered,
+};
 use lapin::{
     Channel,
     message::Delivery,
@@ -89,8 +94,12 @@ impl<'a> Run<'a> {
         let mut ledger = AckLedger::default();
         let mut handlers = FuturesUnordered::new();
         let mut ending: Option<Ended> = None;
+        // `basic.cancel` when the run starts to end, awaited alongside the
+        // handlers still running, so that they are not held up by it.
+        let mut cancelling = pin!(self.cancel_consume().fuse());
+        cancelling.set(Fuse::terminated());
         loop {
-            if ending.is_some() && handlers.is_empty() {
+            if ending.is_some() && handlers.is_empty() && cancelling.is_terminated() {
                 break;
             }
             tokio::select! {
@@ -98,20 +107,25 @@ impl<'a> Run<'a> {
                 () = self.shutdown.cancelled(), if ending.is_none() => {
                     // Stop new deliveries at once; the handlers in flight
                     // finish and are settled.
-                    self.cancel_consume().await;
+                    cancelling.set(self.cancel_consume().fuse());
                     ending = Some(Ended::Shutdown);
                 }
+                () = &mut cancelling, if !cancelling.is_terminated() => {}
                 Some((tag, handled)) = handlers.next(), if !handlers.is_empty() => {
                     match handled {
                         Handled::Succeeded => ledger.handled(tag),
                         Handled::Settled => ledger.settled(tag),
                         Handled::Panicked(panic) => {
                             ledger.settled(tag);
-                            self.end_with(&mut ending, Ended::Crashed(format!("the handler panicked: {panic}"))).await;
+                            if self.end_with(&mut ending, Ended::Crashed(format!("the handler panicked: {panic}"))) {
+                                cancelling.set(self.cancel_consume().fuse());
+                            }
                         }
                         Handled::Ended(ended) => {
                             ledger.settled(tag);
-                            self.end_with(&mut ending, ended).await;
+                            if self.end_with(&mut ending, ended) {
+                                cancelling.set(self.cancel_consume().fuse());
+                            }
                         }
                     }
                     if ledger.owed() >= pay_at {
@@ -157,19 +171,18 @@ impl<'a> Run<'a> {
         ended
     }
 
-    /// Records why the run ends (the first reason wins) and stops new
-    /// deliveries; handlers already running finish first.
-    async fn end_with(&self, ending: &mut Option<Ended>, ended: Ended) {
+    /// Records why the run ends (the first reason wins). True when new
+    /// deliveries must be stopped with `basic.cancel`; handlers already
+    /// running finish first.
+    fn end_with(&self, ending: &mut Option<Ended>, ended: Ended) -> bool {
         if ending.is_some() {
             tracing::warn!(?ended, "the consumer was already ending");
-            return;
+            return false;
         }
-        if let Ended::Shutdown = ended {
-            // A forward was interrupted by shutdown; the token ends the run.
-        } else if self.channel.status().connected() {
-            self.cancel_consume().await;
-        }
+        // A forward interrupted by shutdown: the shutdown token ends the run.
+        let cancel = !matches!(ended, Ended::Shutdown) && self.channel.status().connected();
         *ending = Some(ended);
+        cancel
     }
 
     /// Sends the acknowledgements the ledger owes, on this run's channel:
@@ -314,13 +327,16 @@ impl<'a> Run<'a> {
     }
 
     /// Ends `basic.consume`: the broker sends this consumer nothing more.
+    /// Bounded: on a connection that is dying, the reply may never come;
+    /// closing the channel or handing its deliveries back follows anyway.
     async fn cancel_consume(&self) {
-        if let Err(error) = self
+        let cancelling = self
             .channel
-            .basic_cancel(self.deliveries.tag(), BasicCancelOptions::default())
-            .await
-        {
-            tracing::debug!(%error, "basic.cancel failed");
+            .basic_cancel(self.deliveries.tag(), BasicCancelOptions::default());
+        match tokio::time::timeout(self.consumer.settings.connection_timeout, cancelling).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "basic.cancel failed"),
+            Err(_) => tracing::debug!("basic.cancel timed out"),
         }
     }
 

@@ -55,6 +55,13 @@
 //!   with a [`Decision`]; error hooks ([`HutchBuilder::on_error`]) see every
 //!   failure. The original is acked only after the broker confirmed its copy:
 //!   a bad message never loops and is never dropped.
+//! - Each consumer has up to `prefetch` deliveries out (default
+//!   [`DEFAULT_PREFETCH`], 50, or twice its concurrency) and runs up to
+//!   `concurrency` handler calls at once (default 1, in queue order), set
+//!   per consumer in `#[consumer(...)]` or with [`HutchBuilder::prefetch`] /
+//!   [`HutchBuilder::concurrency`]. Handled messages are acknowledged in
+//!   batches (`basic.ack` with `multiple`), never before their handler
+//!   returned `Ok`.
 //!
 //! # Supervision
 //!

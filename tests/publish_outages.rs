@@ -16,8 +16,8 @@ use hutch_rs::{
     testing::Broker,
 };
 use hutch_rs_tests::{
-    ALARM_OFF, ALARM_ON, PATIENCE, Scope, TALLY, init_logging, own_broker, proxy::BlackHoleProxy,
-    rabbitmqctl,
+    ALARM_OFF, ALARM_ON, PATIENCE, Scope, TALLY, bound_queue_on, init_logging, own_broker,
+    proxy::BlackHoleProxy, rabbitmqctl,
 };
 use serde::{Deserialize, Serialize};
 
@@ -284,60 +284,13 @@ async fn channel_numbers(broker: &Arc<Broker>) -> BTreeSet<u64> {
     .unwrap()
 }
 
-/// Declares `scope`'s exchange and a durable queue bound to it with
-/// `routing_key` on `broker`, through a plain lapin connection.
-async fn bound_queue_on(broker: &Broker, scope: &Scope, name: &str, routing_key: &str) -> String {
-    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-    let queue = scope.queue(name);
-    let connection =
-        lapin::Connection::connect(&broker.amqp_uri(), lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .exchange_declare(
-            scope.exchange.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            scope.exchange.as_str().into(),
-            routing_key.into(),
-            QueueBindOptions::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    connection.close(200, "done".into()).await.unwrap();
-    queue
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mandatory_publish_abandoned_before_its_answer_leaves_its_channel_behind() {
     let _turn = ONE_AT_A_TIME.lock().await;
     init_logging();
     let broker = own_broker().await;
     let scope = Scope::new("abandoned");
-    let queue = bound_queue_on(&broker, &scope, "held", "held.#").await;
+    let queue = bound_queue_on(&broker, &scope, "held", "held.#", Default::default()).await;
     // Through a proxy that can hold the broker's answers back.
     let proxy = BlackHoleProxy::start(broker.amqp_port()).await;
     let hutch = Hutch::builder()

@@ -22,7 +22,7 @@ use hutch_rs::{
 };
 use hutch_rs_tests::{
     ALARM_OFF, ALARM_ON, PATIENCE, Scope, TALLY, init_logging, own_broker, proxy::BlackHoleProxy,
-    rabbitmqctl, spawn_run_until,
+    rabbitmqctl, raw_channel_to, spawn_run_until,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -726,16 +726,6 @@ async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
     assert_broker_holds(&broker, 1, 1).await;
     hutch.close().await.unwrap();
     assert_broker_holds(&broker, 0, 0).await;
-}
-
-/// A plain lapin connection to a test's own node.
-async fn raw_channel_to(broker: &Broker) -> (lapin::Connection, lapin::Channel) {
-    let connection =
-        lapin::Connection::connect(&broker.amqp_uri(), lapin::ConnectionProperties::default())
-            .await
-            .expect("raw connection");
-    let channel = connection.create_channel().await.expect("raw channel");
-    (connection, channel)
 }
 
 /// Fatal errors end `start` at once and leave nothing open on the broker.

@@ -193,7 +193,12 @@ pub static JOURNAL: LazyLock<Journal> = LazyLock::new(Journal::default);
 /// A plain lapin channel on the shared node, for what hutch-rs would not do
 /// (publishing malformed bodies, pre-declaring queues).
 pub async fn raw_channel() -> (Connection, Channel) {
-    let connection = Connection::connect(&broker().amqp_uri(), ConnectionProperties::default())
+    raw_channel_to(broker()).await
+}
+
+/// A plain lapin connection and channel to `broker`.
+pub async fn raw_channel_to(broker: &Broker) -> (Connection, Channel) {
+    let connection = Connection::connect(&broker.amqp_uri(), ConnectionProperties::default())
         .await
         .expect("raw connection to the test node");
     let channel = connection.create_channel().await.expect("raw channel");
@@ -251,16 +256,29 @@ pub async fn take_all(queue: &str) -> Vec<lapin::message::BasicGetMessage> {
     taken
 }
 
-/// Declares the scope's exchange and a queue bound to it with `routing_key`.
+/// Declares the scope's exchange and a queue bound to it with `routing_key`,
+/// on the shared node.
 pub async fn bound_queue(
     scope: &Scope,
     name: &str,
     routing_key: &str,
     arguments: lapin::types::FieldTable,
 ) -> String {
+    bound_queue_on(broker(), scope, name, routing_key, arguments).await
+}
+
+/// Declares `scope`'s exchange and a durable queue bound to it with
+/// `routing_key` on `broker`, through a plain lapin connection, as another
+/// application might have.
+pub async fn bound_queue_on(
+    broker: &Broker,
+    scope: &Scope,
+    name: &str,
+    routing_key: &str,
+    arguments: lapin::types::FieldTable,
+) -> String {
     let queue = scope.queue(name);
-    declare_queue(&queue, arguments).await;
-    let (connection, channel) = raw_channel().await;
+    let (connection, channel) = raw_channel_to(broker).await;
     channel
         .exchange_declare(
             scope.exchange.as_str().into(),
@@ -272,7 +290,8 @@ pub async fn bound_queue(
             lapin::types::FieldTable::default(),
         )
         .await
-        .unwrap();
+        .expect("declare the exchange");
+    declare_durable(&channel, &queue, arguments).await;
     channel
         .queue_bind(
             queue.as_str().into(),
@@ -282,7 +301,7 @@ pub async fn bound_queue(
             lapin::types::FieldTable::default(),
         )
         .await
-        .unwrap();
+        .expect("bind the queue");
     connection.close(200, "done".into()).await.unwrap();
     queue
 }
@@ -350,6 +369,14 @@ pub fn await_consumer_count(queue: &str, consumers: u64) {
 /// as another application might have.
 pub async fn declare_queue(queue: &str, arguments: lapin::types::FieldTable) {
     let (connection, channel) = raw_channel().await;
+    declare_durable(&channel, queue, arguments).await;
+    connection
+        .close(200, "done".into())
+        .await
+        .expect("close raw connection");
+}
+
+async fn declare_durable(channel: &Channel, queue: &str, arguments: lapin::types::FieldTable) {
     channel
         .queue_declare(
             queue.into(),
@@ -361,10 +388,6 @@ pub async fn declare_queue(queue: &str, arguments: lapin::types::FieldTable) {
         )
         .await
         .expect("declare the queue");
-    connection
-        .close(200, "done".into())
-        .await
-        .expect("close raw connection");
 }
 
 /// Which published messages each run has consumed, by a unique id per

@@ -8,14 +8,15 @@
 //! connection and channel counts are theirs alone.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::{
-        Arc, Mutex,
+        Arc, LazyLock, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use futures_util::FutureExt;
 use hutch_rs::{
     BoxError, ConnectionState, Error, Event, EventStream, Hutch, HutchBuilder, Message, Running,
     Status, consumer, testing::Broker,
@@ -29,8 +30,12 @@ use tokio::sync::watch;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Deliveries seen by `flaky_sink`, to panic on every 100th.
-static FLAKY_DELIVERIES: AtomicU64 = AtomicU64::new(0);
+/// The attempt on which `flaky_sink` handled each of the messages that
+/// panic once, by publish id.
+static HANDLED_AFTER_PANIC: LazyLock<Mutex<BTreeMap<String, u32>>> =
+    LazyLock::new(Default::default);
+/// How many times `flaky_sink` panicked.
+static FLAKY_PANICS: AtomicU64 = AtomicU64::new(0);
 
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -66,18 +71,27 @@ async fn stream_sink(msg: Message<Numbered>) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Every 100th message panics on its first attempt.
 #[consumer(routing_key = "flaky.#", group = "flaky")]
 async fn flaky_sink(msg: Message<Numbered>) -> Result<(), BoxError> {
-    if FLAKY_DELIVERIES.fetch_add(1, Ordering::SeqCst) % 100 == 99 {
-        panic!("the 100th delivery panics");
+    if msg.n % 100 == 99 {
+        if msg.attempt() == 1 {
+            FLAKY_PANICS.fetch_add(1, Ordering::SeqCst);
+            panic!("message {} panics on its first attempt", msg.n);
+        }
+        HANDLED_AFTER_PANIC
+            .lock()
+            .unwrap()
+            .insert(msg.publish_id.clone(), msg.attempt());
     }
     TALLY.record(&msg.run, &msg.publish_id);
     Ok(())
 }
 
+/// Its queue is deleted under it again and again in the test below.
 #[consumer(routing_key = "doomed.#", group = "doomed")]
-async fn always_panics(_msg: Message<Numbered>) -> Result<(), BoxError> {
-    panic!("this handler always panics");
+async fn doomed_sink(_msg: Message<Numbered>) -> Result<(), BoxError> {
+    Ok(())
 }
 
 /// Slow on a message's first delivery, longer than the broker's delivery
@@ -463,65 +477,111 @@ async fn a_broker_back_after_an_outage_is_used_at_once_not_after_the_backoff() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_panicking_on_every_100th_message_restarts_on_its_channel_and_loses_nothing() {
+async fn panics_are_failures_of_their_messages_and_never_stop_the_consumer() {
     let OwnNode {
         broker,
         scope,
         _turn,
     } = OwnNode::take("flaky").await;
+    // The default intensity (10 in 60 s): fifty panics would use it up five
+    // times over if a panic restarted the consumer.
     let hutch = builder(broker.amqp_uri(), &scope, "flaky")
-        .restart_intensity(100, Duration::from_secs(60))
+        .retry_delay(Duration::from_millis(50), Duration::from_millis(200))
         .build()
         .unwrap();
     let mut events = hutch.events();
     let mut running = hutch.start().await.expect("start");
     let queue = scope.queue("flaky_sink");
-    let first_channel = hutch
-        .status()
-        .consumer(&queue)
-        .unwrap()
-        .channel
-        .expect("consuming on a channel");
 
-    const TOTAL: u64 = 1_000;
+    // 5,000 messages, of which every 100th panics once, published throughout
+    // five forced closes of every connection.
+    const TOTAL: u64 = 5_000;
     let confirmed = Confirmed::default();
-    publish_stream(
+    let stream = publish_stream(
         &hutch,
         "flaky.work",
         &scope.namespace,
         TOTAL,
-        4,
+        8,
         &confirmed,
         &Arc::new(AtomicBool::new(false)),
-    )
-    .await
-    .unwrap();
-    consumed_or_failed(&mut running, &scope.namespace, &confirmed.ids()).await;
+    );
+    for round in 1..=5_u64 {
+        confirmed.wait_for(round * 700).await;
+        let broker = broker.clone();
+        tokio::task::spawn_blocking(move || {
+            broker.close_all_connections("hutch-rs test: forced close")
+        })
+        .await
+        .unwrap()
+        .expect("close all connections");
+        wait_until(&hutch, &mut events, |status| {
+            status.connection("consume").is_some_and(|consume| {
+                consume.connects > round && consume.state == ConnectionState::Connected
+            })
+        })
+        .await;
+    }
+    stream.await.unwrap();
+    let expected = confirmed.ids();
+    assert!(expected.len() as u64 >= TOTAL);
+    consumed_or_failed(&mut running, &scope.namespace, &expected).await;
 
+    // Each message that panicked was handled on its second attempt: retried
+    // through its delay queue like any failure. A forced close may make one
+    // panic twice (its first attempt redelivered), never a third time.
+    let handled_after_panic = HANDLED_AFTER_PANIC.lock().unwrap().clone();
+    let panicky: Vec<_> = handled_after_panic
+        .iter()
+        .filter(|(id, _)| expected.contains(*id))
+        .collect();
+    assert!(
+        panicky.len() >= 50,
+        "{} panicky ones handled",
+        panicky.len()
+    );
+    assert!(
+        panicky.iter().all(|(_, attempt)| **attempt == 2),
+        "each panicking message is handled on attempt 2: {panicky:?}"
+    );
+    let panics = FLAKY_PANICS.load(Ordering::SeqCst);
+    assert!(panics >= 50, "{panics} panics");
+
+    // Nothing restarted, nothing given up; the consumer still consumes
+    // (once back from the last forced close).
+    wait_until(&hutch, &mut events, Status::is_healthy).await;
     let status = hutch.status();
     let sink = status.consumer(&queue).unwrap();
-    assert!(sink.restarts >= 9, "one restart per panic: {sink:?}");
     assert_eq!(
-        sink.channel,
-        Some(first_channel),
-        "restarted on its own channel, not a new one"
+        sink.restarts, 0,
+        "a panic is not a consumer failure: {sink:?}"
     );
-    let mut restarted = 0;
+    assert_eq!(sink.state, hutch_rs::ConsumerState::Consuming);
+    assert_eq!(status.connection("consume").unwrap().connects, 6);
     while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(10), events.recv()).await
     {
-        if let Event::ConsumerRestarted {
-            consumer, reason, ..
-        } = event
-        {
-            assert_eq!(consumer, "supervision::flaky_sink");
-            assert!(reason.contains("the 100th delivery panics"), "{reason}");
-            restarted += 1;
-        }
+        assert!(
+            !matches!(event, Event::ConsumerRestarted { .. }),
+            "no restart: {event:?}"
+        );
     }
-    assert_eq!(restarted, sink.restarts);
-    // No channel leaked by the restarts: still one consumer channel; the
-    // publishing connection has the test's channel and the one that
-    // forwarded the panicking messages to their delay queue.
+    assert!(
+        running.failure().now_or_never().is_none(),
+        "run is still running"
+    );
+    // One more that panics once, after the last forced close: it is
+    // forwarded on a new connection's forwarding channel.
+    let after = publish_one(&hutch, "flaky.after", &scope.namespace, 199).await;
+    TALLY
+        .wait_for_all(&scope.namespace, &BTreeSet::from([after]), PATIENCE)
+        .await;
+    eprintln!(
+        "{} confirmed and handled, {panics} panics, 0 restarts",
+        expected.len()
+    );
+    // No channel or connection leaked: one consumer channel; the publishing
+    // connection has the test's channel and the one that forwarded the
+    // panicking messages to their delay queue.
     assert_broker_holds(&broker, 2, 3).await;
     running.shutdown().await.expect("clean shutdown");
     hutch.close().await.unwrap();
@@ -652,6 +712,38 @@ async fn a_black_holed_connection_is_noticed_by_heartbeats_and_recovered() {
     publisher.close().await.unwrap();
 }
 
+/// Deletes `queue` with a plain client, as an operator might: the broker
+/// cancels its consumer, a failure of the consumer's own machinery.
+async fn delete_queue(broker: &Broker, queue: &str) {
+    let (connection, channel) = raw_channel_to(broker).await;
+    channel
+        .queue_delete(queue.into(), Default::default())
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+}
+
+/// Deletes the consumer's queue `times` times, each time once it consumes
+/// again after the previous deletion.
+async fn cancel_by_deleting_its_queue(
+    broker: &Broker,
+    hutch: &Hutch,
+    events: &mut EventStream,
+    queue: &str,
+    times: u32,
+) {
+    for time in 1..=times {
+        wait_until(hutch, events, |status| {
+            status.consumer(queue).is_some_and(|consumer| {
+                consumer.state == hutch_rs::ConsumerState::Consuming
+                    && consumer.restarts == time - 1
+            })
+        })
+        .await;
+        delete_queue(broker, queue).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
     let OwnNode {
@@ -663,14 +755,11 @@ async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
         .restart_intensity(2, Duration::from_secs(60))
         .build()
         .unwrap();
+    let mut events = hutch.events();
     let mut running = hutch.start().await.expect("start");
-    let publisher = builder(broker.amqp_uri(), &scope, "doomed")
-        .build()
-        .unwrap();
-    let queue = scope.queue("always_panics");
-    for n in 0..2 {
-        publish_one(&publisher, "doomed.work", &scope.namespace, n).await;
-    }
+    let queue = scope.queue("doomed_sink");
+    // Two restarts are allowed; the third cancellation is one too many.
+    cancel_by_deleting_its_queue(&broker, &hutch, &mut events, &queue, 3).await;
     let error = tokio::time::timeout(PATIENCE, running.failure())
         .await
         .expect("the consumer gives up");
@@ -683,20 +772,18 @@ async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
     else {
         panic!("expected ConsumerFailed, got {error:?}");
     };
-    assert_eq!(consumer, "supervision::always_panics");
+    assert_eq!(consumer, "supervision::doomed_sink");
     assert_eq!(failed_queue, &queue);
     assert_eq!(*restarts, 2);
-    assert!(reason.contains("this handler always panics"), "{reason}");
-    assert!(error.to_string().contains("supervision::always_panics"));
+    assert!(reason.contains("cancelled the consumer"), "{reason}");
+    assert!(error.to_string().contains("supervision::doomed_sink"));
     assert_eq!(
         hutch.status().consumer(&queue).unwrap().state,
         hutch_rs::ConsumerState::Failed
     );
     // The failed consumer's channel is closed; the connection stays for the
-    // others. Three connections: the consumers', the publishing one that
-    // forwarded the panicking messages (with its forwarding channel) and the
-    // test publisher's (with its publishing channel).
-    assert_broker_holds(&broker, 3, 2).await;
+    // others.
+    assert_broker_holds(&broker, 1, 0).await;
 
     // run_until reports the same failure and closes everything.
     running.shutdown().await.expect("clean shutdown");
@@ -705,27 +792,15 @@ async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
         let hutch = hutch.clone();
         async move { hutch.run_until(std::future::pending()).await }
     });
-    wait_until(&hutch, &mut events, |status| {
-        status
-            .consumer(&queue)
-            .is_some_and(|consumer| consumer.state == hutch_rs::ConsumerState::Consuming)
-    })
-    .await;
-    for n in 10..12 {
-        publish_one(&publisher, "doomed.work", &scope.namespace, n).await;
-    }
+    cancel_by_deleting_its_queue(&broker, &hutch, &mut events, &queue, 3).await;
     let error = tokio::time::timeout(PATIENCE, run)
         .await
         .expect("run_until gives up")
         .unwrap()
         .unwrap_err();
     assert!(matches!(error, Error::ConsumerFailed { .. }), "{error:?}");
-    publisher.close().await.unwrap();
-    // run_until leaves the publishing connection (which forwarded the
-    // failed messages) to the Hutch, which may still publish.
-    assert_broker_holds(&broker, 1, 1).await;
-    hutch.close().await.unwrap();
     assert_broker_holds(&broker, 0, 0).await;
+    hutch.close().await.unwrap();
 }
 
 /// Fatal errors end `start` at once and leave nothing open on the broker.

@@ -417,6 +417,11 @@ impl HutchBuilder {
     /// The restart intensity, as in OTP: a consumer may be restarted at most
     /// `max_restarts` times within `period`; one more failure ends
     /// `run`/`run_until` with an error naming the consumer.
+    ///
+    /// Restarts are for the consumer's own machinery: its channel closed by
+    /// the broker, a server `basic.cancel` (its queue deleted). A handler's
+    /// `Err`, panic or timeout is that one message's failure (retried, then
+    /// dead-lettered) and never counts here.
     pub fn restart_intensity(mut self, max_restarts: u32, period: Duration) -> Self {
         self.restart_intensity =
             Layered::new((max_restarts, period), Source::Setter("restart_intensity"));

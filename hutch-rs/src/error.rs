@@ -119,6 +119,24 @@ pub enum Error {
         max: usize,
     },
 
+    /// The message's properties (headers above all) do not fit in one
+    /// AMQP frame, which the content header must: sent, the broker would
+    /// close the whole publishing connection (501 FRAME_ERROR). Nothing was
+    /// sent.
+    #[error(
+        "the properties of the message for routing key {routing_key:?} take {size} bytes; one frame holds {max} bytes of them on this connection (frame_max {frame_max})"
+    )]
+    HeadersTooLarge {
+        /// The routing key of the publish.
+        routing_key: String,
+        /// The encoded size of the properties, headers included, in bytes.
+        size: usize,
+        /// How many bytes of properties a content header frame holds.
+        max: usize,
+        /// The connection's negotiated frame size.
+        frame_max: u32,
+    },
+
     /// A publish failed before the broker confirmed it.
     #[error("publish to {routing_key:?} on exchange {exchange:?} failed: {source}")]
     Publish {
@@ -168,12 +186,19 @@ pub enum Error {
 
     /// No publisher confirm arrived in time. The message may or may not have
     /// reached the broker.
-    #[error("no publisher confirm for routing key {routing_key:?} within {timeout:?}")]
+    #[error(
+        "no publisher confirm for routing key {routing_key:?} within {timeout:?}{}",
+        down_because(connection_error.as_deref())
+    )]
     PublishTimeout {
         /// The routing key.
         routing_key: String,
         /// The confirm timeout that elapsed.
         timeout: Duration,
+        /// Why the publishing connection could not be opened (or was lost)
+        /// when the publish gave up, if it was down: the cause to fix, such
+        /// as "Connection refused".
+        connection_error: Option<String>,
     },
 
     /// A consumer failed more often than its restart intensity allows (or
@@ -217,4 +242,11 @@ pub enum Error {
     /// Listening for SIGINT/SIGTERM failed.
     #[error("could not listen for shutdown signals: {0}")]
     Signal(#[source] std::io::Error),
+}
+
+/// The end of a publish timeout's message when the connection was down.
+fn down_because(connection_error: Option<&str>) -> String {
+    connection_error
+        .map(|error| format!(": the publishing connection is down ({error})"))
+        .unwrap_or_default()
 }

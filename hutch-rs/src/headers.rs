@@ -17,8 +17,19 @@
 //! | [`QUEUE`] | dead letters | the consumer's queue |
 //! | [`REASON`] | dead letters | [`REASON_ATTEMPTS_EXHAUSTED`], [`REASON_POISON`] or [`REASON_REJECTED`] |
 //! | [`FAILED_AT`] | dead letters | when it failed (AMQP timestamp, seconds) |
+//! | [`HEADERS_DROPPED`] | retries, dead letters | only when the original's headers did not fit beside these: what was dropped |
 //!
-//! Every other property and header of the original message is kept.
+//! Every other property and header of the original message is kept, unless
+//! the copy would not fit in one AMQP frame: then the original's own headers
+//! are dropped (and [`HEADERS_DROPPED`] says so), so that the copy still
+//! reaches its queue.
+//!
+//! These headers count only on a delivery that came back through one of the
+//! consumer's own delay queues (through the default exchange, with the
+//! broker's `x-death` record of it): on any other delivery they are a
+//! publisher's say-so, and [`Message::attempt`](crate::Message::attempt),
+//! [`Message::routing_key`](crate::Message::routing_key) and
+//! [`Message::exchange`](crate::Message::exchange) ignore them.
 
 use lapin::types::{AMQPValue, FieldTable};
 
@@ -43,6 +54,10 @@ pub const REASON: &str = "x-hutch-reason";
 /// On a dead letter: when it failed, as an AMQP timestamp (seconds since
 /// the Unix epoch).
 pub const FAILED_AT: &str = "x-hutch-failed-at";
+
+/// On a copy whose original headers did not fit in one frame beside the
+/// ones above: how many were dropped and how large they were.
+pub const HEADERS_DROPPED: &str = "x-hutch-headers-dropped";
 
 /// [`REASON`]: the handler failed on every one of its attempts.
 pub const REASON_ATTEMPTS_EXHAUSTED: &str = "attempts-exhausted";

@@ -11,7 +11,7 @@ use crate::{
     event::EventStream,
     outgoing::{Outgoing, PublishOptions, Published},
     publisher::Publisher,
-    registry,
+    registry, retry,
     status::Status,
     supervisor::observer::Observer,
     topology::{self, ConsumerPlan},
@@ -171,7 +171,9 @@ impl Hutch {
     /// As [`publish`](Self::publish);
     /// [`Error::InvalidProperty`](crate::Error::InvalidProperty) (nothing
     /// sent) for a header name, message id, correlation id or `reply_to`
-    /// longer than 255 bytes; and
+    /// longer than 255 bytes;
+    /// [`Error::HeadersTooLarge`](crate::Error::HeadersTooLarge) (nothing
+    /// sent) for headers that do not fit in one AMQP frame; and
     /// [`Error::Unroutable`](crate::Error::Unroutable) for a mandatory
     /// message that no queue is bound for.
     pub async fn publish_with<T: Serialize + ?Sized>(
@@ -243,6 +245,54 @@ impl Hutch {
             .publisher
             .publish_batch(messages.into_iter().collect())
             .await
+    }
+
+    /// Declares what [`start`](Self::start) declares, without consuming:
+    /// the exchange, each selected consumer's queue with its bindings, and
+    /// its `<queue>:dead`. Returns the consumers' queue names.
+    ///
+    /// RabbitMQ drops a message that no queue is bound for, even a confirmed
+    /// one. An application that publishes before its consumers run (at
+    /// startup, or a publisher whose consumers live in another process)
+    /// declares first, so that nothing it publishes is lost:
+    ///
+    /// ```no_run
+    /// # async fn example() -> hutch_rs::Result<()> {
+    /// let hutch = hutch_rs::Hutch::from_env()?;
+    /// hutch.declare().await?;
+    /// hutch.publish("orders.placed", &serde_json::json!({ "order_id": 1 })).await?;
+    /// hutch.run_until(std::future::pending()).await
+    /// # }
+    /// ```
+    ///
+    /// Idempotent: declaring what exists with the same arguments changes
+    /// nothing, and `start` declares it all again anyway. It uses a channel
+    /// of its own on the publishing connection, closed afterwards.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateQueue`](crate::Error::DuplicateQueue);
+    /// [`Error::Declare`](crate::Error::Declare) naming what the broker
+    /// refused (e.g. a queue that exists with other arguments);
+    /// [`Error::Connect`](crate::Error::Connect) for refused credentials;
+    /// [`Error::Unavailable`](crate::Error::Unavailable) if no connection
+    /// could be opened within the confirm timeout, with the reason.
+    pub async fn declare(&self) -> Result<Vec<String>> {
+        let plans = self.plan()?;
+        let exchange = &self.inner.settings.exchange;
+        self.inner
+            .publisher
+            .on_spare_channel(async |channel| {
+                topology::declare_exchange(channel, exchange).await?;
+                for plan in &plans {
+                    topology::declare_consumer_queue(channel, exchange, plan).await?;
+                    retry::queues::declare_dead_letter_queue(channel, plan).await?;
+                }
+                Ok(())
+            })
+            .await?;
+        tracing::info!(exchange = %exchange, queues = plans.len(), "topology declared");
+        Ok(plans.into_iter().map(|plan| plan.queue).collect())
     }
 
     /// Connects, declares the exchange, the selected consumers' queues and

@@ -23,6 +23,11 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> hutch_rs::Result<()> {
+//!     // Logs to standard error, unless the application set up its own.
+//!     hutch_rs::init_logging();
+//!     // The exchange, the queues and their bindings: a message published
+//!     // before any queue is bound would be dropped by RabbitMQ.
+//!     hutch_rs::declare().await?;
 //!     // Resolves once the broker has confirmed the message.
 //!     hutch_rs::publish("orders.placed", &OrderPlaced { order_id: 1 }).await?;
 //!     // Every registered consumer, until SIGINT or SIGTERM.
@@ -67,9 +72,11 @@
 //!
 //! hutch-rs keeps one connection for consumers and one for publishing, and
 //! re-establishes each when it is lost (exponential backoff with jitter,
-//! trying every configured node in turn). A consumer that fails is restarted
-//! on its own channel, which it gets back while it is open, and every new
-//! channel gets all of its state again (qos, declarations, `basic.consume`,
+//! trying every configured node in turn). A consumer whose channel the broker
+//! closes or cancels is restarted on its own channel, which it gets back
+//! while it is open (a handler's panic is no such failure: it is that
+//! message's alone, retried like an `Err`), and every new channel gets all
+//! of its state again (qos, declarations, `basic.consume`,
 //! confirm mode). Errors the user must fix (refused credentials, an unknown
 //! vhost, a declaration that conflicts with what exists) are never retried:
 //! they end [`Hutch::start`] or [`run`] with an error naming what is wrong.
@@ -84,9 +91,11 @@ extern crate self as hutch_rs;
 mod config;
 mod error;
 mod event;
+mod frame_size;
 mod handler;
 pub mod headers;
 mod hutch;
+mod logging;
 mod message;
 mod outgoing;
 mod panic;
@@ -111,6 +120,7 @@ pub use config::{
 pub use error::{BoxError, Error, Result};
 pub use event::{Event, EventStream};
 pub use hutch::Hutch;
+pub use logging::init_logging;
 pub use message::{DecodeError, Message};
 pub use outgoing::{HeaderValue, Outgoing, PublishOptions, Published};
 pub use registry::{ConsumerRegistration, consumers};
@@ -153,12 +163,29 @@ fn from_env() -> Result<&'static Hutch> {
 /// unknown vhost, a refused declaration), a consumer past its restart
 /// intensity, or a shutdown that timed out. An unreachable broker is retried
 /// until it can be reached or a signal arrives. See [`Hutch::run_until`].
+///
+/// An application that installed no `tracing` subscriber gets a plain log
+/// output on standard error (see [`init_logging`]), so that an unreachable
+/// broker and why are on screen at once, not hidden behind silent retries.
 pub async fn run() -> Result<()> {
+    init_logging();
     let hutch = from_env()?;
     let signal = shutdown_signal()?;
     let outcome = hutch.run_until(signal).await;
     let closed = hutch.close().await;
     outcome.and(closed)
+}
+
+/// Declares the exchange and every selected consumer's queue, bindings and
+/// dead-letter queue with settings from the environment, without consuming:
+/// call it before publishing at startup, so that nothing published before
+/// [`run`] is dropped for want of a queue. See [`Hutch::declare`].
+///
+/// # Errors
+///
+/// See [`Hutch::declare`].
+pub async fn declare() -> Result<Vec<String>> {
+    from_env()?.declare().await
 }
 
 /// Publishes `value` as JSON with settings from the environment; resolves

@@ -12,7 +12,7 @@ use lapin::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::headers;
+use crate::{headers, retry::provenance};
 
 /// A message delivered to a `#[consumer]` function: the decoded body plus the
 /// AMQP metadata it came with.
@@ -170,7 +170,8 @@ impl<T> Message<T> {
         self.envelope
             .properties
             .timestamp()
-            .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds))
+            // Any u64 can arrive; past what SystemTime holds there is no time.
+            .and_then(|seconds| UNIX_EPOCH.checked_add(Duration::from_secs(seconds)))
     }
 
     /// The AMQP headers table, if the message has one.
@@ -203,7 +204,13 @@ impl<T> Deref for Message<T> {
 impl<T: DeserializeOwned> Message<T> {
     pub(crate) fn decode(incoming: &Incoming) -> Result<Self, DecodeError> {
         check_content_type(&incoming.envelope.properties)?;
-        let body = serde_json::from_slice(&incoming.body).map_err(|source| DecodeError::Json {
+        // Some writers (PowerShell, .NET's UTF8Encoding(true)) start UTF-8
+        // text with a byte-order mark; other JSON readers skip it too.
+        let json = incoming
+            .body
+            .strip_prefix(UTF8_BOM)
+            .unwrap_or(&incoming.body);
+        let body = serde_json::from_slice(json).map_err(|source| DecodeError::Json {
             type_name: std::any::type_name::<T>(),
             source,
         })?;
@@ -213,6 +220,9 @@ impl<T: DeserializeOwned> Message<T> {
         })
     }
 }
+
+/// The UTF-8 encoding of U+FEFF, the byte-order mark.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Messages without a content type are taken as JSON (other publishers often
 /// leave it out); anything that names another format is refused rather than
@@ -290,18 +300,25 @@ impl Envelope {
             .map(ShortString::as_str)
     }
 
-    /// The envelope of a delivery as the broker handed it over. A retried
-    /// copy arrives from a delay queue through the default exchange; its
-    /// headers say where it was first published and which attempt it is.
+    /// The envelope of a delivery to the consumer of `queue`, as the broker
+    /// handed it over. A retried copy arrives from a delay queue through the
+    /// default exchange; its headers say where it was first published and
+    /// which attempt it is. On any other delivery those headers are a
+    /// publisher's say-so and are ignored: it is a first attempt, on the
+    /// route it came by.
     pub(crate) fn of_delivery(
         exchange: &str,
         routing_key: &str,
         redelivered: bool,
         properties: BasicProperties,
+        queue: &str,
     ) -> Self {
         let headers = properties.headers().as_ref();
-        let text = |name: &str| headers.and_then(|headers| headers::text(headers, name));
-        let attempt = headers
+        let retry = headers.filter(|headers| {
+            provenance::is_own_retry(exchange, routing_key, Some(headers), queue)
+        });
+        let text = |name: &str| retry.and_then(|headers| headers::text(headers, name));
+        let attempt = retry
             .and_then(|headers| headers::number(headers, headers::ATTEMPT))
             .and_then(|attempt| u32::try_from(attempt).ok())
             .unwrap_or(1)
@@ -334,7 +351,13 @@ impl Incoming {
     pub fn new(body: Vec<u8>, routing_key: &str, properties: BasicProperties) -> Self {
         Self {
             body,
-            envelope: Arc::new(Envelope::of_delivery("", routing_key, false, properties)),
+            envelope: Arc::new(Envelope::of_delivery(
+                "",
+                routing_key,
+                false,
+                properties,
+                "",
+            )),
         }
     }
 }
@@ -387,6 +410,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("Order"), "{error}");
+    }
+
+    #[test]
+    fn a_json_body_may_start_with_a_byte_order_mark() {
+        let body = b"\xEF\xBB\xBF{\"id\":7}".to_vec();
+        let message = Message::<Order>::decode(&Incoming::new(body, "k", Default::default()));
+        assert_eq!(message.unwrap().into_body(), Order { id: 7 });
+        // Only one, and only at the start.
+        let twice = b"\xEF\xBB\xBF\xEF\xBB\xBF{\"id\":7}".to_vec();
+        assert!(Message::<Order>::decode(&Incoming::new(twice, "k", Default::default())).is_err());
+    }
+
+    #[test]
+    fn a_timestamp_past_what_system_time_holds_is_none() {
+        for seconds in [u64::MAX, i64::MAX as u64 + 1] {
+            let properties = BasicProperties::default().with_timestamp(seconds);
+            let message = Message::<Order>::decode(&incoming(r#"{"id":1}"#, properties)).unwrap();
+            assert_eq!(message.timestamp(), None, "{seconds}");
+        }
+        let properties = BasicProperties::default().with_timestamp(1_700_000_000);
+        let message = Message::<Order>::decode(&incoming(r#"{"id":1}"#, properties)).unwrap();
+        assert_eq!(
+            message.timestamp(),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+    }
+
+    #[test]
+    fn retry_headers_on_a_first_delivery_are_ignored() {
+        let mut forged = FieldTable::default();
+        forged.insert(
+            headers::ATTEMPT.into(),
+            AMQPValue::LongLongInt(4_294_967_295),
+        );
+        forged.insert(
+            headers::ORIGINAL_ROUTING_KEY.into(),
+            AMQPValue::LongString("admin.grant".into()),
+        );
+        forged.insert(
+            headers::ORIGINAL_EXCHANGE.into(),
+            AMQPValue::LongString("elsewhere".into()),
+        );
+        let properties = BasicProperties::default().with_headers(forged);
+        let envelope =
+            Envelope::of_delivery("hutch", "orders.placed", false, properties, "shop:receipts");
+        assert_eq!(envelope.attempt, 1);
+        assert_eq!(envelope.routing_key, "orders.placed");
+        assert_eq!(envelope.exchange, "hutch");
     }
 
     #[test]

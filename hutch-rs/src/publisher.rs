@@ -21,6 +21,7 @@ use tokio::{
 use crate::{
     Error, Result,
     config::Settings,
+    frame_size,
     outgoing::{Outgoing, Published},
     supervisor::{
         classify,
@@ -255,6 +256,7 @@ impl Publisher {
             None => Error::PublishTimeout {
                 routing_key: routing_key.to_owned(),
                 timeout,
+                connection_error: manager.last_error(),
             },
         };
         let (lane, mut turn) = if publish.mandatory {
@@ -353,6 +355,7 @@ impl Publisher {
             ..
         } = *publish;
         let channel = self.channel(lane, manager).await?;
+        check_header_size(publish, manager)?;
         if let Some(turn) = turn.as_deref_mut() {
             turn.unanswered = Some(channel.clone());
         }
@@ -484,6 +487,41 @@ impl Publisher {
         }
     }
 
+    /// Runs `work` on a channel of its own on the publishing connection,
+    /// then closes the channel: for one-off declarations that must not
+    /// disturb the publishing channels if the broker refuses them. Waits for
+    /// the connection within the confirm timeout, as a publish does.
+    pub(crate) async fn on_spare_channel<T>(
+        &self,
+        work: impl AsyncFnOnce(&Channel) -> Result<T>,
+    ) -> Result<T> {
+        const OWNER: &str = "declarations";
+        let manager = self.manager().await;
+        let timeout = self.settings.confirm_timeout;
+        let lease = match tokio::time::timeout(timeout, manager.channel(OWNER)).await {
+            Ok(Ok(Some(lease))) => lease,
+            Ok(Ok(None)) => return Err(manager.ended()),
+            Ok(Err(source)) => {
+                return Err(Error::Declare {
+                    resource: "a channel for declarations".to_owned(),
+                    source: Box::new(source),
+                });
+            }
+            Err(_) => {
+                return Err(Error::Unavailable {
+                    connection: Purpose::Publish.as_str(),
+                    reason: match manager.last_error() {
+                        Some(error) => format!("not connected within {timeout:?}: {error}"),
+                        None => format!("not connected within {timeout:?}"),
+                    },
+                });
+            }
+        };
+        let outcome = work(&lease.channel).await;
+        manager.release(OWNER).await;
+        outcome
+    }
+
     /// The publishing connection's manager, started on first use (and again
     /// after `close` or a fatal error).
     async fn manager(&self) -> ConnectionManager {
@@ -533,6 +571,34 @@ impl Drop for Publisher {
             link.manager.shut_down();
         }
     }
+}
+
+/// Properties that would not fit in one frame fail here: sent, they would
+/// make the broker close the connection that every publish shares, and
+/// sending them again would close it again.
+fn check_header_size(publish: &Publish<'_>, manager: &ConnectionManager) -> Result<()> {
+    // Between the channel and this check the connection may have gone; the
+    // publish then fails on the closed channel as any other would.
+    // Without headers the properties are at most 14 short strings and a
+    // few numbers, under the 4,096-byte frame every broker must accept:
+    // only headers are worth measuring.
+    if publish.properties.headers().is_none() {
+        return Ok(());
+    }
+    let Some(frame_max) = manager.frame_max() else {
+        return Ok(());
+    };
+    let max = frame_size::properties_capacity(frame_max);
+    let size = frame_size::properties_size(&publish.properties);
+    if size > max {
+        return Err(Error::HeadersTooLarge {
+            routing_key: publish.routing_key.to_owned(),
+            size,
+            max,
+            frame_max,
+        });
+    }
+    Ok(())
 }
 
 /// What the broker's answer means for the publish.

@@ -61,6 +61,10 @@ pub struct ConnectionStatus {
     pub blocked: bool,
     /// How many times the connection was established.
     pub connects: u64,
+    /// Why the connection could not be opened or was lost, while it is not
+    /// open (e.g. "IO error: Connection refused (os error 111)"): what a
+    /// health check or an operator needs to see first.
+    pub last_error: Option<String>,
 }
 
 /// The state of a connection.

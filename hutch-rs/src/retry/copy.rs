@@ -10,10 +10,13 @@ use lapin::{
 };
 
 use crate::{
-    headers,
+    frame_size, headers,
     message::Envelope,
     properties::{PERSISTENT, unix_seconds},
 };
+
+/// What the names of hutch-rs's own headers start with.
+const OUR_PREFIX: &str = "x-hutch-";
 
 /// Error texts in headers are cut here: the whole content header must fit
 /// in one frame.
@@ -130,15 +133,64 @@ fn copy_properties(original: &BasicProperties, headers: FieldTable) -> BasicProp
     copy
 }
 
+/// The copy's properties, made to fit in `capacity` bytes (what one frame
+/// holds on the publishing connection): the original's own headers are
+/// dropped first, with a header that says so, then the error text is cut.
+/// A copy must reach its queue: one that does not fit would be refused with
+/// the connection, again and again.
+pub(crate) fn fit_in_frame(properties: BasicProperties, capacity: usize) -> BasicProperties {
+    let size = frame_size::properties_size(&properties);
+    if size <= capacity {
+        return properties;
+    }
+    let mut headers = properties
+        .headers()
+        .as_ref()
+        .map(|headers| headers.inner().clone())
+        .unwrap_or_default();
+    let (ours, theirs): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut headers)
+        .into_iter()
+        .partition(|(name, _)| name.as_str().starts_with(OUR_PREFIX));
+    headers = ours;
+    if !theirs.is_empty() {
+        let dropped_bytes = frame_size::properties_size(
+            &BasicProperties::default().with_headers(theirs.clone().into()),
+        );
+        headers.insert(
+            headers::HEADERS_DROPPED.into(),
+            long_string(&format!(
+                "{} header(s) of the original, {dropped_bytes} bytes encoded, did not fit in one frame beside these",
+                theirs.len()
+            )),
+        );
+    }
+    let mut fitted = properties.clone().with_headers(headers.clone().into());
+    let over = frame_size::properties_size(&fitted).saturating_sub(capacity);
+    if over > 0
+        && let Some(AMQPValue::LongString(error)) = headers.get(headers::ERROR)
+    {
+        let error = String::from_utf8_lossy(error.as_bytes()).into_owned();
+        let keep = error.len().saturating_sub(over);
+        headers.insert(headers::ERROR.into(), long_string(cut(&error, keep)));
+        fitted = properties.with_headers(headers.into());
+    }
+    fitted
+}
+
 fn long_string(text: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(text))
 }
 
 fn truncated(text: &str) -> &str {
-    if text.len() <= MAX_ERROR_BYTES {
+    cut(text, MAX_ERROR_BYTES)
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
         return text;
     }
-    let mut end = MAX_ERROR_BYTES;
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
@@ -193,7 +245,16 @@ mod tests {
             Some("orders.placed")
         );
         // The copy, delivered from the delay queue, reads as the original.
-        let delivered = Envelope::of_delivery("", "shop:receipts", false, copy);
+        let mut expired = FieldTable::default();
+        expired.insert("queue".into(), long_string("shop:receipts:delay:1000ms"));
+        expired.insert("reason".into(), long_string("expired"));
+        let mut delivered_headers = headers.clone();
+        delivered_headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(expired)].into()),
+        );
+        let copy = copy.with_headers(delivered_headers);
+        let delivered = Envelope::of_delivery("", "shop:receipts", false, copy, "shop:receipts");
         assert_eq!(delivered.attempt, 2);
         assert_eq!(delivered.routing_key, "orders.placed");
         assert_eq!(delivered.exchange, "hutch");

@@ -14,6 +14,7 @@ mod decision;
 mod failure;
 mod hook;
 mod policy;
+pub(crate) mod provenance;
 pub(crate) mod queues;
 
 pub(crate) use decision::Action;

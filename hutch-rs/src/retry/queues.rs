@@ -25,7 +25,12 @@ pub(crate) fn dead_letter_queue(queue: &str) -> String {
 
 /// `<queue>:delay:<ms>ms`: one queue per consumer and delay step.
 pub(crate) fn delay_queue(queue: &str, delay: Duration) -> String {
-    format!("{queue}:delay:{}ms", delay.as_millis())
+    format!("{}{}ms", delay_queue_prefix(queue), delay.as_millis())
+}
+
+/// What the names of `queue`'s delay queues start with.
+pub(crate) fn delay_queue_prefix(queue: &str) -> String {
+    format!("{queue}:delay:")
 }
 
 /// Declares `<queue>:dead`: durable, no arguments, bound to nothing. Only

@@ -113,6 +113,25 @@ impl ConnectionManager {
         self.shared.blocked.subscribe()
     }
 
+    /// Why the connection is not open, while it is not and an attempt to
+    /// open it failed.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        if matches!(&*self.shared.link.borrow(), Link::Up(_)) {
+            return None;
+        }
+        self.shared
+            .observer
+            .last_error(self.shared.purpose.as_str())
+    }
+
+    /// The negotiated frame size of the open connection, if one is open.
+    pub(crate) fn frame_max(&self) -> Option<u32> {
+        match &*self.shared.link.borrow() {
+            Link::Up(connection) => Some(connection.configuration().frame_max()),
+            Link::Down | Link::Ended => None,
+        }
+    }
+
     /// Tells the manager that an operation failed in a way that may mean the
     /// connection is gone.
     pub(crate) fn report_trouble(&self) {
@@ -302,6 +321,7 @@ impl ConnectionManager {
                 Err(error) => {
                     attempts += 1;
                     tracing::warn!(connection = purpose, attempts, %error, "could not connect; retrying");
+                    shared.observer.connect_failed(purpose, error.to_string());
                 }
             }
             let delay = backoff.next().unwrap_or(settings.reconnect_max_delay);

@@ -37,8 +37,9 @@ pub(super) enum Ended {
     /// The connection went away: the manager reconnects; the consumer
     /// waits for its channel. Not a consumer failure.
     ConnectionLost(String),
-    /// The consumer itself failed (a handler panicked, the broker cancelled
-    /// it or closed its channel): restarted under the restart intensity.
+    /// The consumer's own machinery failed (the broker cancelled it or
+    /// closed its channel): restarted under the restart intensity. A
+    /// handler's panic is not this: it is one message's failure.
     Crashed(String),
     /// The broker refused something the user must fix (a delay queue that
     /// exists with other arguments, say): ends `run`.

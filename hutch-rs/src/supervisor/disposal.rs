@@ -87,8 +87,11 @@ impl Run<'_> {
                 Outcome::Requeued
             }
             Verdict::Retry(delay) => {
-                let properties =
-                    copy::retry_properties(&incoming.envelope, attempt + 1, &error_text);
+                let properties = copy::retry_properties(
+                    &incoming.envelope,
+                    attempt.saturating_add(1),
+                    &error_text,
+                );
                 let queue = match self
                     .forward(Target::Delay(delay), &incoming, properties)
                     .await
@@ -101,7 +104,7 @@ impl Run<'_> {
                 tracing::warn!(%message_id, attempt, ?delay, %queue, error = %error_text, "handler failed; the message is retried after a delay");
                 self.ack(acker, &incoming, delivery_tag).await;
                 Outcome::Retried {
-                    attempt: attempt + 1,
+                    attempt: attempt.saturating_add(1),
                     delay,
                     queue,
                 }
@@ -154,11 +157,12 @@ impl Run<'_> {
         &self,
         target: Target,
         incoming: &Incoming,
-        properties: BasicProperties,
+        mut properties: BasicProperties,
     ) -> Result<String, Ended> {
         let settings = &self.consumer.settings;
         let queue = self.declared(target, false).await?;
         let mut wait = settings.reconnect_min_delay;
+        let mut fitted = false;
         loop {
             let forwarded = self
                 .consumer
@@ -167,6 +171,17 @@ impl Run<'_> {
                 .await;
             match forwarded {
                 Ok(()) => return Ok(queue),
+                // The original's headers fill the frame: the copy goes
+                // without them rather than not at all. Fitted, it cannot be
+                // too large again unless the frame cannot even hold
+                // hutch-rs's own headers, which the user must fix.
+                Err(Error::HeadersTooLarge { max, size, .. }) if !fitted => {
+                    tracing::warn!(%queue, size, max, "the copy's headers do not fit in one frame; the original's own headers are dropped from it");
+                    properties = copy::fit_in_frame(properties, max);
+                    fitted = true;
+                    continue;
+                }
+                Err(error @ Error::HeadersTooLarge { .. }) => return Err(Ended::Fatal(error)),
                 Err(error) if classify::is_fatal(&error) => return Err(Ended::Fatal(error)),
                 Err(Error::Unroutable { .. }) => {
                     tracing::warn!(%queue, "the copy was returned: the queue does not exist; declaring it again");

@@ -82,6 +82,7 @@ impl Observer {
                 broker: None,
                 blocked: false,
                 connects: 0,
+                last_error: None,
             });
         update(connection);
     }
@@ -100,6 +101,7 @@ impl Observer {
             connection.broker = Some(broker.clone());
             connection.blocked = false;
             connection.connects += 1;
+            connection.last_error = None;
         });
         self.emit(Event::Connected {
             connection: purpose,
@@ -109,10 +111,27 @@ impl Observer {
 
     pub(crate) fn disconnected(&self, purpose: &'static str, reason: String) {
         self.connecting(purpose);
+        self.connect_failed(purpose, reason.clone());
         self.emit(Event::Disconnected {
             connection: purpose,
             reason,
         });
+    }
+
+    /// An attempt to open the connection failed (or it was lost): kept
+    /// until it is open again.
+    pub(crate) fn connect_failed(&self, purpose: &'static str, reason: String) {
+        self.with_connection(purpose, |connection| {
+            connection.last_error = Some(reason);
+        });
+    }
+
+    /// Why the connection is not open, if it is not and an attempt failed.
+    pub(crate) fn last_error(&self, purpose: &'static str) -> Option<String> {
+        self.state()
+            .connections
+            .get(purpose)
+            .and_then(|connection| connection.last_error.clone())
     }
 
     pub(crate) fn blocked(&self, purpose: &'static str, reason: String) {

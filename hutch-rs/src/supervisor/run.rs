@@ -56,11 +56,10 @@ pub(super) const REQUEUE: BasicNackOptions = BasicNackOptions {
 pub(super) enum Handled {
     /// The handler succeeded: the run owes the broker an acknowledgement.
     Succeeded,
-    /// Settled, or left to the broker to redeliver.
+    /// Settled, or left to the broker to redeliver. A handler that
+    /// panicked ends here too: its message was retried or dead-lettered
+    /// like any failure, and the consumer goes on.
     Settled,
-    /// The handler panicked: the message was dealt with as a failure, and
-    /// the consumer restarts.
-    Panicked(String),
     /// A failed message could not be forwarded; it was put back, and the
     /// run ends this way.
     Ended(Ended),
@@ -115,12 +114,6 @@ impl<'a> Run<'a> {
                     match handled {
                         Handled::Succeeded => ledger.handled(tag),
                         Handled::Settled => ledger.settled(tag),
-                        Handled::Panicked(panic) => {
-                            ledger.settled(tag);
-                            if self.end_with(&mut ending, Ended::Crashed(format!("the handler panicked: {panic}"))) {
-                                cancelling.set(self.cancel_consume().fuse());
-                            }
-                        }
                         Handled::Ended(ended) => {
                             ledger.settled(tag);
                             if self.end_with(&mut ending, ended) {
@@ -236,13 +229,10 @@ impl<'a> Run<'a> {
                 routing_key.as_str(),
                 redelivered,
                 properties,
+                &self.consumer.plan.queue,
             )),
         };
         let failure = self.call_handler(&incoming).await;
-        let panic = match &failure {
-            Some(HandlerError::Panicked(panic)) => Some(panic.clone()),
-            _ => None,
-        };
 
         // A delivery tag is only valid on the channel it came from. If that
         // channel closed while the handler ran, the broker has already taken
@@ -256,17 +246,16 @@ impl<'a> Run<'a> {
                 |error| format!("failed: {error}"),
             );
             tracing::warn!(message_id = %message_id(&incoming), delivery_tag, %outcome, "the delivery's channel closed while it was handled; not settled, the broker redelivers it");
-            return panic.map_or(Handled::Settled, Handled::Panicked);
+            return Handled::Settled;
         }
 
-        let handled = match failure {
+        match failure {
             // Acknowledged by the run, together with its neighbours.
-            None => return Handled::Succeeded,
+            None => Handled::Succeeded,
+            // A panic is one message's failure, like an `Err`: the panic
+            // was caught inside the call, nothing of the consumer is left
+            // broken, so it keeps consuming on its channel.
             Some(error) => self.dispose(acker, incoming, delivery_tag, error).await,
-        };
-        match (handled, panic) {
-            (Handled::Settled, Some(panic)) => Handled::Panicked(panic),
-            (handled, _) => handled,
         }
     }
 

@@ -17,6 +17,7 @@
 //! | [`QUEUE`] | dead letters | the consumer's queue |
 //! | [`REASON`] | dead letters | [`REASON_ATTEMPTS_EXHAUSTED`], [`REASON_POISON`] or [`REASON_REJECTED`] |
 //! | [`FAILED_AT`] | dead letters | when it failed (AMQP timestamp, seconds) |
+//! | [`COPY`] | retries, dead letters | the copy's number on its consumer's forwarding channel |
 //! | [`HEADERS_DROPPED`] | retries, dead letters | only when the original's headers did not fit beside these: what was dropped |
 //!
 //! Every other property and header of the original message is kept, unless
@@ -54,6 +55,11 @@ pub const REASON: &str = "x-hutch-reason";
 /// On a dead letter: when it failed, as an AMQP timestamp (seconds since
 /// the Unix epoch).
 pub const FAILED_AT: &str = "x-hutch-failed-at";
+
+/// On a copy: its number on its consumer's forwarding channel. Many copies
+/// are in flight at once there, and the broker returns one whose queue is
+/// missing without saying which publish it was; this number tells.
+pub const COPY: &str = "x-hutch-copy";
 
 /// On a copy whose original headers did not fit in one frame beside the
 /// ones above: how many were dropped and how large they were.

@@ -67,8 +67,8 @@ pub(crate) struct Publisher {
     link: Mutex<Option<Link>>,
     /// Ordinary publishes, any number in flight.
     publishing: Lane,
-    /// Mandatory publishes (the application's, and copies of failed
-    /// messages), one at a time.
+    /// The application's mandatory publishes, one at a time. (Copies of
+    /// failed messages go on channels of their consumers' own.)
     returning: Lane,
     /// Held for the whole of a mandatory publish (see [`Turn`]). lapin hands
     /// a `basic.return` to whichever confirm completes next, and the broker
@@ -208,23 +208,54 @@ impl Publisher {
             .await
     }
 
-    /// Publishes a copy of a failed message straight to `queue` through the
-    /// default exchange, mandatory: a queue that does not exist is an
-    /// [`Error::Unroutable`], not a message silently dropped.
-    pub(crate) async fn forward(
+    /// A confirm-mode channel of `owner`'s own on the publishing connection,
+    /// and that connection's manager (for its blocked flag and frame size).
+    /// Waits while the connection is down; the caller bounds the wait. A
+    /// channel whose setup does not finish is released, never left half set
+    /// up in the manager's map.
+    pub(crate) async fn confirm_channel(
         &self,
-        queue: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<()> {
-        self.confirmed(Publish {
-            exchange: "",
-            routing_key: queue,
-            body,
-            properties,
-            mandatory: true,
-        })
-        .await
+        owner: &str,
+    ) -> Result<(Channel, ConnectionManager)> {
+        let manager = self.manager().await;
+        loop {
+            let lease = manager
+                .channel(owner)
+                .await
+                .map_err(|source| Error::Declare {
+                    resource: format!("a channel for {owner}"),
+                    source: Box::new(source),
+                })?;
+            let Some(lease) = lease else {
+                return Err(manager.ended());
+            };
+            let setup = tokio::time::timeout(
+                self.settings.connection_timeout,
+                lease
+                    .channel
+                    .confirm_select(ConfirmSelectOptions::default()),
+            )
+            .await;
+            match setup {
+                Ok(Ok(())) => return Ok((lease.channel, manager)),
+                Ok(Err(source)) if classify::is_fatal_channel_error(&source) => {
+                    return Err(Error::Declare {
+                        resource: format!("confirm mode on the channel for {owner}"),
+                        source: Box::new(source),
+                    });
+                }
+                outcome => {
+                    tracing::debug!(
+                        owner,
+                        ?outcome,
+                        "setting up a confirm channel failed; retrying"
+                    );
+                    manager.release(owner).await;
+                    manager.report_trouble();
+                    tokio::time::sleep(self.settings.reconnect_min_delay).await;
+                }
+            }
+        }
     }
 
     /// Publishes until the broker answers, within the confirm timeout:

@@ -56,6 +56,11 @@ impl ErrorHooks {
         self.hooks.push(Arc::new(hook));
     }
 
+    /// Whether no hook is registered.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.hooks.is_empty()
+    }
+
     /// Calls every hook on a task of its own, so a hook that is slow,
     /// fails or panics cannot hold up or break the consumer; what goes wrong
     /// is logged.

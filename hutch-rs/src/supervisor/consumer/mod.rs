@@ -16,6 +16,13 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod calling;
+mod forwarding;
+mod ledger;
+mod receiving;
+mod settling;
+mod verdict;
+
 use crate::{
     Error, Result,
     config::Settings,
@@ -24,10 +31,12 @@ use crate::{
     status::ConsumerState,
     supervisor::{
         classify, connection_manager::ConnectionManager, intensity::RestartIntensity,
-        observer::Observer, run::Run,
+        observer::Observer,
     },
     topology::{self, ConsumerPlan},
 };
+
+use receiving::Run;
 
 /// How one run of a consumer on its channel ended.
 #[derive(Debug)]

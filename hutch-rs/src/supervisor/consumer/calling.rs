@@ -1,0 +1,136 @@
+//! Handler calls, on the runtime's worker threads: one task per call, so a
+//! handler that burns CPU holds up neither the consumer's acknowledgements
+//! and `basic.cancel` nor the consumer's other calls, and its timeout is
+//! kept from outside the call.
+
+use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+
+use futures_util::FutureExt;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::time::{DelayQueue, delay_queue};
+
+use crate::{
+    handler::{HandlerFn, HandlerOutcome},
+    message::Incoming,
+    panic::panic_message,
+    retry::HandlerError,
+};
+
+/// A call that finished, failed or ran out of time.
+pub(super) struct Finished {
+    pub(super) tag: u64,
+    pub(super) incoming: Arc<Incoming>,
+    /// `None` when the handler succeeded.
+    pub(super) failure: Option<HandlerError>,
+}
+
+struct Call {
+    tag: u64,
+    incoming: Arc<Incoming>,
+    deadline: delay_queue::Key,
+    abort: AbortHandle,
+}
+
+/// The handler calls of one consumer run.
+pub(super) struct Calls {
+    handler: HandlerFn,
+    timeout: Duration,
+    tasks: JoinSet<Option<HandlerError>>,
+    /// Calls whose outcome is still to come, by task.
+    calls: HashMap<tokio::task::Id, Call>,
+    deadlines: DelayQueue<tokio::task::Id>,
+}
+
+impl Calls {
+    pub(super) fn new(handler: HandlerFn, timeout: Duration) -> Self {
+        Self {
+            handler,
+            timeout,
+            tasks: JoinSet::new(),
+            calls: HashMap::new(),
+            deadlines: DelayQueue::new(),
+        }
+    }
+
+    /// Starts the handler on `incoming`, decoding included, on a task of its
+    /// own.
+    pub(super) fn start(&mut self, tag: u64, incoming: Arc<Incoming>) {
+        let handler = self.handler;
+        let delivered = incoming.clone();
+        // The handler is called inside the guarded future, so that a panic
+        // while decoding is caught as well as one in the handler's body.
+        let abort = self.tasks.spawn(async move {
+            match AssertUnwindSafe(async move { handler(&delivered).await })
+                .catch_unwind()
+                .await
+            {
+                Ok(HandlerOutcome::Succeeded) => None,
+                Ok(HandlerOutcome::Failed(error)) => Some(HandlerError::Failed(error)),
+                Ok(HandlerOutcome::Undecodable(error)) => Some(HandlerError::Undecodable(error)),
+                Err(panic) => Some(HandlerError::Panicked(panic_message(panic.as_ref()))),
+            }
+        });
+        let id = abort.id();
+        let deadline = self.deadlines.insert(id, self.timeout);
+        self.calls.insert(
+            id,
+            Call {
+                tag,
+                incoming,
+                deadline,
+                abort,
+            },
+        );
+    }
+
+    /// How many calls occupy the consumer's concurrency: those running,
+    /// including any past its timeout that has not stopped yet (a handler
+    /// that never reaches an `.await` cannot be stopped).
+    pub(super) fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next call to finish, fail or run out of time. Pending for ever
+    /// when no call runs.
+    pub(super) async fn next(&mut self) -> Finished {
+        loop {
+            tokio::select! {
+                Some(joined) = self.tasks.join_next_with_id() => {
+                    let (id, failure) = match joined {
+                        Ok((id, failure)) => (id, failure),
+                        // Stopped at its timeout: already reported.
+                        Err(error) if error.is_cancelled() => continue,
+                        // The guard catches panics in the call; this is one in
+                        // dropping what the call left.
+                        Err(error) => {
+                            let id = error.id();
+                            let panic = error
+                                .try_into_panic()
+                                .map(|panic| panic_message(panic.as_ref()))
+                                .unwrap_or_else(|error| error.to_string());
+                            (id, Some(HandlerError::Panicked(panic)))
+                        }
+                    };
+                    let Some(call) = self.calls.remove(&id) else { continue };
+                    self.deadlines.remove(&call.deadline);
+                    return Finished { tag: call.tag, incoming: call.incoming, failure };
+                }
+                Some(expired) = std::future::poll_fn(|context| self.deadlines.poll_expired(context)) => {
+                    let Some(call) = self.calls.remove(expired.get_ref()) else { continue };
+                    // Dropped at its next `.await`; its message is decided now.
+                    call.abort.abort();
+                    return Finished {
+                        tag: call.tag,
+                        incoming: call.incoming,
+                        failure: Some(HandlerError::TimedOut(self.timeout)),
+                    };
+                }
+                else => std::future::pending::<()>().await,
+            }
+        }
+    }
+}

@@ -202,6 +202,7 @@ impl<T> Deref for Message<T> {
 
 impl<T: DeserializeOwned> Message<T> {
     pub(crate) fn decode(incoming: &Incoming) -> Result<Self, DecodeError> {
+        check_headers(&incoming.envelope.properties)?;
         check_content_type(&incoming.envelope.properties)?;
         let body = serde_json::from_slice(&incoming.body).map_err(|source| DecodeError::Json {
             type_name: std::any::type_name::<T>(),
@@ -212,6 +213,20 @@ impl<T: DeserializeOwned> Message<T> {
             envelope: incoming.envelope.clone(),
         })
     }
+}
+
+/// A message whose headers hutch-rs replaced on arrival (nested too deeply
+/// to parse safely) is poison: what the handler would read is gone.
+fn check_headers(properties: &BasicProperties) -> Result<(), DecodeError> {
+    let Some(headers) = properties.headers() else {
+        return Ok(());
+    };
+    if !headers.inner().contains_key(headers::REJECTED_HEADERS) {
+        return Ok(());
+    }
+    let note = headers::text(headers, headers::REJECTED_HEADERS)
+        .unwrap_or_else(|| "set by the publisher".to_owned());
+    Err(DecodeError::RejectedHeaders(note))
 }
 
 /// Messages without a content type are taken as JSON (other publishers often
@@ -256,6 +271,11 @@ pub enum DecodeError {
     /// The body is compressed or otherwise encoded.
     #[error("unsupported content encoding {0:?}")]
     UnsupportedContentEncoding(String),
+    /// The message's headers were removed on arrival (see
+    /// [`REJECTED_HEADERS`](crate::headers::REJECTED_HEADERS)); the text says
+    /// why.
+    #[error("rejected headers: {0}")]
+    RejectedHeaders(String),
     /// The body is not valid JSON for the handler's type.
     #[error("body is not valid JSON for {type_name}: {source}")]
     Json {
@@ -387,6 +407,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("Order"), "{error}");
+    }
+
+    #[test]
+    fn rejected_headers_make_the_message_poison() {
+        let note = "headers nested deeper than 64 levels (9000 bytes) were removed by hutch-rs";
+        let mut headers = FieldTable::default();
+        headers.insert(
+            headers::REJECTED_HEADERS.into(),
+            AMQPValue::LongString(note.into()),
+        );
+        let properties = BasicProperties::default().with_headers(headers);
+        let error = Message::<Order>::decode(&incoming(r#"{"id":7}"#, properties)).unwrap_err();
+        assert!(matches!(error, DecodeError::RejectedHeaders(ref text) if text == note));
+        assert_eq!(error.to_string(), format!("rejected headers: {note}"));
+
+        // Whatever its value: a publisher setting it only poisons its own
+        // message.
+        let mut headers = FieldTable::default();
+        headers.insert(headers::REJECTED_HEADERS.into(), AMQPValue::Boolean(true));
+        let properties = BasicProperties::default().with_headers(headers);
+        let error = Message::<Order>::decode(&incoming(r#"{"id":7}"#, properties)).unwrap_err();
+        assert!(matches!(error, DecodeError::RejectedHeaders(_)));
+
+        let mut headers = FieldTable::default();
+        headers.insert("x-other".into(), AMQPValue::Boolean(true));
+        let properties = BasicProperties::default().with_headers(headers);
+        assert!(Message::<Order>::decode(&incoming(r#"{"id":7}"#, properties)).is_ok());
     }
 
     #[test]

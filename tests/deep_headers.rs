@@ -31,8 +31,11 @@ async fn around_the_limit(msg: Message<serde_json::Value>) -> Result<(), BoxErro
     Ok(())
 }
 
-/// The headers each handler saw, by message id.
-static HEADERS: LazyLock<Mutex<Vec<(String, Option<FieldTable>)>>> = LazyLock::new(Mutex::default);
+/// A message id and the headers its handler saw.
+type Handled = (String, Option<FieldTable>);
+
+/// The headers each handler saw.
+static HEADERS: LazyLock<Mutex<Vec<Handled>>> = LazyLock::new(Mutex::default);
 
 fn record(consumer: &'static str, msg: &Message<serde_json::Value>) {
     HEADERS.lock().unwrap().push((

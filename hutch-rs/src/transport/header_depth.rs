@@ -59,8 +59,8 @@ pub(crate) fn sanitize_content_header_frame(frame: &[u8]) -> Option<Vec<u8>> {
     let new_size = payload.len() - headers.len() + replacement.len();
     let mut sanitized = Vec::with_capacity(FRAME_HEADER_LEN + new_size + 1);
     sanitized.extend_from_slice(&frame[..3]);
-    // The replacement is a few dozen bytes, always smaller than what it
-    // replaces (more than 64 levels of 5 bytes each).
+    // The replacement is about a hundred bytes, always fewer than what it
+    // replaces (at least 65 levels of 5 bytes each).
     sanitized.extend_from_slice(&u32::try_from(new_size).ok()?.to_be_bytes());
     sanitized.extend_from_slice(&payload[..headers.start]);
     sanitized.extend_from_slice(&replacement);
@@ -77,7 +77,8 @@ enum Verdict {
     /// The headers table (its length prefix included) at this range of the
     /// payload nests deeper than [`MAX_HEADER_DEPTH`].
     TooDeep { headers: Range<usize> },
-    /// Not a content header payload amq-protocol would accept.
+    /// Not something this walker can read (cut short, an unknown tag, an
+    /// entry running past its container); amq-protocol refuses it too.
     Malformed,
 }
 
@@ -114,23 +115,30 @@ fn check_properties(payload: &[u8]) -> Verdict {
 /// `None` if it is malformed before that is known.
 ///
 /// Iterative on purpose: an explicit stack of open containers, bounded by
-/// the limit, so that the walker itself cannot run out of stack.
+/// the limit (a fixed array, no allocation per message), so that the
+/// walker itself cannot run out of stack.
 fn depth_exceeds_limit(payload: &[u8], table: Range<usize>) -> Option<bool> {
     /// An array or table being walked: where it ends and whether its
     /// entries have names.
+    #[derive(Clone, Copy)]
     struct Open {
         end: usize,
         named: bool,
     }
-    let mut open = Vec::with_capacity(MAX_HEADER_DEPTH + 1);
-    open.push(Open {
+    // The headers table, then one slot per level allowed inside it.
+    let mut open = [Open {
         end: table.end,
         named: true,
-    });
+    }; MAX_HEADER_DEPTH + 1];
+    let mut depth = 0;
     let mut pos = table.start;
-    while let Some(container) = open.last() {
+    loop {
+        let container = open[depth];
         if pos == container.end {
-            open.pop();
+            if depth == 0 {
+                return Some(false);
+            }
+            depth -= 1;
             continue;
         }
         // Each container is read only within its own bounds, as
@@ -143,15 +151,16 @@ fn depth_exceeds_limit(payload: &[u8], table: Range<usize>) -> Option<bool> {
         match tag {
             b'A' | b'F' => {
                 let inner = reader.long_bytes()?;
-                // The headers table is depth 0, so a value nested `n` deep
-                // leaves `n + 1` containers open.
-                if open.len() > MAX_HEADER_DEPTH {
+                // The headers table is depth 0: this container is at
+                // `depth + 1`.
+                if depth == MAX_HEADER_DEPTH {
                     return Some(true);
                 }
-                open.push(Open {
+                depth += 1;
+                open[depth] = Open {
                     end: inner.end,
                     named: tag == b'F',
-                });
+                };
                 pos = inner.start;
                 continue;
             }
@@ -162,7 +171,6 @@ fn depth_exceeds_limit(payload: &[u8], table: Range<usize>) -> Option<bool> {
         }
         pos = reader.pos;
     }
-    Some(false)
 }
 
 /// The size of a fixed-size field value after its tag, for the tags

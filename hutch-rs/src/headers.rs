@@ -19,6 +19,7 @@
 //! | [`FAILED_AT`] | dead letters | when it failed (AMQP timestamp, seconds) |
 //! | [`COPY`] | retries, dead letters | the copy's number on its consumer's forwarding channel |
 //! | [`HEADERS_DROPPED`] | retries, dead letters | only when the original's headers did not fit beside these: what was dropped |
+//! | [`REJECTED_HEADERS`] | deliveries, dead letters | in place of headers nested too deeply to read safely |
 //!
 //! Every other property and header of the original message is kept, unless
 //! the copy would not fit in one AMQP frame: then the original's own headers
@@ -65,10 +66,25 @@ pub const COPY: &str = "x-hutch-copy";
 /// ones above: how many were dropped and how large they were.
 pub const HEADERS_DROPPED: &str = "x-hutch-headers-dropped";
 
+/// Replaces a delivery's headers when they nest arrays and tables deeper
+/// than 64 levels: a long string saying how many bytes were removed.
+///
+/// Reading such headers would overflow the stack of lapin's I/O thread
+/// (amq-protocol parses them recursively) and abort the process, so
+/// hutch-rs rewrites them as they arrive from the broker, before anything
+/// parses them. Every other property is kept; the consumer does not call
+/// its handler but dead-letters the message as [`REASON_POISON`], with this
+/// header in place of the originals.
+///
+/// A publisher that sets this header itself only makes its own message
+/// poison: it is not trusted for anything else.
+pub const REJECTED_HEADERS: &str = "x-hutch-rejected-headers";
+
 /// [`REASON`]: the handler failed on every one of its attempts.
 pub const REASON_ATTEMPTS_EXHAUSTED: &str = "attempts-exhausted";
 /// [`REASON`]: the body could not be decoded (or its content type is not
-/// JSON); the handler was not called.
+/// JSON, or its headers were [rejected](REJECTED_HEADERS)); the handler was
+/// not called.
 pub const REASON_POISON: &str = "poison";
 /// [`REASON`]: the handler asked for it with
 /// [`Decision::dead_letter`](crate::Decision::dead_letter).

@@ -106,6 +106,7 @@ mod retry;
 mod status;
 mod supervisor;
 mod topology;
+mod transport;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -203,6 +203,7 @@ impl<T> Deref for Message<T> {
 
 impl<T: DeserializeOwned> Message<T> {
     pub(crate) fn decode(incoming: &Incoming) -> Result<Self, DecodeError> {
+        check_headers(&incoming.envelope.properties)?;
         check_content_type(&incoming.envelope.properties)?;
         // Some writers (PowerShell, .NET's UTF8Encoding(true)) start UTF-8
         // text with a byte-order mark; other JSON readers skip it too.
@@ -223,6 +224,20 @@ impl<T: DeserializeOwned> Message<T> {
 
 /// The UTF-8 encoding of U+FEFF, the byte-order mark.
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A message whose headers hutch-rs replaced on arrival (nested too deeply
+/// to parse safely) is poison: what the handler would read is gone.
+fn check_headers(properties: &BasicProperties) -> Result<(), DecodeError> {
+    let Some(headers) = properties.headers() else {
+        return Ok(());
+    };
+    if !headers.inner().contains_key(headers::REJECTED_HEADERS) {
+        return Ok(());
+    }
+    let note = headers::text(headers, headers::REJECTED_HEADERS)
+        .unwrap_or_else(|| "set by the publisher".to_owned());
+    Err(DecodeError::RejectedHeaders(note))
+}
 
 /// Messages without a content type are taken as JSON (other publishers often
 /// leave it out); anything that names another format is refused rather than
@@ -266,6 +281,11 @@ pub enum DecodeError {
     /// The body is compressed or otherwise encoded.
     #[error("unsupported content encoding {0:?}")]
     UnsupportedContentEncoding(String),
+    /// The message's headers were removed on arrival (see
+    /// [`REJECTED_HEADERS`](crate::headers::REJECTED_HEADERS)); the text says
+    /// why.
+    #[error("rejected headers: {0}")]
+    RejectedHeaders(String),
     /// The body is not valid JSON for the handler's type.
     #[error("body is not valid JSON for {type_name}: {source}")]
     Json {
@@ -458,6 +478,33 @@ mod tests {
         assert_eq!(envelope.attempt, 1);
         assert_eq!(envelope.routing_key, "orders.placed");
         assert_eq!(envelope.exchange, "hutch");
+    }
+
+    #[test]
+    fn rejected_headers_make_the_message_poison() {
+        let note = "headers nested deeper than 64 levels (9000 bytes) were removed by hutch-rs";
+        let mut headers = FieldTable::default();
+        headers.insert(
+            headers::REJECTED_HEADERS.into(),
+            AMQPValue::LongString(note.into()),
+        );
+        let properties = BasicProperties::default().with_headers(headers);
+        let error = Message::<Order>::decode(&incoming(r#"{"id":7}"#, properties)).unwrap_err();
+        assert!(matches!(error, DecodeError::RejectedHeaders(ref text) if text == note));
+        assert_eq!(error.to_string(), format!("rejected headers: {note}"));
+
+        // Whatever its value: a publisher setting it only poisons its own
+        // message.
+        let mut headers = FieldTable::default();
+        headers.insert(headers::REJECTED_HEADERS.into(), AMQPValue::Boolean(true));
+        let properties = BasicProperties::default().with_headers(headers);
+        let error = Message::<Order>::decode(&incoming(r#"{"id":7}"#, properties)).unwrap_err();
+        assert!(matches!(error, DecodeError::RejectedHeaders(_)));
+
+        let mut headers = FieldTable::default();
+        headers.insert("x-other".into(), AMQPValue::Boolean(true));
+        let properties = BasicProperties::default().with_headers(headers);
+        assert!(Message::<Order>::decode(&incoming(r#"{"id":7}"#, properties)).is_ok());
     }
 
     #[test]

@@ -89,6 +89,8 @@
 extern crate self as hutch_rs;
 
 mod config;
+#[cfg(test)]
+mod decode_fuzz_tests;
 mod error;
 mod event;
 mod frame_size;

@@ -337,7 +337,14 @@ impl Envelope {
         let retry = headers.filter(|headers| {
             provenance::is_own_retry(exchange, routing_key, Some(headers), queue)
         });
-        let text = |name: &str| retry.and_then(|headers| headers::text(headers, name));
+        // An exchange name and a routing key are AMQP short strings: a
+        // longer one was not written by hutch-rs, and carried onto the next
+        // copy it could fill the frame on its own.
+        let text = |name: &str| {
+            retry
+                .and_then(|headers| headers::text(headers, name))
+                .filter(|text| text.len() <= SHORT_STRING_MAX)
+        };
         let attempt = retry
             .and_then(|headers| headers::number(headers, headers::ATTEMPT))
             .and_then(|attempt| u32::try_from(attempt).ok())
@@ -353,6 +360,9 @@ impl Envelope {
         }
     }
 }
+
+/// The longest AMQP short string, in bytes.
+const SHORT_STRING_MAX: usize = 255;
 
 /// A delivery before decoding: what the consumer hands to a registered
 /// handler.
@@ -505,6 +515,38 @@ mod tests {
         headers.insert("x-other".into(), AMQPValue::Boolean(true));
         let properties = BasicProperties::default().with_headers(headers);
         assert!(Message::<Order>::decode(&incoming(r#"{"id":7}"#, properties)).is_ok());
+    }
+
+    #[test]
+    fn a_retrys_route_longer_than_a_short_string_is_ignored() {
+        // Found by decode_fuzz_tests: carried onto the next copy, the
+        // route alone overfilled the frame and the consumer stopped.
+        let mut expired = FieldTable::default();
+        expired.insert(
+            "queue".into(),
+            AMQPValue::LongString("shop:receipts:delay:50ms".into()),
+        );
+        expired.insert("reason".into(), AMQPValue::LongString("expired".into()));
+        let mut retry = FieldTable::default();
+        retry.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(expired)].into()),
+        );
+        retry.insert(headers::ATTEMPT.into(), AMQPValue::LongLongInt(2));
+        retry.insert(
+            headers::ORIGINAL_ROUTING_KEY.into(),
+            AMQPValue::LongString("k".repeat(256).as_str().into()),
+        );
+        retry.insert(
+            headers::ORIGINAL_EXCHANGE.into(),
+            AMQPValue::LongString("e".repeat(255).as_str().into()),
+        );
+        let properties = BasicProperties::default().with_headers(retry);
+        let envelope =
+            Envelope::of_delivery("", "shop:receipts", false, properties, "shop:receipts");
+        assert_eq!(envelope.attempt, 2);
+        assert_eq!(envelope.routing_key, "shop:receipts");
+        assert_eq!(envelope.exchange, "e".repeat(255));
     }
 
     #[test]

@@ -81,13 +81,20 @@ pub(crate) fn dead_letter_properties(
 }
 
 /// The original headers plus the original route and the error.
+///
+/// The original's own `x-hutch-*` headers are not carried: each one hutch-rs
+/// means is written again on the copy, and any other is a publisher's, which
+/// [`fit_in_frame`] would keep as hutch-rs's (a large one would make every
+/// copy too large for a frame, and the consumer stop). Only the notes of
+/// what was removed from the original go on ([`CARRIED_NOTES`]).
 fn carried_headers(envelope: &Envelope, error: &str) -> BTreeMap<ShortString, AMQPValue> {
-    let mut headers = envelope
+    let mut headers: BTreeMap<ShortString, AMQPValue> = envelope
         .properties
         .headers()
         .as_ref()
         .map(|headers| headers.inner().clone())
         .unwrap_or_default();
+    headers.retain(|name, _| !is_ours(name.as_str()) || is_carried_note(name.as_str()));
     for broker_header in BROKER_DEATH_HEADERS {
         headers.remove(broker_header);
     }
@@ -148,9 +155,12 @@ pub(crate) fn fit_in_frame(properties: BasicProperties, capacity: usize) -> Basi
         .as_ref()
         .map(|headers| headers.inner().clone())
         .unwrap_or_default();
+    // A note carried from an earlier copy is the original's too (and any
+    // publisher can write one): dropped like the rest if need be, and
+    // written again if anything is dropped now.
     let (ours, theirs): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut headers)
         .into_iter()
-        .partition(|(name, _)| name.as_str().starts_with(OUR_PREFIX));
+        .partition(|(name, _)| is_ours(name.as_str()) && !is_carried_note(name.as_str()));
     headers = ours;
     if !theirs.is_empty() {
         let dropped_bytes = frame_size::properties_size(
@@ -175,6 +185,18 @@ pub(crate) fn fit_in_frame(properties: BasicProperties, capacity: usize) -> Basi
         fitted = properties.with_headers(headers.into());
     }
     fitted
+}
+
+/// hutch-rs's notes of what was removed from the original, carried from
+/// copy to copy as the original's own headers are.
+const CARRIED_NOTES: [&str; 2] = [headers::HEADERS_DROPPED, headers::REJECTED_HEADERS];
+
+fn is_carried_note(name: &str) -> bool {
+    CARRIED_NOTES.contains(&name)
+}
+
+fn is_ours(name: &str) -> bool {
+    name.starts_with(OUR_PREFIX)
 }
 
 fn long_string(text: &str) -> AMQPValue {
@@ -284,6 +306,48 @@ mod tests {
         assert_eq!(
             headers.inner().get(headers::FAILED_AT),
             Some(&AMQPValue::Timestamp(1_700_000_000))
+        );
+    }
+
+    #[test]
+    fn a_publishers_x_hutch_headers_are_not_carried_and_cannot_overfill_a_copy() {
+        // Found by decode_fuzz_tests: kept as hutch-rs's own by
+        // fit_in_frame, these made every copy too large for a frame, and
+        // the consumer stopped with HeadersTooLarge.
+        let mut forged = FieldTable::default();
+        for name in [
+            "x-hutch-padding",
+            headers::CONSUMER,
+            headers::HEADERS_DROPPED,
+        ] {
+            forged.insert(name.into(), long_string(&"é".repeat(3_000)));
+        }
+        forged.insert("tenant".into(), long_string("acme"));
+        let original = envelope(BasicProperties::default().with_headers(forged), 1);
+        let capacity = 4_096 - 20;
+
+        let retry = retry_properties(&original, 2, "boom");
+        let headers = retry.headers().as_ref().unwrap();
+        assert!(!headers.contains_key("x-hutch-padding"));
+        assert!(!headers.contains_key(headers::CONSUMER));
+        assert!(headers.contains_key("tenant"));
+        let fitted = fit_in_frame(retry, capacity);
+        assert!(frame_size::properties_size(&fitted) <= capacity);
+        let note = headers::text(fitted.headers().as_ref().unwrap(), headers::HEADERS_DROPPED);
+        assert!(note.unwrap().starts_with("2 header(s)"));
+
+        let dead = DeadLetter {
+            consumer: "shop::send_receipt",
+            queue: "shop:send_receipt",
+            reason: headers::REASON_POISON,
+            error: "bad",
+            failed_at: SystemTime::UNIX_EPOCH,
+        };
+        let fitted = fit_in_frame(dead_letter_properties(&original, &dead), capacity);
+        assert!(frame_size::properties_size(&fitted) <= capacity);
+        assert_eq!(
+            headers::text(fitted.headers().as_ref().unwrap(), headers::CONSUMER).as_deref(),
+            Some("shop::send_receipt")
         );
     }
 }

@@ -476,8 +476,15 @@ impl<'a> Run<'a> {
     /// deliveries must be stopped with `basic.cancel`; handlers already
     /// running finish first.
     fn end_with(&self, ending: &mut Option<Ended>, ended: Ended) -> bool {
-        if ending.is_some() {
-            tracing::warn!(?ended, "the consumer was already ending");
+        if let Some(already) = ending {
+            // A refusal the user must fix outranks the channel closing that
+            // it caused (the broker closes the channel as it refuses), which
+            // the run may have seen first.
+            if matches!(ended, Ended::Fatal(_)) && !matches!(already, Ended::Fatal(_)) {
+                *ending = Some(ended);
+            } else {
+                tracing::warn!(?ended, "the consumer was already ending");
+            }
             return false;
         }
         // A forward interrupted by shutdown: the shutdown token ends the run.

@@ -137,6 +137,33 @@ async fn brittle(msg: Message<Item>) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Set once the CPU hog's first call stops burning.
+static HOG_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Message 0's first call burns CPU for 8 s without ever reaching an
+/// `.await`: it can be neither interrupted nor share its thread.
+#[consumer(
+    routing_key = "hog.#",
+    group = "hog",
+    prefetch = 8,
+    concurrency = 2,
+    timeout = "300ms",
+    max_attempts = 2,
+    retry_min_delay = "50ms",
+    retry_max_delay = "50ms"
+)]
+async fn hog(msg: Message<Item>) -> Result<(), BoxError> {
+    JOURNAL.record(Seen::of("hog", &msg));
+    if msg.id == 0 && msg.attempt() == 1 {
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        HOG_DONE.store(true, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
 async fn publish_items(hutch: &Hutch, key: &str, ids: impl Iterator<Item = u64>) {
     stream::iter(ids)
         .map(|id| async move {
@@ -373,6 +400,45 @@ async fn a_panic_among_concurrent_calls_is_retried_while_the_others_go_on() {
         assert_eq!(attempts(id), [(1, false)], "message {id} handled once");
     }
     assert_eq!(attempts(0), [(1, false), (2, false)]);
+    let status = hutch.status();
+    let consumer = status.consumer(&queue).unwrap();
+    assert_eq!((consumer.restarts, consumer.stale_acks), (0, 0));
+    assert_eq!(take_all(&format!("{queue}:dead")).await.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_burning_cpu_holds_up_neither_the_other_calls_nor_its_timeout() {
+    hutch_rs_tests::init_logging();
+    let scope = Scope::new("hog");
+    let hutch = scope.hutch("hog");
+    let running = hutch.start().await.expect("start");
+    let queue = scope.queue("hog");
+    publish_items(&hutch, "hog.item", std::iter::once(0)).await;
+    JOURNAL.wait_for("hog", 1).await;
+    publish_items(&hutch, "hog.item", 1..6).await;
+    // While message 0's first call still burns its thread: the others are
+    // handled and acknowledged on the other slot, and message 0's timeout
+    // fired, so that its retry (attempt 2) was handled too.
+    let seen = JOURNAL.wait_for("hog", 7).await;
+    assert!(
+        !HOG_DONE.load(Ordering::SeqCst),
+        "all of this happened while the hog still burned"
+    );
+    await_queue(&queue, 0, 0).await;
+    assert!(!HOG_DONE.load(Ordering::SeqCst));
+    let zero: Vec<u32> = seen
+        .iter()
+        .filter(|seen| seen.body["id"] == 0)
+        .map(|seen| seen.attempt)
+        .collect();
+    assert_eq!(zero, [1, 2], "timed out at 300 ms and retried");
+    for id in 1..6 {
+        assert!(
+            seen.iter().any(|seen| seen.body["id"] == id),
+            "{id} handled"
+        );
+    }
+    running.shutdown().await.expect("clean shutdown");
     let status = hutch.status();
     let consumer = status.consumer(&queue).unwrap();
     assert_eq!((consumer.restarts, consumer.stale_acks), (0, 0));

@@ -94,16 +94,18 @@ impl Calls {
         self.tasks.is_empty()
     }
 
-    /// The next call to finish, fail or run out of time. Pending for ever
-    /// when no call runs.
-    pub(super) async fn next(&mut self) -> Finished {
+    /// The next call to finish, fail or run out of time; `None` when a task
+    /// ended whose call was decided already (stopped at its timeout), so
+    /// that the caller sees the set shrink. Pending for ever when no call
+    /// runs.
+    pub(super) async fn next(&mut self) -> Option<Finished> {
         loop {
             tokio::select! {
                 Some(joined) = self.tasks.join_next_with_id() => {
                     let (id, failure) = match joined {
                         Ok((id, failure)) => (id, failure),
                         // Stopped at its timeout: already reported.
-                        Err(error) if error.is_cancelled() => continue,
+                        Err(error) if error.is_cancelled() => return None,
                         // The guard catches panics in the call; this is one in
                         // dropping what the call left.
                         Err(error) => {
@@ -115,19 +117,21 @@ impl Calls {
                             (id, Some(HandlerError::Panicked(panic)))
                         }
                     };
-                    let Some(call) = self.calls.remove(&id) else { continue };
+                    // Gone from the map: it ran past its timeout, which was
+                    // reported; it finished after all.
+                    let call = self.calls.remove(&id)?;
                     self.deadlines.remove(&call.deadline);
-                    return Finished { tag: call.tag, incoming: call.incoming, failure };
+                    return Some(Finished { tag: call.tag, incoming: call.incoming, failure });
                 }
                 Some(expired) = std::future::poll_fn(|context| self.deadlines.poll_expired(context)) => {
                     let Some(call) = self.calls.remove(expired.get_ref()) else { continue };
                     // Dropped at its next `.await`; its message is decided now.
                     call.abort.abort();
-                    return Finished {
+                    return Some(Finished {
                         tag: call.tag,
                         incoming: call.incoming,
                         failure: Some(HandlerError::TimedOut(self.timeout)),
-                    };
+                    });
                 }
                 else => std::future::pending::<()>().await,
             }

@@ -154,7 +154,9 @@ impl<'a> Run<'a> {
                 () = &mut cancelling, if !cancelling.is_terminated() => {}
                 Some(unwritten) = settler.written(), if settler.is_writing() => self.unwritten(unwritten),
                 finished = calls.next(), if !calls.is_empty() => {
-                    self.finished(finished, &mut settler, &mut backlog);
+                    if let Some(finished) = finished {
+                        self.finished(finished, &mut settler, &mut backlog);
+                    }
                 }
                 round = &mut forwarding, if !forwarding.is_terminated() => {
                     if let Some(ended) = self.forwarded(round, &mut settler, &mut backlog) {

@@ -47,6 +47,20 @@ async fn application_entry_point() {
     println!("STOPPED");
 }
 
+/// The lines `stream` carries, as they come, read on a thread of their own.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (lines, output) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    output
+}
+
 #[test]
 fn run_and_publish_use_the_environment_and_stop_on_sigterm() {
     let scope = Scope::new("env");
@@ -65,16 +79,7 @@ fn run_and_publish_use_the_environment_and_stop_on_sigterm() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the application");
-    let (lines, output) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let output = lines_of(child.stdout.take().unwrap());
     let expect_line = |prefix: &str| loop {
         let line = output
             .recv_timeout(PATIENCE)
@@ -146,16 +151,7 @@ fn run_with_no_broker_and_no_subscriber_says_why_within_two_seconds() {
         .stdout(Stdio::null())
         .spawn()
         .expect("start the application");
-    let (lines, output) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let output = lines_of(child.stderr.take().unwrap());
     let said = loop {
         let line = output
             .recv_timeout(Duration::from_secs(2).saturating_sub(started.elapsed()))

@@ -266,6 +266,29 @@ async fn consumed_or_failed(running: &mut Running, run: &str, expected: &BTreeSe
     }
 }
 
+/// Force-closes every connection on `broker`, then waits until the consume
+/// connection is back for the `closes`-th time.
+async fn force_close_all(
+    broker: &Arc<Broker>,
+    hutch: &Hutch,
+    events: &mut EventStream,
+    closes: u64,
+) {
+    let closing = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        closing.close_all_connections("hutch-rs test: forced close")
+    })
+    .await
+    .unwrap()
+    .expect("close all connections");
+    wait_until(hutch, events, |status| {
+        status.connection("consume").is_some_and(|consume| {
+            consume.connects > closes && consume.state == ConnectionState::Connected
+        })
+    })
+    .await;
+}
+
 /// Waits, event by event, until the status satisfies `done`.
 async fn wait_until(hutch: &Hutch, events: &mut EventStream, done: impl Fn(&Status) -> bool) {
     let waited = tokio::time::timeout(PATIENCE, async {
@@ -312,19 +335,7 @@ async fn connections_force_closed_repeatedly_during_a_stream_lose_nothing() {
     );
     for round in 1..=3_u64 {
         confirmed.wait_for(round * 2_500).await;
-        let broker = broker.clone();
-        tokio::task::spawn_blocking(move || {
-            broker.close_all_connections("hutch-rs test: forced close")
-        })
-        .await
-        .unwrap()
-        .expect("close all connections");
-        wait_until(&hutch, &mut events, |status| {
-            status.connection("consume").is_some_and(|consume| {
-                consume.connects > round && consume.state == ConnectionState::Connected
-            })
-        })
-        .await;
+        force_close_all(&broker, &hutch, &mut events, round).await;
     }
     let after_last_close = confirmed.ids().len() as u64;
     confirmed
@@ -508,19 +519,7 @@ async fn panics_are_failures_of_their_messages_and_never_stop_the_consumer() {
     );
     for round in 1..=5_u64 {
         confirmed.wait_for(round * 700).await;
-        let broker = broker.clone();
-        tokio::task::spawn_blocking(move || {
-            broker.close_all_connections("hutch-rs test: forced close")
-        })
-        .await
-        .unwrap()
-        .expect("close all connections");
-        wait_until(&hutch, &mut events, |status| {
-            status.connection("consume").is_some_and(|consume| {
-                consume.connects > round && consume.state == ConnectionState::Connected
-            })
-        })
-        .await;
+        force_close_all(&broker, &hutch, &mut events, round).await;
     }
     stream.await.unwrap();
     let expected = confirmed.ids();

@@ -435,3 +435,48 @@ pub(crate) async fn close_channel(owner: &str, channel: &Channel) {
 fn reconnect_backoff(settings: &Settings) -> Backoff {
     Backoff::new(settings.reconnect_min_delay, settings.reconnect_max_delay).with_jitter()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::HutchBuilder;
+
+    /// A broker that is away behind a load balancer: the port accepts every
+    /// connection and closes it at once, before any AMQP.
+    #[tokio::test]
+    async fn an_accepting_port_of_a_broker_away_is_not_probed_every_second() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counting = accepted.clone();
+        let listening = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counting.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let settings = HutchBuilder::defaults()
+            .uri(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+            .reconnect_delay(Duration::from_secs(4), Duration::from_secs(4))
+            .validate()
+            .unwrap();
+        let manager =
+            ConnectionManager::new(Purpose::Consume, Arc::new(settings), Observer::default());
+        let running = tokio::spawn(manager.clone().run());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        manager.shut_down();
+        running.await.unwrap().unwrap();
+        listening.abort();
+        // Waits of 4 to 8 s: at most 6 connection attempts and 5 waits, each
+        // probing once as it begins, and 4 more probes within the first 5 s
+        // of the outage. Probing once a second throughout would be about 20
+        // probes on top of the attempts.
+        let connections = accepted.load(Ordering::SeqCst);
+        assert!(
+            (3..=15).contains(&connections),
+            "{connections} connections in 20 s"
+        );
+    }
+}

@@ -409,6 +409,20 @@ impl HutchBuilder {
     /// The delays between connection attempts: exponential from `min` to
     /// `max`, each plus a random jitter of up to the same amount; reset once
     /// a connection has stayed up for a while.
+    ///
+    /// While it waits, the connection manager watches the broker's port:
+    /// once the port has refused connections (the broker is down), the wait
+    /// ends as soon as it accepts again, so a broker back from a restart is
+    /// used within about a second rather than after the rest of the delay.
+    /// A port that accepts is probed once per wait, and once a second only
+    /// within the first seconds after the connection was lost, so that the
+    /// log of the broker (or of a load balancer in front of it) is not
+    /// filled with probes.
+    ///
+    /// The same range, without jitter, paces a consumer restarted more than
+    /// once within the restart intensity's window (its first restart there
+    /// is immediate), the forwarding of failed messages that could not be
+    /// published, and a publish whose channel keeps failing.
     pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_delay = Layered::new((min, max), Source::Setter("reconnect_delay"));
         self

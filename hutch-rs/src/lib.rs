@@ -88,6 +88,7 @@
 
 extern crate self as hutch_rs;
 
+mod backoff;
 mod config;
 #[cfg(test)]
 mod decode_fuzz_tests;

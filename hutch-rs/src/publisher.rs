@@ -20,6 +20,7 @@ use tokio::{
 
 use crate::{
     Error, Result,
+    backoff::Backoff,
     config::Settings,
     frame_size,
     outgoing::{Outgoing, Published},
@@ -218,6 +219,7 @@ impl Publisher {
         owner: &str,
     ) -> Result<(Channel, ConnectionManager)> {
         let manager = self.manager().await;
+        let mut backoff = self.retry_backoff();
         loop {
             let lease = manager
                 .channel(owner)
@@ -252,7 +254,9 @@ impl Publisher {
                     );
                     manager.release(owner).await;
                     manager.report_trouble();
-                    tokio::time::sleep(self.settings.reconnect_min_delay).await;
+                    // Cut short when the manager shuts down: the next
+                    // request for a channel then says so.
+                    backoff.wait(manager.shutting_down()).await;
                 }
             }
         }
@@ -299,6 +303,7 @@ impl Publisher {
             (&self.publishing, None)
         };
         let publishing = async {
+            let mut backoff = self.retry_backoff();
             let mut unblocked = manager.blocked();
             loop {
                 // A blocked connection is not read by the broker: what is
@@ -315,7 +320,7 @@ impl Publisher {
                         tracing::warn!(exchange = %publish.exchange, %routing_key, %error, "the publish was not confirmed before its channel failed; publishing it again");
                         manager.report_trouble();
                         // Not in a tight loop if the channel keeps failing.
-                        tokio::time::sleep(self.settings.reconnect_min_delay).await;
+                        backoff.wait(manager.shutting_down()).await;
                     }
                 }
             }
@@ -326,6 +331,16 @@ impl Publisher {
             // is unanswered.
             Err(_) => Err(gave_up(&mut blocked)),
         }
+    }
+
+    /// The waits between attempts of one publish (or one channel setup)
+    /// whose channel keeps failing: the reconnect delays, without jitter
+    /// (the confirm timeout bounds them anyway).
+    fn retry_backoff(&self) -> Backoff {
+        Backoff::new(
+            self.settings.reconnect_min_delay,
+            self.settings.reconnect_max_delay,
+        )
     }
 
     /// The turn of a mandatory publish, once the publishes before it are

@@ -7,7 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{Channel, Connection};
 use tokio::sync::{Mutex, Notify, watch};
@@ -15,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Error, Result,
+    backoff::Backoff,
     config::{BrokerUri, Settings},
     status::ConnectionState,
     supervisor::{
@@ -106,6 +106,12 @@ impl ConnectionManager {
     /// requests return `None`.
     pub(crate) fn shut_down(&self) {
         self.shared.shutdown.cancel();
+    }
+
+    /// Cancelled once the manager is shut down: for waits that should not
+    /// outlast it.
+    pub(crate) fn shutting_down(&self) -> &CancellationToken {
+        &self.shared.shutdown
     }
 
     /// Whether (and why) the broker blocks the connection, as it changes.
@@ -271,9 +277,13 @@ impl ConnectionManager {
         let shared = &self.shared;
         let settings = &shared.settings;
         let purpose = shared.purpose.as_str();
-        let mut backoff = new_backoff(settings);
+        let mut backoff = reconnect_backoff(settings);
         let mut attempts: u64 = 0;
         let mut node = 0;
+        // When the broker was last connected (or the manager started): the
+        // reconnect probe watches a port that still accepts only for a
+        // short while after this.
+        let mut outage_began = tokio::time::Instant::now();
         loop {
             let uri = &settings.uris[node % settings.uris.len()];
             node += 1;
@@ -300,8 +310,9 @@ impl ConnectionManager {
                         return Ok(());
                     };
                     if opened.elapsed() >= STABLE_AFTER {
-                        backoff = new_backoff(settings);
+                        backoff.reset();
                     }
+                    outage_began = tokio::time::Instant::now();
                     tracing::warn!(connection = purpose, %reason, "connection lost; reconnecting");
                     shared.observer.disconnected(purpose, reason);
                 }
@@ -324,7 +335,7 @@ impl ConnectionManager {
                     shared.observer.connect_failed(purpose, error.to_string());
                 }
             }
-            let delay = backoff.next().unwrap_or(settings.reconnect_max_delay);
+            let delay = backoff.next_delay();
             let next_uri = &settings.uris[node % settings.uris.len()];
             tokio::select! {
                 biased;
@@ -332,7 +343,7 @@ impl ConnectionManager {
                     self.end(ConnectionState::Closed);
                     return Ok(());
                 }
-                () = reachability::wait_before_retry(next_uri, delay) => {}
+                () = reachability::wait_before_retry(next_uri, delay, outage_began) => {}
             }
         }
     }
@@ -418,12 +429,54 @@ pub(crate) async fn close_channel(owner: &str, channel: &Channel) {
     }
 }
 
-fn new_backoff(settings: &Settings) -> impl Iterator<Item = std::time::Duration> {
-    ExponentialBuilder::new()
-        .with_min_delay(settings.reconnect_min_delay)
-        .with_max_delay(settings.reconnect_max_delay)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// The delays between connection attempts: `reconnect_delay`, with jitter
+/// so that the clients of a broker that went away do not all come back at
+/// once.
+fn reconnect_backoff(settings: &Settings) -> Backoff {
+    Backoff::new(settings.reconnect_min_delay, settings.reconnect_max_delay).with_jitter()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::HutchBuilder;
+
+    /// A broker that is away behind a load balancer: the port accepts every
+    /// connection and closes it at once, before any AMQP.
+    #[tokio::test]
+    async fn an_accepting_port_of_a_broker_away_is_not_probed_every_second() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counting = accepted.clone();
+        let listening = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counting.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let settings = HutchBuilder::defaults()
+            .uri(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+            .reconnect_delay(Duration::from_secs(4), Duration::from_secs(4))
+            .validate()
+            .unwrap();
+        let manager =
+            ConnectionManager::new(Purpose::Consume, Arc::new(settings), Observer::default());
+        let running = tokio::spawn(manager.clone().run());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        manager.shut_down();
+        running.await.unwrap().unwrap();
+        listening.abort();
+        // Waits of 4 to 8 s: at most 6 connection attempts and 5 waits, each
+        // probing once as it begins, and 4 more probes within the first 5 s
+        // of the outage. Probing once a second throughout would be about 20
+        // probes on top of the attempts.
+        let connections = accepted.load(Ordering::SeqCst);
+        assert!(
+            (3..=15).contains(&connections),
+            "{connections} connections in 20 s"
+        );
+    }
 }

@@ -2,10 +2,7 @@
 //! channel, applies all of its state to it, hands each delivery to the
 //! registered function, and is restarted when it fails.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use lapin::{
     Channel,
@@ -25,6 +22,7 @@ mod verdict;
 
 use crate::{
     Error, Result,
+    backoff::Backoff,
     config::Settings,
     publisher::Publisher,
     retry::queues,
@@ -107,6 +105,10 @@ impl ConsumerSupervisor {
         let mut ready = Some(ready);
         let mut intensity =
             RestartIntensity::new(self.settings.max_restarts, self.settings.restart_period);
+        let mut restart_backoff = Backoff::new(
+            self.settings.reconnect_min_delay,
+            self.settings.reconnect_max_delay,
+        );
         loop {
             self.observer
                 .consumer_state(&self.name, ConsumerState::WaitingForChannel);
@@ -213,14 +215,15 @@ impl ConsumerSupervisor {
                     tracing::warn!(%reason, restarts = intensity.total(), "consumer failed; restarting it");
                     self.observer
                         .consumer_restarted(&self.name, intensity.total(), reason);
-                    // The first restart is immediate; repeated ones back off
-                    // a little, so a broker that is still recovering gets
+                    // The first restart within the intensity's window is
+                    // immediate; repeated ones back off (the reconnect
+                    // delays), so a broker that is still recovering gets
                     // time before the intensity is used up.
-                    let delay = restart_delay(&self.settings, intensity.recent());
-                    tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => {}
-                        () = tokio::time::sleep(delay) => {}
+                    if intensity.recent() <= 1 {
+                        restart_backoff.reset();
+                    } else {
+                        // Cut short by shutdown, which the loop then sees.
+                        restart_backoff.wait(&shutdown).await;
                     }
                 }
             }
@@ -283,19 +286,6 @@ impl Setup {
             error => Setup::Fatal(error),
         }
     }
-}
-
-/// No wait for the first restart within the window, then the reconnect
-/// delays: the minimum, doubling, up to the maximum.
-fn restart_delay(settings: &Settings, recent_restarts: u32) -> Duration {
-    if recent_restarts <= 1 {
-        return Duration::ZERO;
-    }
-    let doublings = (recent_restarts - 2).min(16);
-    settings
-        .reconnect_min_delay
-        .saturating_mul(1 << doublings)
-        .min(settings.reconnect_max_delay)
 }
 
 fn consumer_tag(plan: &ConsumerPlan) -> String {

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    backoff::Backoff,
     message::{Envelope, Incoming},
     retry::{Failure, HandlerError, Outcome, copy},
     supervisor::{
@@ -66,8 +67,8 @@ struct Backlog {
     jobs: VecDeque<Job>,
     /// Not before this, after a round that could not get through.
     not_before: Option<Instant>,
-    /// The next wait after a failed round: doubling, reset by a success.
-    wait: Duration,
+    /// The waits after failed rounds: reset by a success.
+    backoff: Backoff,
 }
 
 impl<'a> Run<'a> {
@@ -105,7 +106,7 @@ impl<'a> Run<'a> {
         let mut backlog = Backlog {
             jobs: VecDeque::new(),
             not_before: None,
-            wait: settings.reconnect_min_delay,
+            backoff: Backoff::new(settings.reconnect_min_delay, settings.reconnect_max_delay),
         };
         let mut ending: Option<Ended> = None;
         // `basic.cancel` when the run starts to end, awaited alongside the
@@ -351,7 +352,7 @@ impl<'a> Run<'a> {
             ended,
         } = round;
         if !done.is_empty() {
-            backlog.wait = self.consumer.settings.reconnect_min_delay;
+            backlog.backoff.reset();
         }
         for (job, queue) in done {
             settler.ack_later(job.tag);
@@ -399,13 +400,10 @@ impl<'a> Run<'a> {
             backlog.jobs.push_front(job);
         }
         if !again_later.is_empty() {
-            tracing::warn!(copies = again_later.len(), retry_in = ?backlog.wait, "failed messages could not be forwarded yet; their originals stay unacknowledged meanwhile");
+            let wait = backlog.backoff.next_delay();
+            tracing::warn!(copies = again_later.len(), retry_in = ?wait, "failed messages could not be forwarded yet; their originals stay unacknowledged meanwhile");
             backlog.jobs.extend(again_later);
-            backlog.not_before = Some(Instant::now() + backlog.wait);
-            backlog.wait = backlog
-                .wait
-                .saturating_mul(2)
-                .min(self.consumer.settings.reconnect_max_delay);
+            backlog.not_before = Some(Instant::now() + wait);
         }
         None
     }

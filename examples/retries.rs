@@ -64,8 +64,9 @@ async fn main() -> Result<(), BoxError> {
             .on_error(move |failure: Failure| {
                 let dead_lettered = dead_lettered.clone();
                 async move {
-                    // Report to your error tracker here. A hook runs on a task of
-                    // its own: it cannot slow down or break the consumer.
+                    // Report to your error tracker here. A hook runs on a worker
+                    // of its own, one failure at a time from a bounded queue:
+                    // it cannot slow down or break the consumer.
                     println!(
                         "{} failed on attempt {} of message {:?}: {} -> {:?}",
                         failure.consumer(),

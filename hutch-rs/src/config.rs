@@ -183,6 +183,11 @@ pub(crate) struct Settings {
     pub(crate) retry: RetryPolicy,
     pub(crate) handler_timeout: Duration,
     pub(crate) error_hooks: ErrorHooks,
+    /// Fault injection for hutch-rs's own tests: the queue whose consumer
+    /// panics in its run loop on each delivery (see
+    /// [`HutchBuilder::__panic_in_run_loop`]).
+    #[cfg(feature = "testing")]
+    pub(crate) panic_in_run_loop: Option<String>,
 }
 
 /// Builds a [`Hutch`](crate::Hutch): defaults, overlaid with the environment,
@@ -228,6 +233,8 @@ pub struct HutchBuilder {
     retry_delay: Layered<(Duration, Duration)>,
     handler_timeout: Layered<Duration>,
     error_hooks: ErrorHooks,
+    #[cfg(feature = "testing")]
+    panic_in_run_loop: Option<String>,
 }
 
 impl fmt::Debug for HutchBuilder {
@@ -292,6 +299,8 @@ impl HutchBuilder {
             ),
             handler_timeout: Layered::new(DEFAULT_HANDLER_TIMEOUT, Source::Default),
             error_hooks: ErrorHooks::default(),
+            #[cfg(feature = "testing")]
+            panic_in_run_loop: None,
         }
     }
 
@@ -466,12 +475,33 @@ impl HutchBuilder {
         self
     }
 
-    /// Adds an error hook, called (on a task of its own) for every message
-    /// whose handling failed, once its outcome (retry, dead letter, requeue)
-    /// is carried out. Hooks add to the log line hutch-rs always writes; one
-    /// that fails or panics is logged and changes nothing else.
+    /// Adds an error hook, called for every message whose handling failed,
+    /// once its outcome (retry, dead letter, requeue) is carried out. Hooks
+    /// add to the log line hutch-rs always writes; one that fails or panics
+    /// is logged and changes nothing else.
+    ///
+    /// Each hook has a worker task of its own that calls it with one failure
+    /// at a time, from a queue of
+    /// [`ERROR_HOOK_QUEUE_CAPACITY`](crate::ERROR_HOOK_QUEUE_CAPACITY)
+    /// failures: a slow hook never holds up a consumer. A failure that finds
+    /// the queue full is not reported to that hook; it is counted in
+    /// [`Status::hook_failures_dropped`](crate::Status::hook_failures_dropped)
+    /// and logged. Shutdown waits for the queues to drain, within the
+    /// shutdown timeout.
     pub fn on_error(mut self, hook: impl ErrorHook) -> Self {
         self.error_hooks.push(hook);
+        self
+    }
+
+    /// Fault injection for hutch-rs's own tests; not part of the API and not
+    /// covered by semver. The consumer of `queue` (its full name, namespace
+    /// included) panics in its run loop, outside any handler, on each
+    /// delivery: what a bug in hutch-rs's consumer code would do. Only with
+    /// the `testing` feature.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn __panic_in_run_loop(mut self, queue: &str) -> Self {
+        self.panic_in_run_loop = Some(queue.to_owned());
         self
     }
 
@@ -582,6 +612,8 @@ impl HutchBuilder {
             },
             handler_timeout: self.handler_timeout.value,
             error_hooks: self.error_hooks,
+            #[cfg(feature = "testing")]
+            panic_in_run_loop: self.panic_in_run_loop,
         })
     }
 }

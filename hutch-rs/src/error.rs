@@ -201,8 +201,10 @@ pub enum Error {
         connection_error: Option<String>,
     },
 
-    /// A consumer failed more often than its restart intensity allows (or
-    /// could not be restarted); `run`/`run_until` end with this.
+    /// A consumer failed more often than its restart intensity allows, could
+    /// not be restarted, or its task panicked outside a handler (a bug in
+    /// hutch-rs: the reason starts with "the consumer's task panicked");
+    /// `run`/`run_until` end with this.
     #[error("consumer {consumer} (queue {queue:?}) failed after {restarts} restart(s): {reason}")]
     ConsumerFailed {
         /// The consumer function, `module::function`.

@@ -4,6 +4,7 @@
 use std::{future::Future, sync::Arc};
 
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::{
     HutchBuilder, Result, Running,
@@ -11,9 +12,10 @@ use crate::{
     event::EventStream,
     outgoing::{Outgoing, PublishOptions, Published},
     publisher::Publisher,
-    registry, retry,
+    registry,
+    retry::{self, HookQueues},
     status::Status,
-    supervisor::observer::Observer,
+    supervisor::{observer::Observer, tree::Root},
     topology::{self, ConsumerPlan},
 };
 
@@ -43,6 +45,11 @@ struct Inner {
     /// Shared with the consumers, which publish retries and dead letters
     /// through it.
     publisher: Arc<Publisher>,
+    /// The error hooks' queues, fed by the consumers of every `Running`.
+    hooks: Arc<HookQueues>,
+    /// The root of the tree: cancelled when the last `Hutch` clone and the
+    /// last `Running` are gone.
+    root: Arc<Root>,
 }
 
 impl Hutch {
@@ -65,11 +72,20 @@ impl Hutch {
     pub(crate) fn from_settings(settings: Settings) -> Self {
         let settings = Arc::new(settings);
         let observer = Observer::default();
+        let root = Arc::new(Root::default());
+        let hooks = HookQueues::new(
+            &settings.error_hooks,
+            observer.clone(),
+            root.tracker().clone(),
+            root.token().clone(),
+        );
         Self {
             inner: Arc::new(Inner {
-                publisher: Arc::new(Publisher::new(settings.clone(), observer.clone())),
+                publisher: Arc::new(Publisher::new(settings.clone(), observer.clone(), &root)),
+                hooks: Arc::new(hooks),
                 observer,
                 settings,
+                root,
             }),
         }
     }
@@ -321,6 +337,8 @@ impl Hutch {
             self.inner.settings.clone(),
             self.inner.observer.clone(),
             self.inner.publisher.clone(),
+            self.inner.hooks.clone(),
+            self.inner.root.clone(),
             plans,
         )
         .await
@@ -368,15 +386,26 @@ impl Hutch {
         self.inner.observer.subscribe()
     }
 
-    /// Closes the publishing connection (opened by the first publish), waiting
-    /// at most a few seconds for the broker to confirm. A later publish opens
-    /// it again.
+    /// Lets the error hooks report the failures queued for them, then closes
+    /// the publishing connection (opened by the first publish), waiting at
+    /// most a few seconds for the broker to confirm. A later publish opens it
+    /// again, and a later failure starts the hooks' workers again.
+    ///
+    /// The hooks get the shutdown timeout
+    /// ([`HutchBuilder::shutdown_timeout`](crate::HutchBuilder::shutdown_timeout)):
+    /// a hook still busy then is abandoned, and the failures it had not
+    /// reported are logged and counted in
+    /// [`Status::hook_failures_dropped`](crate::Status::hook_failures_dropped).
     ///
     /// # Errors
     ///
     /// [`Error::Unavailable`](crate::Error::Unavailable) if the connection's
     /// task ended abnormally.
     pub async fn close(&self) -> Result<()> {
+        let deadline = Instant::now() + self.inner.settings.shutdown_timeout;
+        // Hooks first: one may publish.
+        self.inner.hooks.drain(deadline).await;
+        self.inner.hooks.stop();
         self.inner.publisher.close().await
     }
 }

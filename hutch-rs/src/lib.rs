@@ -128,7 +128,9 @@ pub use logging::init_logging;
 pub use message::{DecodeError, Message};
 pub use outgoing::{HeaderValue, Outgoing, PublishOptions, Published};
 pub use registry::{ConsumerRegistration, consumers};
-pub use retry::{Decision, ErrorHook, Failure, HandlerError, Outcome, RetryPolicy};
+pub use retry::{
+    Decision, ERROR_HOOK_QUEUE_CAPACITY, ErrorHook, Failure, HandlerError, Outcome, RetryPolicy,
+};
 pub use status::{ConnectionState, ConnectionStatus, ConsumerState, ConsumerStatus, Status};
 pub use supervisor::app::Running;
 

@@ -17,6 +17,8 @@ use tokio::{
     sync::{Mutex, OwnedMutexGuard, watch},
     task::JoinHandle,
 };
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 use crate::{
     Error, Result,
@@ -29,6 +31,7 @@ use crate::{
         connection::Purpose,
         connection_manager::{ConnectionManager, close_channel},
         observer::Observer,
+        tree::Root,
     },
     topology,
 };
@@ -85,6 +88,10 @@ pub(crate) struct Publisher {
     /// unknown): larger messages then fail here, without costing the
     /// channel that the other publishes share.
     max_message_size: AtomicUsize,
+    /// The `Hutch`'s root: the manager's token descends from it and its
+    /// tasks are tracked by it.
+    token: CancellationToken,
+    tracker: TaskTracker,
 }
 
 /// The publishing connection's manager and the task running it.
@@ -128,6 +135,8 @@ struct Turn {
     cache: Arc<Mutex<Option<Channel>>>,
     owner: &'static str,
     manager: ConnectionManager,
+    /// Tracks the task that retires the channel.
+    tracker: TaskTracker,
 }
 
 impl Drop for Turn {
@@ -143,7 +152,7 @@ impl Drop for Turn {
         let cache = self.cache.clone();
         let manager = self.manager.clone();
         let owner = self.owner;
-        runtime.spawn(async move {
+        let retiring = async move {
             {
                 let mut cached = cache.lock().await;
                 if cached
@@ -161,13 +170,17 @@ impl Drop for Turn {
             // The next mandatory publish opens a new channel.
             drop(guard);
             close_channel(owner, &channel).await;
-        });
+        };
+        self.tracker.spawn_on(retiring.in_current_span(), &runtime);
     }
 }
 
 impl Publisher {
-    pub(crate) fn new(settings: Arc<Settings>, observer: Observer) -> Self {
+    /// A publisher whose connection's manager descends from `root`.
+    pub(crate) fn new(settings: Arc<Settings>, observer: Observer, root: &Root) -> Self {
         Self {
+            token: root.token().clone(),
+            tracker: root.tracker().clone(),
             settings,
             observer,
             link: Mutex::new(None),
@@ -360,6 +373,7 @@ impl Publisher {
                         cache: self.returning.channel.clone(),
                         owner: self.returning.owner,
                         manager: manager.clone(),
+                        tracker: self.tracker.clone(),
                     });
                 }
                 progress = tokio::time::timeout(timeout, answers.changed()) => {
@@ -581,13 +595,29 @@ impl Publisher {
             Purpose::Publish,
             self.settings.clone(),
             self.observer.clone(),
+            self.token.child_token(),
         );
-        let task = tokio::spawn(manager.clone().run());
+        let span = tracing::info_span!("connection", purpose = Purpose::Publish.as_str());
+        let task = self.tracker.spawn(manager.clone().run().instrument(span));
         *link = Some(Link {
             manager: manager.clone(),
             task,
         });
         manager
+    }
+
+    /// Forgets and closes `owner`'s channel on the publishing connection, if
+    /// it is open: for an owner that ended without doing so itself.
+    pub(crate) async fn release(&self, owner: &str) {
+        let manager = self
+            .link
+            .lock()
+            .await
+            .as_ref()
+            .map(|link| link.manager.clone());
+        if let Some(manager) = manager {
+            manager.release(owner).await;
+        }
     }
 
     /// Closes the publishing connection, if open. Publishes waiting for it

@@ -12,6 +12,13 @@ pub struct Status {
     pub connections: Vec<ConnectionStatus>,
     /// The consumers started by [`Hutch::start`](crate::Hutch::start).
     pub consumers: Vec<ConsumerStatus>,
+    /// Failures that an error hook was never called with, counted once per
+    /// hook that missed one: the hook's queue was full (it holds
+    /// [`ERROR_HOOK_QUEUE_CAPACITY`](crate::ERROR_HOOK_QUEUE_CAPACITY)
+    /// failures), or the hook was still busy at the shutdown deadline and
+    /// what it had queued was abandoned. Since the `Hutch` was built; not
+    /// part of [`is_healthy`](Self::is_healthy).
+    pub hook_failures_dropped: u64,
 }
 
 impl Status {

@@ -1,11 +1,9 @@
 //! Error hooks: user code told about every failed delivery, which can
 //! neither hold up nor break the consumer.
 
-use std::{future::Future, panic::AssertUnwindSafe, pin::Pin, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc};
 
-use futures_util::FutureExt;
-
-use crate::{BoxError, panic::panic_message, retry::Failure};
+use crate::{BoxError, retry::Failure};
 
 /// A user-supplied error handler, registered with
 /// [`HutchBuilder::on_error`](crate::HutchBuilder::on_error).
@@ -56,35 +54,8 @@ impl ErrorHooks {
         self.hooks.push(Arc::new(hook));
     }
 
-    /// Whether no hook is registered.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.hooks.is_empty()
-    }
-
-    /// Calls every hook on a task of its own, so a hook that is slow,
-    /// fails or panics cannot hold up or break the consumer; what goes wrong
-    /// is logged.
-    pub(crate) fn notify(&self, failure: &Failure) {
-        for hook in &self.hooks {
-            let hook = hook.clone();
-            let failure = failure.clone();
-            let consumer = failure.consumer().to_owned();
-            tokio::spawn(async move {
-                // The call itself may panic before it returns a future.
-                let called = AssertUnwindSafe(async move { hook.call(failure).await })
-                    .catch_unwind()
-                    .await;
-                match called {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        tracing::warn!(%consumer, error = %crate::retry::error_chain(error.as_ref()), "an error hook failed");
-                    }
-                    Err(panic) => {
-                        let panic = panic_message(panic.as_ref());
-                        tracing::warn!(%consumer, %panic, "an error hook panicked");
-                    }
-                }
-            });
-        }
+    /// The hooks, in registration order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<dyn ErrorHook>> {
+        self.hooks.iter()
     }
 }

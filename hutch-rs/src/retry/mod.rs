@@ -13,6 +13,7 @@ pub(crate) mod copy;
 mod decision;
 mod failure;
 mod hook;
+mod hook_queue;
 mod policy;
 pub(crate) mod provenance;
 pub(crate) mod queues;
@@ -22,6 +23,8 @@ pub use decision::Decision;
 pub use failure::{Failure, HandlerError, Outcome};
 pub use hook::ErrorHook;
 pub(crate) use hook::ErrorHooks;
+pub use hook_queue::ERROR_HOOK_QUEUE_CAPACITY;
+pub(crate) use hook_queue::HookQueues;
 pub use policy::RetryPolicy;
 pub(crate) use policy::{check_delays, on_grid};
 

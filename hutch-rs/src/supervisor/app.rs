@@ -1,23 +1,27 @@
-//! The root of the tree: the consume connection manager, one supervised
-//! task per consumer, one cancellation token and one task tracker for them.
+//! A running subtree of a `Hutch`'s tree: the consume connection manager
+//! and one supervised task per consumer, under a child of the `Hutch`'s
+//! root token and a task tracker of their own.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
+    time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 use crate::{
     Error, Result,
     config::Settings,
     publisher::Publisher,
+    retry::HookQueues,
     status::Status,
     supervisor::{
         connection::Purpose, connection_manager::ConnectionManager, consumer::ConsumerSupervisor,
-        observer::Observer,
+        observer::Observer, tree::Root,
     },
     topology::ConsumerPlan,
 };
@@ -28,7 +32,13 @@ use crate::{
 /// They run under supervision until [`shutdown`](Self::shutdown): the
 /// connection is re-established whenever it is lost, and a consumer that
 /// fails is restarted on its channel. [`failure`](Self::failure) resolves
-/// when something fails for good.
+/// when something fails for good, including a consumer whose task panicked
+/// in hutch-rs's own code.
+///
+/// A `Running` is a subtree of its `Hutch`'s: its cancellation token is a
+/// child of the `Hutch`'s root, and its tasks (the consuming connection's
+/// manager and one per consumer) are tracked by a tracker of its own, which
+/// `shutdown` waits for.
 ///
 /// Dropping it without `shutdown` stops the consumers without waiting for
 /// in-flight handlers; their messages are redelivered.
@@ -37,15 +47,28 @@ use crate::{
 pub struct Running {
     settings: Arc<Settings>,
     observer: Observer,
-    manager: ConnectionManager,
-    manager_task: Option<JoinHandle<()>>,
-    /// Stops the consumers; the connection is closed after them.
+    /// The error hooks' queues, drained at shutdown.
+    hooks: Arc<HookQueues>,
+    /// Keeps the `Hutch`'s root (and so this subtree's parent token) alive
+    /// while the consumers run, even if every `Hutch` handle is dropped.
+    _root: Arc<Root>,
+    /// This subtree: cancelling it stops the consumers and the connection.
+    token: CancellationToken,
+    /// Stops the consumers (a child of `token`); the connection is closed
+    /// after them.
     stop_consumers: CancellationToken,
+    /// Every task of this subtree: the connection manager and the consumers.
     tracker: TaskTracker,
-    tasks: Vec<JoinHandle<()>>,
+    /// The consumers' tasks, to wait for them before the connection closes.
+    consumers: Vec<JoinHandle<()>>,
     failures: mpsc::UnboundedReceiver<Error>,
     queues: Vec<String>,
 }
+
+/// How long a shutdown waits, after the consumers, for the connection to
+/// close: a few seconds for the broker's close-ok (the manager gives up on
+/// it after 5 s), and a little more.
+const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(6);
 
 impl Running {
     /// Starts the connection manager and one supervised task per consumer.
@@ -54,26 +77,38 @@ impl Running {
         settings: Arc<Settings>,
         observer: Observer,
         publisher: Arc<Publisher>,
+        hooks: Arc<HookQueues>,
+        root: Arc<Root>,
         plans: Vec<ConsumerPlan>,
     ) -> Result<Self> {
         observer.track_consumers(plans.iter().map(|plan| (plan.name(), plan.queue.clone())));
-        let manager = ConnectionManager::new(Purpose::Consume, settings.clone(), observer.clone());
+        let token = root.child_token();
+        let stop_consumers = token.child_token();
+        let tracker = TaskTracker::new();
+        let manager = ConnectionManager::new(
+            Purpose::Consume,
+            settings.clone(),
+            observer.clone(),
+            token.child_token(),
+        );
         let (failure_sender, failures) = mpsc::unbounded_channel();
-        let manager_task = tokio::spawn({
-            let manager = manager.clone();
-            let failures = failure_sender.clone();
-            async move {
-                if let Err(error) = manager.run().await {
-                    let _ = failures.send(error);
+        let span = tracing::info_span!("connection", purpose = Purpose::Consume.as_str());
+        tracker.spawn(
+            {
+                let manager = manager.clone();
+                let failures = failure_sender.clone();
+                async move {
+                    if let Err(error) = manager.run().await {
+                        let _ = failures.send(error);
+                    }
                 }
             }
-        });
+            .instrument(span),
+        );
 
-        let stop_consumers = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let mut ready = Vec::with_capacity(plans.len());
         let queues = plans.iter().map(|plan| plan.queue.clone()).collect();
-        let tasks = plans
+        let consumers = plans
             .into_iter()
             .map(|plan| {
                 let (ready_sender, ready_receiver) = oneshot::channel();
@@ -84,9 +119,11 @@ impl Running {
                     manager.clone(),
                     observer.clone(),
                     publisher.clone(),
+                    hooks.clone(),
                 );
                 let failures = failure_sender.clone();
                 let shutdown = stop_consumers.child_token();
+                // `supervise` instruments itself with the consumer's span.
                 tracker.spawn(async move {
                     if let Err(error) = consumer.supervise(shutdown, ready_sender).await {
                         let _ = failures.send(error);
@@ -99,11 +136,12 @@ impl Running {
         let mut running = Self {
             settings,
             observer,
-            manager,
-            manager_task: Some(manager_task),
+            hooks,
+            _root: root,
+            token,
             stop_consumers,
             tracker,
-            tasks,
+            consumers,
             failures,
             queues,
         };
@@ -140,8 +178,10 @@ impl Running {
     }
 
     /// Resolves when something failed for good: a consumer past its restart
-    /// intensity, a refused declaration, refused credentials on reconnect.
-    /// Pending while everything runs or recovers.
+    /// intensity, a consumer whose task panicked outside a handler (a bug in
+    /// hutch-rs: [`Error::ConsumerFailed`] with a reason starting "the
+    /// consumer's task panicked"), a refused declaration, refused
+    /// credentials on reconnect. Pending while everything runs or recovers.
     pub async fn failure(&mut self) -> Error {
         match self.failures.recv().await {
             Some(error) => error,
@@ -152,8 +192,14 @@ impl Running {
     }
 
     /// Stops consuming, lets in-flight handlers finish (up to the shutdown
-    /// timeout), acks what they finished, and closes the channels and the
-    /// connection.
+    /// timeout), acks what they finished, lets the error hooks report the
+    /// failures queued for them (within what is left of the shutdown
+    /// timeout), and closes the channels and the connection.
+    ///
+    /// A hook still busy at the deadline is abandoned: the failures it had
+    /// not reported are logged and counted in
+    /// [`Status::hook_failures_dropped`](crate::Status::hook_failures_dropped);
+    /// that is not an error.
     ///
     /// # Errors
     ///
@@ -164,14 +210,19 @@ impl Running {
     }
 
     async fn stop(&mut self, wait_for_handlers: bool) -> Result<()> {
-        self.stop_consumers.cancel();
         let timeout = self.settings.shutdown_timeout;
+        let deadline = Instant::now() + timeout;
+        self.stop_consumers.cancel();
         let finished = !wait_for_handlers
-            || tokio::time::timeout(timeout, self.tracker.wait())
+            || tokio::time::timeout_at(deadline, join_all(self.consumers.iter_mut()))
                 .await
                 .is_ok();
-        let unfinished = self.tasks.iter().filter(|task| !task.is_finished()).count();
-        for task in self.tasks.drain(..) {
+        let unfinished = self
+            .consumers
+            .iter()
+            .filter(|task| !task.is_finished())
+            .count();
+        for task in self.consumers.drain(..) {
             task.abort();
         }
         if !finished {
@@ -181,11 +232,28 @@ impl Running {
                 "handlers did not finish in time; their messages will be redelivered"
             );
         }
-        // The connection closes last, after the consumers closed their channels.
-        self.manager.shut_down();
-        if let Some(manager_task) = self.manager_task.take() {
-            let _ = manager_task.await;
-        }
+        // No consumer of this subtree reports failures any more: what they
+        // queued for the hooks is reported within the rest of the deadline,
+        // while the connection closes (last, after the consumers closed
+        // their channels).
+        let hooks = async {
+            if wait_for_handlers {
+                self.hooks.drain(deadline).await;
+            }
+        };
+        let connection = async {
+            self.token.cancel();
+            if tokio::time::timeout(CONNECTION_CLOSE_GRACE, self.tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    tasks = self.tracker.len(),
+                    "tasks of the consumers' tree still running after shutdown; abandoned"
+                );
+            }
+        };
+        tokio::join!(hooks, connection);
         if finished {
             Ok(())
         } else {
@@ -199,10 +267,10 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.stop_consumers.cancel();
-        for task in &self.tasks {
+        // The consumers and the connection manager descend from this token.
+        self.token.cancel();
+        for task in &self.consumers {
             task.abort();
         }
-        self.manager.shut_down();
     }
 }

@@ -85,7 +85,14 @@ struct Shared {
 }
 
 impl ConnectionManager {
-    pub(crate) fn new(purpose: Purpose, settings: Arc<Settings>, observer: Observer) -> Self {
+    /// A manager that stops when `shutdown` is cancelled (by
+    /// [`shut_down`](Self::shut_down) or by its parent token).
+    pub(crate) fn new(
+        purpose: Purpose,
+        settings: Arc<Settings>,
+        observer: Observer,
+        shutdown: CancellationToken,
+    ) -> Self {
         observer.connecting(purpose.as_str());
         Self {
             shared: Arc::new(Shared {
@@ -96,7 +103,7 @@ impl ConnectionManager {
                 blocked: watch::Sender::new(None),
                 channels: Mutex::new(HashMap::new()),
                 trouble: Notify::new(),
-                shutdown: CancellationToken::new(),
+                shutdown,
                 failure: OnceLock::new(),
             }),
         }

@@ -9,3 +9,4 @@ pub(crate) mod consumer;
 mod intensity;
 pub(crate) mod observer;
 mod reachability;
+pub(crate) mod tree;

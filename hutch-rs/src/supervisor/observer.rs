@@ -32,6 +32,7 @@ struct Inner {
 struct Observed {
     connections: BTreeMap<&'static str, ConnectionStatus>,
     consumers: BTreeMap<String, ConsumerStatus>,
+    hook_failures_dropped: u64,
 }
 
 impl Default for Observer {
@@ -64,6 +65,7 @@ impl Observer {
         Status {
             connections: state.connections.values().cloned().collect(),
             consumers: state.consumers.values().cloned().collect(),
+            hook_failures_dropped: state.hook_failures_dropped,
         }
     }
 
@@ -224,6 +226,19 @@ impl Observer {
             consumer: consumer.to_owned(),
             reason,
         });
+    }
+
+    /// How many times `consumer` was restarted so far.
+    pub(crate) fn consumer_restarts(&self, consumer: &str) -> u32 {
+        self.state()
+            .consumers
+            .get(consumer)
+            .map_or(0, |status| status.restarts)
+    }
+
+    /// `count` failures that an error hook will never be called with.
+    pub(crate) fn hook_failures_dropped(&self, count: u64) {
+        self.state().hook_failures_dropped += count;
     }
 
     pub(crate) fn stale_ack(&self, consumer: &str) {

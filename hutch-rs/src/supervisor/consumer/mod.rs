@@ -2,8 +2,9 @@
 //! channel, applies all of its state to it, hands each delivery to the
 //! registered function, and is restarted when it fails.
 
-use std::{sync::Arc, time::Instant};
+use std::{panic::AssertUnwindSafe, sync::Arc, time::Instant};
 
+use futures_util::FutureExt;
 use lapin::{
     Channel,
     options::{BasicConsumeOptions, BasicQosOptions},
@@ -24,8 +25,9 @@ use crate::{
     Error, Result,
     backoff::Backoff,
     config::Settings,
+    panic::panic_message,
     publisher::Publisher,
-    retry::queues,
+    retry::{HookQueues, queues},
     status::ConsumerState,
     supervisor::{
         classify, connection_manager::ConnectionManager, intensity::RestartIntensity,
@@ -65,6 +67,8 @@ pub(crate) struct ConsumerSupervisor {
     /// published: the publishing connection, so that a consumer's
     /// connection never publishes and a broker alarm cannot block its acks.
     pub(super) publisher: Arc<Publisher>,
+    /// Where failures are reported to the error hooks.
+    pub(super) hooks: Arc<HookQueues>,
 }
 
 impl ConsumerSupervisor {
@@ -74,6 +78,7 @@ impl ConsumerSupervisor {
         manager: ConnectionManager,
         observer: Observer,
         publisher: Arc<Publisher>,
+        hooks: Arc<HookQueues>,
     ) -> Self {
         Self {
             name: plan.name(),
@@ -82,19 +87,59 @@ impl ConsumerSupervisor {
             manager,
             observer,
             publisher,
+            hooks,
         }
     }
 
     /// Runs the consumer until `shutdown`, restarting it after failures.
     /// `ready` is sent the first time it consumes. `Err` is for the caller
-    /// of `run`: a fatal error, or more restarts than the intensity allows.
+    /// of `run`: a fatal error, more restarts than the intensity allows, or
+    /// a panic in the consumer's own code.
+    ///
+    /// A handler's panic is caught per call and is that message's failure.
+    /// A panic anywhere else in the consumer (the run loop, settling,
+    /// forwarding: a bug in hutch-rs) is caught here, at the task's
+    /// boundary: the consumer is reported failed (status, event, `Err`)
+    /// rather than left showing "consuming" with no task behind it, and its
+    /// channels are closed, so the broker redelivers what it had not
+    /// settled.
     pub(crate) async fn supervise(
         self,
         shutdown: CancellationToken,
         ready: oneshot::Sender<()>,
     ) -> Result<()> {
         let span = tracing::info_span!("consumer", consumer = %self.name, queue = %self.plan.queue);
-        self.restart_loop(shutdown, ready).instrument(span).await
+        let name = self.name.clone();
+        let queue = self.plan.queue.clone();
+        let observer = self.observer.clone();
+        let manager = self.manager.clone();
+        let publisher = self.publisher.clone();
+        // Nothing of the consumer is used after a panic but these handles
+        // (a channel map and a status map, both left consistent).
+        let supervised = AssertUnwindSafe(self.restart_loop(shutdown, ready))
+            .catch_unwind()
+            .instrument(span.clone())
+            .await;
+        let panic = match supervised {
+            Ok(outcome) => return outcome,
+            Err(panic) => panic_message(panic.as_ref()),
+        };
+        let reason = format!("the consumer's task panicked: {panic}");
+        let restarts = observer.consumer_restarts(&name);
+        async {
+            tracing::error!(%reason, "the consumer failed outside a handler; giving up on it");
+            observer.consumer_failed(&name, reason.clone());
+            manager.release(&name).await;
+            publisher.release(&forwarder_name(&name)).await;
+        }
+        .instrument(span)
+        .await;
+        Err(Error::ConsumerFailed {
+            consumer: name,
+            queue,
+            restarts,
+            reason,
+        })
     }
 
     async fn restart_loop(
@@ -286,6 +331,12 @@ impl Setup {
             error => Setup::Fatal(error),
         }
     }
+}
+
+/// The owner name of a consumer's forwarding channel on the publishing
+/// connection.
+pub(super) fn forwarder_name(consumer: &str) -> String {
+    format!("forwarding for {consumer}")
 }
 
 fn consumer_tag(plan: &ConsumerPlan) -> String {

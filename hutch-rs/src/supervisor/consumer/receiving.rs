@@ -79,7 +79,7 @@ impl<'a> Run<'a> {
         shutdown: &CancellationToken,
     ) -> Self {
         Self {
-            forwarder: format!("forwarding for {}", consumer.name),
+            forwarder: super::forwarder_name(&consumer.name),
             consumer,
             channel,
             deliveries,
@@ -228,6 +228,10 @@ impl<'a> Run<'a> {
 
     /// A delivery arrived: its handler is called on a task of its own.
     fn received(&self, delivery: Delivery, settler: &mut Settler<Channel>, calls: &mut Calls) {
+        #[cfg(feature = "testing")]
+        if self.consumer.settings.panic_in_run_loop.as_deref() == Some(&*self.consumer.plan.queue) {
+            panic!("injected fault: a panic in the consumer's run loop");
+        }
         let Delivery {
             delivery_tag,
             exchange,
@@ -432,7 +436,7 @@ impl<'a> Run<'a> {
         failed_at: SystemTime,
     ) {
         let consumer = self.consumer;
-        if consumer.settings.error_hooks.is_empty() {
+        if consumer.hooks.is_empty() {
             return;
         }
         let failure = Failure::new(
@@ -444,7 +448,7 @@ impl<'a> Run<'a> {
             outcome,
             failed_at,
         );
-        consumer.settings.error_hooks.notify(&failure);
+        consumer.hooks.notify(&failure);
     }
 
     /// A settle frame that was not written: its channel closed, and the

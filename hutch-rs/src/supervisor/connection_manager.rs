@@ -469,8 +469,12 @@ mod tests {
             .reconnect_delay(Duration::from_secs(4), Duration::from_secs(4))
             .validate()
             .unwrap();
-        let manager =
-            ConnectionManager::new(Purpose::Consume, Arc::new(settings), Observer::default());
+        let manager = ConnectionManager::new(
+            Purpose::Consume,
+            Arc::new(settings),
+            Observer::default(),
+            CancellationToken::new(),
+        );
         let running = tokio::spawn(manager.clone().run());
         tokio::time::sleep(Duration::from_secs(20)).await;
         manager.shut_down();

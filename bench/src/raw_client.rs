@@ -26,7 +26,8 @@ use crate::{
     scenario::Scenario,
     workload::{
         CONFIRM_WINDOW, DRAIN_QUEUE, EXCHANGE, LATENCY_KEY, LATENCY_QUEUE, MARKER_SEQ, PREFETCH,
-        PUBLISH_KEY, Payload, RECOVERY_QUEUE, WARM_UP_SEQ, idle_queue, persistent_json, unix_nanos,
+        PUBLISH_KEY, Payload, RECOVERY_QUEUE, WARM_UP_SEQ, as_hutch_publishes, idle_queue,
+        unix_nanos,
     },
 };
 
@@ -49,6 +50,9 @@ pub(crate) fn run(args: &ClientArgs) -> Result<(), Error> {
             Scenario::Latency => child::emit_result(&latency(args).await?),
             Scenario::Idle => idle(args).await,
             Scenario::Recovery => recovery(args).await,
+            Scenario::DeadLetter | Scenario::CpuHandlers | Scenario::Isolation => {
+                Err(format!("{} is played by hutch-rs alone", args.scenario).into())
+            }
         }
     })
 }
@@ -87,8 +91,9 @@ async fn confirming(connection: &Connection) -> Result<Channel, Error> {
     Ok(channel)
 }
 
-/// Publishes `payload` as persistent JSON to the exchange; resolves once
-/// it is sent, with the confirm to await.
+/// Publishes `payload` as hutch-rs does (persistent JSON, a message id and
+/// a timestamp) to the exchange; resolves once it is sent, with the confirm
+/// to await.
 async fn send(channel: &Channel, key: &str, payload: &Payload) -> Result<PublisherConfirm, Error> {
     let body = serde_json::to_vec(payload)?;
     Ok(channel
@@ -97,7 +102,7 @@ async fn send(channel: &Channel, key: &str, payload: &Payload) -> Result<Publish
             key.into(),
             BasicPublishOptions::default(),
             &body,
-            persistent_json(),
+            as_hutch_publishes(),
         )
         .await?)
 }

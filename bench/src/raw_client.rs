@@ -6,7 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, stream::FuturesUnordered};
+use futures_util::{
+    StreamExt, TryStreamExt,
+    stream::{self, FuturesUnordered},
+};
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer, PublisherConfirm,
     message::Delivery,
@@ -134,6 +137,11 @@ async fn drain(args: &ClientArgs) -> Result<crate::report::Throughput, Error> {
 
 /// Publishes `messages` messages with up to [`CONFIRM_WINDOW`] confirms
 /// outstanding; measured from the first publish to the last confirm.
+///
+/// By default each `basic_publish` is awaited before the next one is
+/// sent. With `HUTCH_BENCH_RAW_PUBLISH=pipelined`, [`CONFIRM_WINDOW`]
+/// futures of publish-then-confirm run at once, as hutch-rs's client runs
+/// its `publish` calls: lapin then writes many publishes per `sendto`.
 async fn publish(args: &ClientArgs) -> Result<crate::report::Throughput, Error> {
     let connection = connect(&args.uri).await?;
     let channel = confirming(&connection).await?;
@@ -141,16 +149,29 @@ async fn publish(args: &ClientArgs) -> Result<crate::report::Throughput, Error> 
     send(&channel, PUBLISH_KEY, &Payload::new(WARM_UP_SEQ, 0))
         .await?
         .await?;
+    let pipelined = std::env::var("HUTCH_BENCH_RAW_PUBLISH").is_ok_and(|how| how == "pipelined");
     let meter = Meter::start(args.broker_pid);
-    let mut confirms = FuturesUnordered::new();
-    for seq in 0..args.messages {
-        if confirms.len() >= CONFIRM_WINDOW {
+    if pipelined {
+        let channel = &channel;
+        stream::iter(0..args.messages)
+            .map(|seq| async move {
+                let confirm = send(channel, PUBLISH_KEY, &Payload::new(seq, 0)).await?;
+                expect_ack(Some(confirm.await))
+            })
+            .buffer_unordered(CONFIRM_WINDOW)
+            .try_for_each(|()| async { Ok(()) })
+            .await?;
+    } else {
+        let mut confirms = FuturesUnordered::new();
+        for seq in 0..args.messages {
+            if confirms.len() >= CONFIRM_WINDOW {
+                expect_ack(confirms.next().await)?;
+            }
+            confirms.push(send(&channel, PUBLISH_KEY, &Payload::new(seq, 0)).await?);
+        }
+        while !confirms.is_empty() {
             expect_ack(confirms.next().await)?;
         }
-        confirms.push(send(&channel, PUBLISH_KEY, &Payload::new(seq, 0)).await?);
-    }
-    while !confirms.is_empty() {
-        expect_ack(confirms.next().await)?;
     }
     let report = meter.finish(args.messages);
     connection.close(200, "published".into()).await?;

@@ -19,9 +19,10 @@ use tokio::runtime::Runtime;
 use crate::{
     Error,
     workload::{
-        CONFIRM_WINDOW, DRAIN_KEY, DRAIN_QUEUE, EXCHANGE, IDLE_CONSUMERS, LATENCY_KEY,
-        LATENCY_QUEUE, PUBLISH_KEY, PUBLISH_QUEUE, Payload, RECOVERY_KEY, RECOVERY_QUEUE, idle_key,
-        idle_queue, persistent_json,
+        CONFIRM_WINDOW, CPU_KEY, CPU_QUEUE, DEAD_LETTER_KEY, DEAD_LETTER_QUEUE, DRAIN_KEY,
+        DRAIN_QUEUE, EXCHANGE, IDLE_CONSUMERS, LATENCY_KEY, LATENCY_QUEUE, PUBLISH_KEY,
+        PUBLISH_QUEUE, Payload, RECOVERY_KEY, RECOVERY_QUEUE, STEADY_KEY, STEADY_QUEUE, STORM_KEY,
+        STORM_QUEUE, dead_queue, idle_key, idle_queue, persistent_json,
     },
 };
 
@@ -89,6 +90,30 @@ impl BenchBroker {
         Ok(info.messages)
     }
 
+    /// Ready and unacknowledged messages in `queue`, exactly (rabbitmqctl).
+    pub(crate) fn ready_and_unacked(&self, queue: &str) -> Result<(u64, u64), Error> {
+        let info = self
+            .broker
+            .queue(queue)?
+            .ok_or_else(|| format!("queue {queue:?} does not exist"))?;
+        Ok((info.messages_ready, info.messages_unacknowledged))
+    }
+
+    /// Fails unless `queue` holds no message, ready or unacknowledged, and
+    /// `<queue>:dead` exactly `dead`: every failed message was forwarded
+    /// once, and every original settled.
+    pub(crate) fn expect_forwarded(&self, queue: &str, dead: u64) -> Result<(), Error> {
+        let (ready, unacked) = self.ready_and_unacked(queue)?;
+        let forwarded = self.messages_in(&dead_queue(queue))?;
+        if (ready, unacked, forwarded) != (0, 0, dead) {
+            return Err(format!(
+                "{queue}: {ready} ready, {unacked} unacked, {forwarded} in its dead-letter queue (expected 0, 0, {dead})"
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// Consumers on the queues whose name starts with `prefix`, exactly
     /// (rabbitmqctl: the management API's counts lag by seconds).
     pub(crate) fn consumers_on(&self, prefix: &str) -> Result<u64, Error> {
@@ -153,7 +178,17 @@ impl BenchBroker {
             (LATENCY_QUEUE.to_owned(), LATENCY_KEY.to_owned()),
             (RECOVERY_QUEUE.to_owned(), RECOVERY_KEY.to_owned()),
         ];
+        for (queue, key) in [
+            (DEAD_LETTER_QUEUE, DEAD_LETTER_KEY),
+            (CPU_QUEUE, CPU_KEY),
+            (STORM_QUEUE, STORM_KEY),
+            (STEADY_QUEUE, STEADY_KEY),
+        ] {
+            queues.push((queue.to_owned(), key.to_owned()));
+        }
         queues.extend((0..IDLE_CONSUMERS).map(|n| (idle_queue(n), idle_key(n))));
+        // hutch-rs's dead-letter queues: durable, no arguments, unbound.
+        let dead = [DEAD_LETTER_QUEUE, STORM_QUEUE].map(dead_queue);
         self.with_channel(async |channel| {
             channel
                 .exchange_declare(
@@ -166,11 +201,16 @@ impl BenchBroker {
                     FieldTable::default(),
                 )
                 .await?;
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            };
+            for queue in &dead {
+                channel
+                    .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+                    .await?;
+            }
             for (queue, key) in &queues {
-                let durable = QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                };
                 channel
                     .queue_declare(queue.as_str().into(), durable, FieldTable::default())
                     .await?;

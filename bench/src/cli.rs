@@ -21,7 +21,7 @@ pub(crate) struct Options {
     pub(crate) sweep: bool,
 }
 
-const USAGE: &str = "usage: hutch-rs-bench [--rounds N] [--only drain,publish,latency,idle,recovery] [--quick] [--sweep]";
+const USAGE: &str = "usage: hutch-rs-bench [--rounds N] [--only drain,publish,latency,idle,recovery,dead-letter,cpu-handlers,isolation] [--quick] [--sweep]";
 
 impl Options {
     /// Parses the orchestrator's arguments (without the program name).
@@ -135,6 +135,8 @@ pub(crate) struct ClientArgs {
     pub(crate) broker_pid: u32,
     /// Messages to drain or publish.
     pub(crate) messages: u64,
+    /// Isolation: messages of the failure storm on consumer A (0: none).
+    pub(crate) storm: u64,
     /// Latency: messages per second.
     pub(crate) rate: u64,
     /// Latency: how long to publish.
@@ -143,7 +145,7 @@ pub(crate) struct ClientArgs {
     pub(crate) consumers: usize,
     /// The consumers' prefetch.
     pub(crate) prefetch: u16,
-    /// hutch-rs drain: handler calls in flight at once.
+    /// hutch-rs drain and CPU-bound handlers: handler calls in flight at once.
     pub(crate) concurrency: u16,
     /// hutch-rs drain: how long each handler call waits, as if on a
     /// database or an HTTP call (0: it returns at once).
@@ -164,6 +166,7 @@ impl ClientArgs {
             uri,
             broker_pid,
             messages: 0,
+            storm: 0,
             rate: 0,
             duration: Duration::ZERO,
             consumers: 0,
@@ -186,6 +189,8 @@ impl ClientArgs {
             self.broker_pid.to_string(),
             "--messages".to_owned(),
             self.messages.to_string(),
+            "--storm".to_owned(),
+            self.storm.to_string(),
             "--rate".to_owned(),
             self.rate.to_string(),
             "--duration-ms".to_owned(),
@@ -214,6 +219,7 @@ impl ClientArgs {
                 "--uri" => client.uri = value.clone(),
                 "--broker-pid" => client.broker_pid = parse(flag, value)?,
                 "--messages" => client.messages = parse(flag, value)?,
+                "--storm" => client.storm = parse(flag, value)?,
                 "--rate" => client.rate = parse(flag, value)?,
                 "--duration-ms" => client.duration = Duration::from_millis(parse(flag, value)?),
                 "--consumers" => client.consumers = parse(flag, value)?,

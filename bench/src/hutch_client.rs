@@ -9,47 +9,86 @@
 use std::{
     sync::{
         Mutex,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::{StreamExt, TryStreamExt, stream, stream::FuturesUnordered};
-use hutch_rs::{BoxError, Hutch, HutchBuilder, Message, consumer};
+use hutch_rs::{BoxError, Failure, Hutch, HutchBuilder, Message, Outcome, consumer};
 use tokio::sync::Semaphore;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::{
     Error,
     child::{self, MARKER, READY},
     cli::ClientArgs,
-    report::{Latency, Meter, Throughput},
+    report::{Isolation, Latency, Meter, Throughput},
     scenario::Scenario,
     workload::{
-        CONFIRM_WINDOW, DRAIN_QUEUE, IDLE_CONSUMERS, LATENCY_KEY, LATENCY_QUEUE, MARKER_SEQ,
-        NAMESPACE, PUBLISH_KEY, Payload, RECOVERY_QUEUE, WARM_UP_SEQ, idle_queue, unix_nanos,
+        CONFIRM_WINDOW, CPU_QUEUE, CPU_WORK, DEAD_LETTER_QUEUE, DRAIN_QUEUE, IDLE_CONSUMERS,
+        LATENCY_KEY, LATENCY_QUEUE, MARKER_SEQ, NAMESPACE, PUBLISH_KEY, Payload, RECOVERY_QUEUE,
+        STEADY_QUEUE, STORM_QUEUE, WARM_UP_SEQ, idle_queue, unix_nanos,
     },
 };
 
 /// The broker's OS pid, for the drain consumer's meter.
 static BROKER_PID: AtomicU32 = AtomicU32::new(0);
 
-/// The drain consumer's progress.
-struct Drain {
+/// A consumer's progress towards its target: timed from the first
+/// message counted (or an earlier [`Progress::start`]) to the target-th.
+struct Progress {
     target: AtomicU64,
-    handled: AtomicU64,
+    counted: AtomicU64,
+    started: AtomicBool,
     meter: Mutex<Option<Meter>>,
     report: Mutex<Option<Throughput>>,
-    /// A permit once `target` messages were handled.
+    /// A permit once `target` messages were counted.
     done: Semaphore,
 }
 
-static DRAIN: Drain = Drain {
-    target: AtomicU64::new(u64::MAX),
-    handled: AtomicU64::new(0),
-    meter: Mutex::new(None),
-    report: Mutex::new(None),
-    done: Semaphore::const_new(0),
-};
+impl Progress {
+    const fn new() -> Self {
+        Self {
+            target: AtomicU64::new(u64::MAX),
+            counted: AtomicU64::new(0),
+            started: AtomicBool::new(false),
+            meter: Mutex::new(None),
+            report: Mutex::new(None),
+            done: Semaphore::const_new(0),
+        }
+    }
+
+    /// Starts the meter, unless it is running already.
+    fn start(&self) {
+        if !self.started.load(Ordering::Relaxed) && !self.started.swap(true, Ordering::Relaxed) {
+            *lock(&self.meter) = Some(Meter::start(BROKER_PID.load(Ordering::Relaxed)));
+        }
+    }
+
+    /// Counts one message; the target-th stops the meter. Returns the count.
+    fn count(&self) -> u64 {
+        self.start();
+        let counted = self.counted.fetch_add(1, Ordering::Relaxed) + 1;
+        if counted == self.target.load(Ordering::Relaxed) {
+            let meter = lock(&self.meter).take();
+            *lock(&self.report) = meter.map(|meter| meter.finish(counted));
+            self.done.add_permits(1);
+        }
+        counted
+    }
+
+    /// Waits for the target and returns the measurement.
+    async fn finished(&self) -> Result<Throughput, Error> {
+        self.done.acquire().await?.forget();
+        Ok(lock(&self.report)
+            .take()
+            .ok_or("the target was reached without a meter")?)
+    }
+}
+
+/// The drain consumer's progress.
+static DRAIN: Progress = Progress::new();
 
 /// Queue `bench:drain`: counts, timing from the first message to the last.
 #[consumer(group = "drain", queue = "drain", routing_key = "bench.drain")]
@@ -60,14 +99,78 @@ async fn drain(msg: Message<Payload>) -> Result<(), BoxError> {
         // Stands for the handler's own I/O (a database write, an HTTP call).
         tokio::time::sleep(Duration::from_micros(work)).await;
     }
-    let handled = DRAIN.handled.fetch_add(1, Ordering::Relaxed) + 1;
-    if handled == 1 {
-        *lock(&DRAIN.meter) = Some(Meter::start(BROKER_PID.load(Ordering::Relaxed)));
+    DRAIN.count();
+    Ok(())
+}
+
+/// The copies the dead-letter consumer's failures confirmed in its
+/// dead-letter queue; timed from its first delivery.
+static DEAD_LETTERED: Progress = Progress::new();
+
+/// Queue `bench:dead_letter`: every message fails, and with one attempt
+/// goes straight to `bench:dead_letter:dead`.
+#[consumer(
+    group = "dead_letter",
+    queue = "dead_letter",
+    routing_key = "bench.dead_letter",
+    max_attempts = 1
+)]
+async fn dead_letter(msg: Message<Payload>) -> Result<(), BoxError> {
+    DEAD_LETTERED.start();
+    std::hint::black_box(msg.body());
+    Err("fails on purpose".into())
+}
+
+/// The CPU-bound consumer's progress.
+static CPU: Progress = Progress::new();
+
+/// Queue `bench:cpu`: burns [`CPU_WORK`] of CPU per message, never
+/// yielding, as a handler that parses, hashes or resizes does.
+#[consumer(group = "cpu", queue = "cpu", routing_key = "bench.cpu")]
+async fn cpu(msg: Message<Payload>) -> Result<(), BoxError> {
+    let started = Instant::now();
+    let mut spun = 0_u64;
+    while started.elapsed() < CPU_WORK {
+        spun = std::hint::black_box(spun.wrapping_add(msg.seq));
     }
-    if handled == DRAIN.target.load(Ordering::Relaxed) {
-        let meter = lock(&DRAIN.meter).take();
-        *lock(&DRAIN.report) = meter.map(|meter| meter.finish(handled));
-        DRAIN.done.add_permits(1);
+    CPU.count();
+    Ok(())
+}
+
+/// Consumer A's copies confirmed in its dead-letter queue.
+static STORM: Progress = Progress::new();
+/// Consumer B's progress.
+static STEADY: Progress = Progress::new();
+/// A's count when B's drain started and when it ended.
+static STORM_AT_STEADY_START: AtomicU64 = AtomicU64::new(u64::MAX);
+static STORM_AT_STEADY_END: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Queue `bench:storm` (consumer A): every message fails, once.
+#[consumer(
+    group = "isolation",
+    queue = "storm",
+    routing_key = "bench.storm",
+    max_attempts = 1
+)]
+async fn storm(msg: Message<Payload>) -> Result<(), BoxError> {
+    std::hint::black_box(msg.body());
+    Err("fails on purpose".into())
+}
+
+/// Queue `bench:steady` (consumer B): an ordinary consumer.
+#[consumer(group = "isolation", queue = "steady", routing_key = "bench.steady")]
+async fn steady(msg: Message<Payload>) -> Result<(), BoxError> {
+    std::hint::black_box(msg.body());
+    if !STEADY.started.load(Ordering::Relaxed) {
+        let _ = STORM_AT_STEADY_START.compare_exchange(
+            u64::MAX,
+            STORM.counted.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    if STEADY.count() == STEADY.target.load(Ordering::Relaxed) {
+        STORM_AT_STEADY_END.store(STORM.counted.load(Ordering::Relaxed), Ordering::Relaxed);
     }
     Ok(())
 }
@@ -120,11 +223,27 @@ mod idle_consumers {
     include!(concat!(env!("OUT_DIR"), "/idle_consumers.rs"));
 }
 
-/// The client program.
-#[tokio::main]
-pub(crate) async fn run(args: ClientArgs) -> Result<(), Error> {
+/// The client program, on the runtime `#[tokio::main]` builds (worker
+/// threads as many as CPUs); the CPU-bound handlers get exactly two.
+pub(crate) fn run(args: ClientArgs) -> Result<(), Error> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.scenario == Scenario::CpuHandlers {
+        runtime.worker_threads(2);
+    }
+    runtime.enable_all().build()?.block_on(play(args))
+}
+
+async fn play(args: ClientArgs) -> Result<(), Error> {
+    // Every dead letter is logged at error level: formatted as always, but
+    // 20,000 of them would bury the orchestrator's progress.
+    let storming = matches!(args.scenario, Scenario::DeadLetter | Scenario::Isolation);
+    let writer = if storming {
+        BoxMakeWriter::new(std::io::sink)
+    } else {
+        BoxMakeWriter::new(std::io::stderr)
+    };
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "hutch_rs=warn".into()),
@@ -137,6 +256,9 @@ pub(crate) async fn run(args: ClientArgs) -> Result<(), Error> {
         Scenario::Latency => child::emit_result(&open_loop(&args).await?),
         Scenario::Idle => stay_idle(&args).await,
         Scenario::Recovery => consume_through_outages(&args).await,
+        Scenario::DeadLetter => child::emit_result(&dead_letter_all(&args).await?),
+        Scenario::CpuHandlers => child::emit_result(&burn_all(&args).await?),
+        Scenario::Isolation => child::emit_result(&drain_beside_storm(&args).await?),
     }
 }
 
@@ -160,13 +282,78 @@ async fn drain_all(args: &ClientArgs) -> Result<Throughput, Error> {
     DRAIN.target.store(args.messages, Ordering::Relaxed);
     DRAIN_WORK_US.store(u64::try_from(args.work.as_micros())?, Ordering::Relaxed);
     let running = builder(args, "drain").build()?.start().await?;
-    DRAIN.done.acquire().await?.forget();
-    let report = lock(&DRAIN.report)
-        .take()
-        .ok_or("the drain consumer finished without a meter")?;
+    let report = DRAIN.finished().await?;
     // Acks what is still in flight, then closes.
     running.shutdown().await?;
     Ok(report)
+}
+
+/// Counts, for `progress`, every failure whose copy is confirmed in
+/// `queue`'s dead-letter queue; an error hook hears of it once the copy is
+/// confirmed and the original settled.
+fn count_dead_letters(
+    progress: &'static Progress,
+    queue: &'static str,
+) -> impl Fn(Failure) -> std::future::Ready<Result<(), BoxError>> + Send + Sync + 'static {
+    move |failure: Failure| {
+        let expected =
+            failure.queue() == queue && matches!(failure.outcome(), Outcome::DeadLettered { .. });
+        if expected {
+            progress.count();
+        } else {
+            // Counted nowhere: the run's target is never reached, and the
+            // broker check says what went wrong.
+            eprintln!("unexpected failure outcome: {:?}", failure.outcome());
+        }
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Starts the always-failing consumer on its pre-filled queue and waits
+/// until every message's copy is confirmed in `<queue>:dead`.
+async fn dead_letter_all(args: &ClientArgs) -> Result<Throughput, Error> {
+    DEAD_LETTERED.target.store(args.messages, Ordering::Relaxed);
+    let running = builder(args, "dead_letter")
+        .on_error(count_dead_letters(&DEAD_LETTERED, DEAD_LETTER_QUEUE))
+        .build()?
+        .start()
+        .await?;
+    let report = DEAD_LETTERED.finished().await?;
+    running.shutdown().await?;
+    Ok(report)
+}
+
+/// Drains the CPU-bound consumer's pre-filled queue at the concurrency
+/// asked for.
+async fn burn_all(args: &ClientArgs) -> Result<Throughput, Error> {
+    CPU.target.store(args.messages, Ordering::Relaxed);
+    let running = builder(args, "cpu").build()?.start().await?;
+    let report = CPU.finished().await?;
+    running.shutdown().await?;
+    Ok(report)
+}
+
+/// B drains its queue while A fails `args.storm` messages; waits for both.
+async fn drain_beside_storm(args: &ClientArgs) -> Result<Isolation, Error> {
+    STEADY.target.store(args.messages, Ordering::Relaxed);
+    STORM.target.store(args.storm, Ordering::Relaxed);
+    let running = builder(args, "isolation")
+        .on_error(count_dead_letters(&STORM, STORM_QUEUE))
+        .build()?
+        .start()
+        .await?;
+    let steady = STEADY.finished().await?;
+    if args.storm > 0 {
+        STORM.finished().await?;
+    }
+    running.shutdown().await?;
+    let at_start = STORM_AT_STEADY_START.load(Ordering::Relaxed);
+    let at_end = STORM_AT_STEADY_END.load(Ordering::Relaxed);
+    Ok(Isolation {
+        steady,
+        storm_during: at_end.saturating_sub(at_start),
+        storm_after: args.storm.saturating_sub(at_end),
+    })
 }
 
 /// Keeps [`CONFIRM_WINDOW`] publishes in flight, each awaiting its confirm.
@@ -269,8 +456,14 @@ async fn consume_through_outages(args: &ClientArgs) -> Result<(), Error> {
 /// orchestrator use, so that a renamed consumer fails here and not as an
 /// empty measurement.
 pub(crate) fn check_queue_names() -> Result<(), Error> {
-    let expected: [(&str, Vec<String>); 5] = [
+    let expected: [(&str, Vec<String>); 8] = [
         ("drain", vec![DRAIN_QUEUE.to_owned()]),
+        ("dead_letter", vec![DEAD_LETTER_QUEUE.to_owned()]),
+        ("cpu", vec![CPU_QUEUE.to_owned()]),
+        (
+            "isolation",
+            vec![STEADY_QUEUE.to_owned(), STORM_QUEUE.to_owned()],
+        ),
         ("latency", vec![LATENCY_QUEUE.to_owned()]),
         ("recovery", vec![RECOVERY_QUEUE.to_owned()]),
         ("idle_one", vec![idle_queue(0)]),

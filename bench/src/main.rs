@@ -8,7 +8,10 @@
 //! after round, runs every scenario (drain, publish, latency, idle memory,
 //! recovery) once for each implementation: raw lapin on tokio's
 //! current-thread runtime, raw lapin on the multi-thread runtime, and a
-//! hutch-rs application, in an order that rotates each round. Each client
+//! hutch-rs application, in an order that rotates each round. The
+//! scenarios of what hutch-rs adds to lapin (dead-letter, cpu-handlers,
+//! isolation) run hutch-rs alone and compare it with itself, in the same
+//! round, against a target. Each client
 //! is a child process (this binary again, `client ...`), so that its CPU
 //! time and memory are its own. Same broker, same queues, same settings:
 //! durable classic queues, persistent 1 KiB JSON messages, manual acks,
@@ -69,12 +72,13 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
     eprintln!("starting a private RabbitMQ node...");
     let broker = BenchBroker::start()?;
     let version = broker.version()?;
-    let bench = Bench {
+    let bench = |round| Bench {
         broker: &broker,
         options,
+        round,
     };
     if options.sweep {
-        let table = scenario::sweep::run(&bench, options.rounds)?;
+        let table = scenario::sweep::run(&bench(0), options.rounds)?;
         println!("# hutch-rs drain by prefetch and concurrency\n");
         print_header(options, &version);
         print!("{table}");
@@ -83,8 +87,12 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
     let mut results = Results::default();
     for round in 0..options.rounds {
         let order = Impl::rotation(round);
+        let bench = bench(round);
         for scenario in &options.scenarios {
             for implementation in order {
+                if !scenario.played_by(implementation) {
+                    continue;
+                }
                 eprintln!(
                     "round {}/{}: {scenario} by {implementation}",
                     round + 1,
@@ -98,6 +106,10 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
     println!("# hutch-rs vs raw lapin\n");
     print_header(options, &version);
     print!("{}", results.table());
+    let verdicts = results.verdicts();
+    if !verdicts.is_empty() {
+        println!("\n## Targets\n\n{verdicts}");
+    }
     Ok(())
 }
 

@@ -6,7 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, stream::FuturesUnordered};
+use futures_util::{
+    StreamExt, TryStreamExt,
+    stream::{self, FuturesUnordered},
+};
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer, PublisherConfirm,
     message::Delivery,
@@ -26,7 +29,8 @@ use crate::{
     scenario::Scenario,
     workload::{
         CONFIRM_WINDOW, DRAIN_QUEUE, EXCHANGE, LATENCY_KEY, LATENCY_QUEUE, MARKER_SEQ, PREFETCH,
-        PUBLISH_KEY, Payload, RECOVERY_QUEUE, WARM_UP_SEQ, idle_queue, persistent_json, unix_nanos,
+        PUBLISH_KEY, Payload, RECOVERY_QUEUE, WARM_UP_SEQ, as_hutch_publishes, idle_queue,
+        unix_nanos,
     },
 };
 
@@ -49,6 +53,9 @@ pub(crate) fn run(args: &ClientArgs) -> Result<(), Error> {
             Scenario::Latency => child::emit_result(&latency(args).await?),
             Scenario::Idle => idle(args).await,
             Scenario::Recovery => recovery(args).await,
+            Scenario::DeadLetter | Scenario::CpuHandlers | Scenario::Isolation => {
+                Err(format!("{} is played by hutch-rs alone", args.scenario).into())
+            }
         }
     })
 }
@@ -87,8 +94,9 @@ async fn confirming(connection: &Connection) -> Result<Channel, Error> {
     Ok(channel)
 }
 
-/// Publishes `payload` as persistent JSON to the exchange; resolves once
-/// it is sent, with the confirm to await.
+/// Publishes `payload` as hutch-rs does (persistent JSON, a message id and
+/// a timestamp) to the exchange; resolves once it is sent, with the confirm
+/// to await.
 async fn send(channel: &Channel, key: &str, payload: &Payload) -> Result<PublisherConfirm, Error> {
     let body = serde_json::to_vec(payload)?;
     Ok(channel
@@ -97,7 +105,7 @@ async fn send(channel: &Channel, key: &str, payload: &Payload) -> Result<Publish
             key.into(),
             BasicPublishOptions::default(),
             &body,
-            persistent_json(),
+            as_hutch_publishes(),
         )
         .await?)
 }
@@ -129,6 +137,11 @@ async fn drain(args: &ClientArgs) -> Result<crate::report::Throughput, Error> {
 
 /// Publishes `messages` messages with up to [`CONFIRM_WINDOW`] confirms
 /// outstanding; measured from the first publish to the last confirm.
+///
+/// By default each `basic_publish` is awaited before the next one is
+/// sent. With `HUTCH_BENCH_RAW_PUBLISH=pipelined`, [`CONFIRM_WINDOW`]
+/// futures of publish-then-confirm run at once, as hutch-rs's client runs
+/// its `publish` calls: lapin then writes many publishes per `sendto`.
 async fn publish(args: &ClientArgs) -> Result<crate::report::Throughput, Error> {
     let connection = connect(&args.uri).await?;
     let channel = confirming(&connection).await?;
@@ -136,16 +149,29 @@ async fn publish(args: &ClientArgs) -> Result<crate::report::Throughput, Error> 
     send(&channel, PUBLISH_KEY, &Payload::new(WARM_UP_SEQ, 0))
         .await?
         .await?;
+    let pipelined = std::env::var("HUTCH_BENCH_RAW_PUBLISH").is_ok_and(|how| how == "pipelined");
     let meter = Meter::start(args.broker_pid);
-    let mut confirms = FuturesUnordered::new();
-    for seq in 0..args.messages {
-        if confirms.len() >= CONFIRM_WINDOW {
+    if pipelined {
+        let channel = &channel;
+        stream::iter(0..args.messages)
+            .map(|seq| async move {
+                let confirm = send(channel, PUBLISH_KEY, &Payload::new(seq, 0)).await?;
+                expect_ack(Some(confirm.await))
+            })
+            .buffer_unordered(CONFIRM_WINDOW)
+            .try_for_each(|()| async { Ok(()) })
+            .await?;
+    } else {
+        let mut confirms = FuturesUnordered::new();
+        for seq in 0..args.messages {
+            if confirms.len() >= CONFIRM_WINDOW {
+                expect_ack(confirms.next().await)?;
+            }
+            confirms.push(send(&channel, PUBLISH_KEY, &Payload::new(seq, 0)).await?);
+        }
+        while !confirms.is_empty() {
             expect_ack(confirms.next().await)?;
         }
-        confirms.push(send(&channel, PUBLISH_KEY, &Payload::new(seq, 0)).await?);
-    }
-    while !confirms.is_empty() {
-        expect_ack(confirms.next().await)?;
     }
     let report = meter.finish(args.messages);
     connection.close(200, "published".into()).await?;

@@ -21,6 +21,19 @@ pub(crate) struct Throughput {
     pub(crate) broker_cpu_ns: u64,
 }
 
+/// Consumer B's drain in the isolation scenario, and what consumer A's
+/// failure storm did meanwhile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Isolation {
+    /// B's drain, from its first message handled to its last.
+    pub(crate) steady: Throughput,
+    /// A's copies confirmed in its dead-letter queue during B's drain.
+    pub(crate) storm_during: u64,
+    /// A's copies confirmed after B's drain had ended: more than 0 means
+    /// the storm outlasted it.
+    pub(crate) storm_after: u64,
+}
+
 /// End-to-end latencies of one open-loop run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Latency {

@@ -19,6 +19,8 @@ pub(crate) enum Better {
 pub(crate) struct Results {
     metrics: Vec<(String, Better)>,
     values: BTreeMap<(String, Impl), Vec<f64>>,
+    /// Targets on hutch-rs's medians: the metric and its lowest passing value.
+    targets: Vec<(String, f64)>,
 }
 
 impl Results {
@@ -37,6 +39,39 @@ impl Results {
             .entry((metric.to_owned(), implementation))
             .or_default()
             .push(value);
+    }
+
+    /// Sets the target of a hutch-rs metric: its median must be at least
+    /// `at_least`. Set once, however many rounds record the metric.
+    pub(crate) fn target(&mut self, metric: &str, at_least: f64) {
+        if !self.targets.iter().any(|(name, _)| name == metric) {
+            self.targets.push((metric.to_owned(), at_least));
+        }
+    }
+
+    /// One line per target: the median, the target, pass or fail. Empty
+    /// when no scenario run set a target.
+    pub(crate) fn verdicts(&self) -> String {
+        let mut lines = String::new();
+        for (metric, at_least) in &self.targets {
+            let Some(values) = self.values.get(&(metric.clone(), Impl::Hutch)) else {
+                continue;
+            };
+            let measured = median(values);
+            let verdict = if measured >= *at_least {
+                "PASS"
+            } else {
+                "FAIL"
+            };
+            let _ = writeln!(
+                lines,
+                "- {verdict}: {metric}: median {} over {} round(s), target ≥ {}",
+                number(measured),
+                values.len(),
+                number(*at_least),
+            );
+        }
+        lines
     }
 
     /// The table: one row per metric and implementation; median and range

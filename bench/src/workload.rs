@@ -6,7 +6,7 @@
 //! declares them first, with the same arguments, so that any implementation
 //! can go first.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,26 @@ pub(crate) const LATENCY_KEY: &str = "bench.latency";
 pub(crate) const RECOVERY_QUEUE: &str = "bench:recovery";
 /// Routes to [`RECOVERY_QUEUE`].
 pub(crate) const RECOVERY_KEY: &str = "bench.recovery";
+/// The dead-letter scenario's queue: consumer `dead_letter`, whose handler
+/// always fails with `max_attempts = 1`.
+pub(crate) const DEAD_LETTER_QUEUE: &str = "bench:dead_letter";
+/// Routes to [`DEAD_LETTER_QUEUE`].
+pub(crate) const DEAD_LETTER_KEY: &str = "bench.dead_letter";
+/// The CPU-bound handlers' queue: consumer `cpu`.
+pub(crate) const CPU_QUEUE: &str = "bench:cpu";
+/// Routes to [`CPU_QUEUE`].
+pub(crate) const CPU_KEY: &str = "bench.cpu";
+/// The CPU each call of the `cpu` handler burns (a busy loop).
+pub(crate) const CPU_WORK: Duration = Duration::from_micros(200);
+/// The isolation scenario's consumer A, under a failure storm: consumer
+/// `storm`, always failing with `max_attempts = 1`.
+pub(crate) const STORM_QUEUE: &str = "bench:storm";
+/// Routes to [`STORM_QUEUE`].
+pub(crate) const STORM_KEY: &str = "bench.storm";
+/// The isolation scenario's consumer B, an ordinary one: consumer `steady`.
+pub(crate) const STEADY_QUEUE: &str = "bench:steady";
+/// Routes to [`STEADY_QUEUE`].
+pub(crate) const STEADY_KEY: &str = "bench.steady";
 /// How many consumers the idle-memory scenario runs; `build.rs` generates
 /// as many `#[consumer]` functions.
 pub(crate) const IDLE_CONSUMERS: usize = 1_000;
@@ -45,6 +65,11 @@ pub(crate) const IDLE_CONSUMERS: usize = 1_000;
 /// The queue of idle consumer `n` (hutch-rs consumer `idle_<n>`).
 pub(crate) fn idle_queue(n: usize) -> String {
     format!("{NAMESPACE}:idle_{n}")
+}
+
+/// `<queue>:dead`, where hutch-rs forwards `queue`'s failed messages.
+pub(crate) fn dead_queue(queue: &str) -> String {
+    format!("{queue}:dead")
 }
 
 /// The routing key of idle consumer `n`.
@@ -99,6 +124,16 @@ pub(crate) fn persistent_json() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
+}
+
+/// The properties hutch-rs's `publish` gives a message: persistent JSON, a
+/// v4 UUID for message id, the time in Unix seconds. The raw clients
+/// publish with the same, so that both send the same bytes but for the id
+/// and the time.
+pub(crate) fn as_hutch_publishes() -> BasicProperties {
+    persistent_json()
+        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+        .with_timestamp(unix_nanos() / 1_000_000_000)
 }
 
 /// Now, in nanoseconds since the Unix epoch: the clock that the latency and

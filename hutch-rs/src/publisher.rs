@@ -2,7 +2,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -45,16 +45,30 @@ const BATCH_WINDOW: usize = 256;
 #[derive(Debug)]
 struct Lane {
     owner: &'static str,
-    /// The channel, once set up.
-    channel: Arc<Mutex<Option<Channel>>>,
+    /// The channel, once set up. Every publish reads it; it changes only
+    /// when a channel is set up or retired, so a plain lock held for a
+    /// clone, never across an `.await`.
+    channel: Arc<RwLock<Option<Channel>>>,
+    /// Held while a channel is set up: one publish sets it up, the others
+    /// wait for it rather than open channels of their own.
+    setting_up: Mutex<()>,
 }
 
 impl Lane {
     fn new(owner: &'static str) -> Self {
         Self {
             owner,
-            channel: Arc::new(Mutex::new(None)),
+            channel: Arc::new(RwLock::new(None)),
+            setting_up: Mutex::new(()),
         }
+    }
+
+    /// The lane's channel, if it is set up and open.
+    fn open_channel(&self) -> Option<Channel> {
+        read(&self.channel)
+            .as_ref()
+            .filter(|channel| channel.status().connected())
+            .cloned()
     }
 }
 
@@ -68,7 +82,9 @@ impl Lane {
 pub(crate) struct Publisher {
     settings: Arc<Settings>,
     observer: Observer,
-    link: Mutex<Option<Link>>,
+    /// Read by every publish; written when the connection's manager is
+    /// started or closed. Never held across an `.await`.
+    link: RwLock<Option<Link>>,
     /// Ordinary publishes, any number in flight.
     publishing: Lane,
     /// The application's mandatory publishes, one at a time. (Copies of
@@ -132,7 +148,7 @@ struct Turn {
     guard: Option<OwnedMutexGuard<()>>,
     /// The channel a message was sent on that the broker has not answered.
     unanswered: Option<Channel>,
-    cache: Arc<Mutex<Option<Channel>>>,
+    cache: Arc<RwLock<Option<Channel>>>,
     owner: &'static str,
     manager: ConnectionManager,
     /// Tracks the task that retires the channel.
@@ -154,7 +170,7 @@ impl Drop for Turn {
         let owner = self.owner;
         let retiring = async move {
             {
-                let mut cached = cache.lock().await;
+                let mut cached = write(&cache);
                 if cached
                     .as_ref()
                     .is_some_and(|cached| cached.id() == channel.id())
@@ -183,7 +199,7 @@ impl Publisher {
             tracker: root.tracker().clone(),
             settings,
             observer,
-            link: Mutex::new(None),
+            link: RwLock::new(None),
             publishing: Lane::new("publisher"),
             returning: Lane::new("mandatory publisher"),
             returning_turn: Arc::new(Mutex::new(())),
@@ -231,7 +247,7 @@ impl Publisher {
         &self,
         owner: &str,
     ) -> Result<(Channel, ConnectionManager)> {
-        let manager = self.manager().await;
+        let manager = self.manager();
         let mut backoff = self.retry_backoff();
         loop {
             let lease = manager
@@ -290,12 +306,8 @@ impl Publisher {
         self.check_size(&publish)?;
         // One manager for the whole publish: the alarm it reports is the
         // alarm of the connection the publish waits for.
-        let manager = self.manager().await;
-        let mut blocked = manager.blocked();
-        let gave_up = |blocked: &mut watch::Receiver<Option<String>>| match blocked
-            .borrow_and_update()
-            .clone()
-        {
+        let manager = self.manager();
+        let gave_up = || match manager.blocked_reason() {
             Some(reason) => Error::Blocked {
                 routing_key: routing_key.to_owned(),
                 reason,
@@ -309,7 +321,7 @@ impl Publisher {
         };
         let (lane, mut turn) = if publish.mandatory {
             let Some(turn) = self.take_turn(&manager, timeout).await else {
-                return Err(gave_up(&mut blocked));
+                return Err(gave_up());
             };
             (&self.returning, Some(turn))
         } else {
@@ -317,13 +329,15 @@ impl Publisher {
         };
         let publishing = async {
             let mut backoff = self.retry_backoff();
-            let mut unblocked = manager.blocked();
             loop {
                 // A blocked connection is not read by the broker: what is
                 // sent now would sit in the socket. Wait for the alarm to
                 // clear (within the timeout) instead. The watch is cleared
-                // when the manager ends, too.
-                let _ = unblocked.wait_for(Option::is_none).await;
+                // when the manager ends, too. Subscribed to only while
+                // blocked: the common case is one read.
+                if manager.blocked_reason().is_some() {
+                    let _ = manager.blocked().wait_for(Option::is_none).await;
+                }
                 let attempt = self
                     .publish_once(lane, &manager, &publish, turn.as_mut())
                     .await?;
@@ -342,7 +356,7 @@ impl Publisher {
             Ok(answer) => answer,
             // Dropping the turn now retires the channel if the message on it
             // is unanswered.
-            Err(_) => Err(gave_up(&mut blocked)),
+            Err(_) => Err(gave_up()),
         }
     }
 
@@ -500,11 +514,13 @@ impl Publisher {
     /// publisher that starts before any consumer does not publish into an
     /// exchange that does not exist (the broker would close the channel).
     async fn channel(&self, lane: &Lane, manager: &ConnectionManager) -> Result<Channel> {
-        let mut cached = lane.channel.lock().await;
-        if let Some(channel) = cached.as_ref()
-            && channel.status().connected()
-        {
-            return Ok(channel.clone());
+        if let Some(channel) = lane.open_channel() {
+            return Ok(channel);
+        }
+        let _setting_up = lane.setting_up.lock().await;
+        // Another publish may have set one up meanwhile.
+        if let Some(channel) = lane.open_channel() {
+            return Ok(channel);
         }
         loop {
             let lease = manager
@@ -533,7 +549,7 @@ impl Publisher {
             };
             match setup.await {
                 Ok(()) => {
-                    *cached = Some(lease.channel.clone());
+                    *write(&lane.channel) = Some(lease.channel.clone());
                     return Ok(lease.channel);
                 }
                 Err(Error::Declare { source, .. })
@@ -556,7 +572,7 @@ impl Publisher {
         work: impl AsyncFnOnce(&Channel) -> Result<T>,
     ) -> Result<T> {
         const OWNER: &str = "declarations";
-        let manager = self.manager().await;
+        let manager = self.manager();
         let timeout = self.settings.confirm_timeout;
         let lease = match tokio::time::timeout(timeout, manager.channel(OWNER)).await {
             Ok(Ok(Some(lease))) => lease,
@@ -584,8 +600,14 @@ impl Publisher {
 
     /// The publishing connection's manager, started on first use (and again
     /// after `close` or a fatal error).
-    async fn manager(&self) -> ConnectionManager {
-        let mut link = self.link.lock().await;
+    fn manager(&self) -> ConnectionManager {
+        if let Some(existing) = read(&self.link).as_ref()
+            && !existing.task.is_finished()
+        {
+            return existing.manager.clone();
+        }
+        let mut link = write(&self.link);
+        // Another publish may have started one meanwhile.
         if let Some(existing) = link.as_ref()
             && !existing.task.is_finished()
         {
@@ -609,12 +631,7 @@ impl Publisher {
     /// Forgets and closes `owner`'s channel on the publishing connection, if
     /// it is open: for an owner that ended without doing so itself.
     pub(crate) async fn release(&self, owner: &str) {
-        let manager = self
-            .link
-            .lock()
-            .await
-            .as_ref()
-            .map(|link| link.manager.clone());
+        let manager = read(&self.link).as_ref().map(|link| link.manager.clone());
         if let Some(manager) = manager {
             manager.release(owner).await;
         }
@@ -623,11 +640,11 @@ impl Publisher {
     /// Closes the publishing connection, if open. Publishes waiting for it
     /// fail with [`Error::Unavailable`].
     pub(crate) async fn close(&self) -> Result<()> {
-        self.publishing.channel.lock().await.take();
-        self.returning.channel.lock().await.take();
+        write(&self.publishing.channel).take();
+        write(&self.returning.channel).take();
         // A later connection may go to a node configured otherwise.
         self.max_message_size.store(0, Ordering::Relaxed);
-        let Some(link) = self.link.lock().await.take() else {
+        let Some(link) = write(&self.link).take() else {
             return Ok(());
         };
         link.manager.shut_down();
@@ -643,10 +660,22 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        if let Some(link) = self.link.get_mut().as_ref() {
+        let link = self.link.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(link) = link.as_ref() {
             link.manager.shut_down();
         }
     }
+}
+
+/// Reads a lock that no panicking holder can have left inconsistent: every
+/// write replaces the whole value.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes a lock; see [`read`].
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Properties that would not fit in one frame fail here: sent, they would

@@ -1,8 +1,11 @@
 //! The scenarios, as the orchestrator runs them: set the broker up, run one
 //! implementation's client child, check the broker afterwards, record.
 
+mod cpu_handlers;
+mod dead_letter;
 mod drain;
 mod idle;
+mod isolation;
 mod latency;
 mod publish;
 mod recovery;
@@ -31,16 +34,25 @@ pub(crate) enum Scenario {
     Idle,
     /// Time to consume again after a broker outage.
     Recovery,
+    /// hutch-rs alone: every message fails and is forwarded to `<queue>:dead`.
+    DeadLetter,
+    /// hutch-rs alone: CPU-bound handlers, one call at a time against eight.
+    CpuHandlers,
+    /// hutch-rs alone: one consumer drains while another fails every message.
+    Isolation,
 }
 
 impl Scenario {
     /// Every scenario, in the default order.
-    pub(crate) const ALL: [Scenario; 5] = [
+    pub(crate) const ALL: [Scenario; 8] = [
         Scenario::Drain,
         Scenario::Publish,
         Scenario::Latency,
         Scenario::Idle,
         Scenario::Recovery,
+        Scenario::DeadLetter,
+        Scenario::CpuHandlers,
+        Scenario::Isolation,
     ];
 
     fn name(self) -> &'static str {
@@ -50,6 +62,22 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Idle => "idle",
             Scenario::Recovery => "recovery",
+            Scenario::DeadLetter => "dead-letter",
+            Scenario::CpuHandlers => "cpu-handlers",
+            Scenario::Isolation => "isolation",
+        }
+    }
+
+    /// Whether `implementation` plays the scenario. Forwarding failed
+    /// messages, concurrent handler calls and isolation between consumers
+    /// are what hutch-rs adds to lapin: the raw clients have nothing to
+    /// compare there, and those scenarios compare hutch-rs with itself.
+    pub(crate) fn played_by(self, implementation: Impl) -> bool {
+        match self {
+            Scenario::DeadLetter | Scenario::CpuHandlers | Scenario::Isolation => {
+                implementation == Impl::Hutch
+            }
+            _ => true,
         }
     }
 
@@ -66,6 +94,9 @@ impl Scenario {
             Scenario::Latency => latency::run(bench, implementation, results),
             Scenario::Idle => idle::run(bench, implementation, results),
             Scenario::Recovery => recovery::run(bench, implementation, results),
+            Scenario::DeadLetter => dead_letter::run(bench, results),
+            Scenario::CpuHandlers => cpu_handlers::run(bench, results),
+            Scenario::Isolation => isolation::run(bench, results),
         }
     }
 }
@@ -84,8 +115,8 @@ impl FromStr for Scenario {
             .into_iter()
             .find(|scenario| scenario.name() == name)
             .ok_or_else(|| {
-                format!("unknown scenario {name:?} (drain, publish, latency, idle, recovery)")
-                    .into()
+                let names: Vec<&str> = Self::ALL.iter().map(|scenario| scenario.name()).collect();
+                format!("unknown scenario {name:?} ({})", names.join(", ")).into()
             })
     }
 }
@@ -97,6 +128,9 @@ pub(crate) struct Bench<'a> {
     pub(crate) broker: &'a BenchBroker,
     /// The run's options.
     pub(crate) options: &'a Options,
+    /// The round, from 0: scenarios that measure two settings alternate
+    /// which goes first.
+    pub(crate) round: usize,
 }
 
 impl Bench<'_> {
@@ -115,16 +149,22 @@ impl Bench<'_> {
     }
 }
 
-/// Records a throughput phase as its rate and its CPU costs per message.
+/// Messages per second of a throughput phase.
+fn rate(report: &Throughput) -> f64 {
+    report.messages as f64 / (report.elapsed_ns as f64 / 1e9)
+}
+
+/// Records a throughput phase as its rate and its CPU costs per message;
+/// returns the rate.
 fn record_throughput(
     results: &mut Results,
     scenario: &str,
     implementation: Impl,
     report: &Throughput,
-) {
+) -> f64 {
     let messages = report.messages as f64;
     let per_message_us = |nanos: u64| nanos as f64 / 1_000.0 / messages;
-    let rate = messages / (report.elapsed_ns as f64 / 1e9);
+    let rate = rate(report);
     results.record(
         &format!("{scenario} msg/s"),
         Better::Higher,
@@ -144,8 +184,17 @@ fn record_throughput(
         per_message_us(report.broker_cpu_ns),
     );
     eprintln!(
-        "    {implementation}: {rate:.0} msg/s, client {:.1} µs/msg, broker {:.1} µs/msg",
+        "    {implementation} {scenario}: {rate:.0} msg/s, client {:.1} µs/msg, broker {:.1} µs/msg",
         per_message_us(report.client_cpu_ns),
         per_message_us(report.broker_cpu_ns)
     );
+    rate
+}
+
+/// Records a ratio of two hutch-rs rates measured in the same round, with
+/// the lowest value that passes.
+fn record_ratio(results: &mut Results, metric: &str, ratio: f64, at_least: f64) {
+    results.record(metric, Better::Higher, Impl::Hutch, ratio);
+    results.target(metric, at_least);
+    eprintln!("    {metric}: {ratio:.2} (target ≥ {at_least})");
 }

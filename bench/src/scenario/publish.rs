@@ -17,6 +17,13 @@ pub(super) fn run(
     implementation: Impl,
     results: &mut Results,
 ) -> Result<(), Error> {
+    let report = measure(bench, implementation)?;
+    record_throughput(results, "publish", implementation, &report);
+    Ok(())
+}
+
+/// One run of `implementation`'s publish client, checked through the broker.
+pub(super) fn measure(bench: &Bench<'_>, implementation: Impl) -> Result<Throughput, Error> {
     let broker = bench.broker;
     let messages = bench.options.messages;
     broker.purge(PUBLISH_QUEUE)?;
@@ -35,6 +42,5 @@ pub(super) fn run(
         .into());
     }
     broker.purge(PUBLISH_QUEUE)?;
-    record_throughput(results, "publish", implementation, &report);
-    Ok(())
+    Ok(report)
 }

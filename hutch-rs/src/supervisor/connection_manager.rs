@@ -126,6 +126,13 @@ impl ConnectionManager {
         self.shared.blocked.subscribe()
     }
 
+    /// Why the broker blocks the connection, if it does now: one read, for
+    /// callers that subscribe to [`blocked`](Self::blocked) only while it
+    /// does.
+    pub(crate) fn blocked_reason(&self) -> Option<String> {
+        self.shared.blocked.borrow().clone()
+    }
+
     /// Why the connection is not open, while it is not and an attempt to
     /// open it failed.
     pub(crate) fn last_error(&self) -> Option<String> {

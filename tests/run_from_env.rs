@@ -47,6 +47,29 @@ async fn application_entry_point() {
     println!("STOPPED");
 }
 
+/// This test binary again, running only `application_entry_point` in `role`.
+fn application(role: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "application_entry_point",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, role);
+    command
+}
+
+/// A local port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The lines `stream` carries, as they come, read on a thread of their own.
 fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (lines, output) = mpsc::channel();
@@ -64,14 +87,7 @@ fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Strin
 #[test]
 fn run_and_publish_use_the_environment_and_stop_on_sigterm() {
     let scope = Scope::new("env");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "application_entry_point",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE, "application")
+    let mut child = application("application")
         .env("HUTCH_URI", broker().amqp_uri())
         .env("HUTCH_EXCHANGE", &scope.exchange)
         .env("HUTCH_NAMESPACE", &scope.namespace)
@@ -128,20 +144,9 @@ fn run_and_publish_use_the_environment_and_stop_on_sigterm() {
 #[test]
 fn run_with_no_broker_and_no_subscriber_says_why_within_two_seconds() {
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let started = Instant::now();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "application_entry_point",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE, "unreachable")
+    let mut child = application("unreachable")
         .env(
             "HUTCH_URI",
             format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
@@ -171,11 +176,7 @@ fn run_with_no_broker_and_no_subscriber_says_why_within_two_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_that_times_out_says_why_the_connection_is_down() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let hutch = hutch_rs::Hutch::builder()
         .uri(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
         .confirm_timeout(Duration::from_secs(1))

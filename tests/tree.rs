@@ -1,5 +1,6 @@
 //! The root owns the whole tree: a consumer whose task dies outside a
-//! handler is reported, not left showing "consuming"; error hooks run on
+//! handler is restarted under its intensity and then reported, never left
+//! showing "consuming"; error hooks run on
 //! bounded queues, one worker each, drained with a deadline at shutdown.
 
 use std::{
@@ -70,14 +71,23 @@ async fn publish_many(hutch: &hutch_rs::Hutch, routing_key: &str, count: usize) 
     }
 }
 
+/// A panic in the consumer's own code (injected on every delivery) is a
+/// crash of its machinery: the run on that channel ends, the channel is
+/// closed so the message goes back, and the consumer restarts on a new
+/// channel under its restart intensity. The message panics it again each
+/// time, so past the intensity the consumer is reported failed and `run`
+/// ends; nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_that_panics_outside_a_handler_is_reported_failed_and_ends_run() {
+async fn a_consumer_that_panics_outside_a_handler_restarts_then_fails_past_its_intensity() {
+    const MAX_RESTARTS: u32 = 2;
     init_logging();
     let scope = Scope::new("faulty");
     let queue = scope.queue("faulty");
     let hutch = scope
         .builder("faulty")
         .__panic_in_run_loop(&queue)
+        .restart_intensity(MAX_RESTARTS, Duration::from_secs(60))
+        .reconnect_delay(Duration::from_millis(10), Duration::from_millis(50))
         .build()
         .unwrap();
     let mut events = hutch.events();
@@ -95,10 +105,13 @@ async fn a_consumer_that_panics_outside_a_handler_is_reported_failed_and_ends_ru
         .unwrap();
     let ended = tokio::time::timeout(PATIENCE, run)
         .await
-        .expect("run_until ends when a consumer's task panics")
+        .expect("run_until ends once the consumer fails past its intensity")
         .unwrap();
     let Err(Error::ConsumerFailed {
-        consumer, reason, ..
+        consumer,
+        reason,
+        restarts,
+        ..
     }) = ended
     else {
         panic!("expected ConsumerFailed, got {ended:?}");
@@ -108,26 +121,47 @@ async fn a_consumer_that_panics_outside_a_handler_is_reported_failed_and_ends_ru
         reason.starts_with("the consumer's task panicked: injected fault"),
         "{reason}"
     );
+    assert_eq!(restarts, MAX_RESTARTS);
 
     let status = hutch.status();
     let faulty = status.consumer(&queue).expect("tracked");
     assert_eq!(faulty.state, ConsumerState::Failed, "{status:?}");
-    let failed = tokio::time::timeout(PATIENCE, async {
+    assert_eq!(faulty.restarts, MAX_RESTARTS, "{status:?}");
+    // Every restart and the final failure were announced, with the panic.
+    let (restarted, failed) = tokio::time::timeout(PATIENCE, async {
+        let mut restarted = Vec::new();
         loop {
             match events.recv().await.expect("the Hutch lives") {
-                Event::ConsumerFailed { consumer, reason } => return (consumer, reason),
+                Event::ConsumerRestarted {
+                    consumer,
+                    restarts,
+                    reason,
+                } if consumer.ends_with("::faulty") => {
+                    assert!(reason.contains("panicked"), "{reason}");
+                    restarted.push(restarts);
+                }
+                Event::ConsumerFailed { consumer, reason } if consumer.ends_with("::faulty") => {
+                    return (restarted, reason);
+                }
                 _ => continue,
             }
         }
     })
     .await
     .expect("a ConsumerFailed event");
-    assert!(failed.0.ends_with("::faulty"));
-    assert!(failed.1.contains("panicked"), "{}", failed.1);
+    assert_eq!(restarted, (1..=MAX_RESTARTS).collect::<Vec<_>>());
+    assert!(failed.contains("panicked"), "{failed}");
 
-    // The handler never ran; the message went back with the channel.
+    // The handler never ran; the message went back with each channel, and
+    // no channel of the consumer stays open.
     assert!(JOURNAL.by("faulty").is_empty());
     assert_eq!(queue_depth(&queue), 1);
+    tokio::task::spawn_blocking({
+        let queue = queue.clone();
+        move || await_consumer_count(&queue, 0)
+    })
+    .await
+    .unwrap();
     hutch.close().await.unwrap();
 }
 

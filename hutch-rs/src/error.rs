@@ -201,10 +201,11 @@ pub enum Error {
         connection_error: Option<String>,
     },
 
-    /// A consumer failed more often than its restart intensity allows, could
-    /// not be restarted, or its task panicked outside a handler (a bug in
-    /// hutch-rs: the reason starts with "the consumer's task panicked");
-    /// `run`/`run_until` end with this.
+    /// A consumer failed more often than its restart intensity allows
+    /// (a panic of its task outside a handler, a bug in hutch-rs, is such a
+    /// failure: the reason then starts with "the consumer's task
+    /// panicked"), or could not be restarted; `run`/`run_until` end with
+    /// this.
     #[error("consumer {consumer} (queue {queue:?}) failed after {restarts} restart(s): {reason}")]
     ConsumerFailed {
         /// The consumer function, `module::function`.

@@ -33,7 +33,7 @@ use crate::{
 /// connection is re-established whenever it is lost, and a consumer that
 /// fails is restarted on its channel. [`failure`](Self::failure) resolves
 /// when something fails for good, including a consumer whose task panicked
-/// in hutch-rs's own code.
+/// in hutch-rs's own code more often than its restart intensity allows.
 ///
 /// A `Running` is a subtree of its `Hutch`'s: its cancellation token is a
 /// child of the `Hutch`'s root, and its tasks (the consuming connection's
@@ -178,7 +178,7 @@ impl Running {
     }
 
     /// Resolves when something failed for good: a consumer past its restart
-    /// intensity, a consumer whose task panicked outside a handler (a bug in
+    /// intensity (its crashes include panics outside a handler, a bug in
     /// hutch-rs: [`Error::ConsumerFailed`] with a reason starting "the
     /// consumer's task panicked"), a refused declaration, refused
     /// credentials on reconnect. Pending while everything runs or recovers.

@@ -97,8 +97,10 @@ impl ConsumerSupervisor {
     /// a panic in the consumer's own code.
     ///
     /// A handler's panic is caught per call and is that message's failure.
-    /// A panic anywhere else in the consumer (the run loop, settling,
-    /// forwarding: a bug in hutch-rs) is caught here, at the task's
+    /// A panic in a run on a channel (the run loop, settling, forwarding: a
+    /// bug in hutch-rs) is a crash of the consumer's machinery, restarted
+    /// under the restart intensity (see `consume_on`). A panic anywhere
+    /// else (the restart loop itself) is caught here, at the task's
     /// boundary: the consumer is reported failed (status, event, `Err`)
     /// rather than left showing "consuming" with no task behind it, and its
     /// channels are closed, so the broker redelivers what it had not
@@ -212,9 +214,7 @@ impl ConsumerSupervisor {
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(());
                     }
-                    Run::new(&self, lease.channel, deliveries, &shutdown)
-                        .consume()
-                        .await
+                    self.consume_on(lease.channel, deliveries, &shutdown).await
                 }
                 Err(Setup::Fatal(error)) => {
                     tracing::error!(%error, "the broker refused this consumer's setup");
@@ -273,6 +273,32 @@ impl ConsumerSupervisor {
                 }
             }
         }
+    }
+
+    /// Consumes on `channel` until the run ends. A panic in the run (the
+    /// consumer's own code, not a handler: a bug in hutch-rs) ends this run
+    /// alone: everything the run knew (its ledger, its calls, its copies in
+    /// flight) went with it, so its channels are closed, the broker
+    /// redelivers what it had not settled, and the consumer restarts on a
+    /// new channel under its restart intensity, like any other crash of its
+    /// machinery. Nothing the next run uses outlives this one but the shared
+    /// maps (channels, status), which no panic leaves half written.
+    async fn consume_on(
+        &self,
+        channel: Channel,
+        deliveries: lapin::Consumer,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        let run = Run::new(self, channel, deliveries, shutdown).consume();
+        let panic = match AssertUnwindSafe(run).catch_unwind().await {
+            Ok(ended) => return ended,
+            Err(panic) => panic_message(panic.as_ref()),
+        };
+        let reason = format!("the consumer's task panicked: {panic}");
+        tracing::error!(%reason, "the consumer failed outside a handler; closing its channels");
+        self.manager.release(&self.name).await;
+        self.publisher.release(&forwarder_name(&self.name)).await;
+        Ended::Crashed(reason)
     }
 
     /// Applies the consumer's whole channel state: qos, the exchange, its

@@ -45,17 +45,51 @@ impl ClientProcess {
     /// `<dir>/<implementation>-<scenario>.txt`: how many wake-ups (`futex`)
     /// and socket calls each implementation makes per message. Timings of
     /// such a run mean nothing.
+    ///
+    /// With `HUTCH_BENCH_PERF=<dir>`, the child runs under `perf record`
+    /// instead, its profile written to
+    /// `<dir>/<implementation>-<scenario>.data`: where the client's CPU
+    /// time goes (`perf report -i …`). With `HUTCH_BENCH_CALLGRIND=<dir>`,
+    /// under valgrind's callgrind, which counts the instructions each
+    /// function executes (`callgrind_annotate …`): unlike CPU time on a
+    /// shared machine, the same from one run to the next, so that small
+    /// changes to a client's path can be compared. Timings of such a run
+    /// mean nothing.
     pub(crate) fn spawn(args: &ClientArgs) -> Result<Self, Error> {
         let program = std::env::current_exe()?;
-        let mut command = match std::env::var_os("HUTCH_BENCH_STRACE") {
-            Some(dir) => {
-                let output = std::path::Path::new(&dir)
-                    .join(format!("{}-{}.txt", args.implementation, args.scenario));
-                let mut strace = Command::new("strace");
-                strace.args(["-f", "-c", "-o"]).arg(output).arg(program);
-                strace
-            }
-            None => Command::new(program),
+        let output = |dir: &std::ffi::OsStr, extension: &str| {
+            std::path::Path::new(dir).join(format!(
+                "{}-{}.{extension}",
+                args.implementation, args.scenario
+            ))
+        };
+        let mut command = if let Some(dir) = std::env::var_os("HUTCH_BENCH_STRACE") {
+            let mut strace = Command::new("strace");
+            strace
+                .args(["-f", "-c", "-o"])
+                .arg(output(&dir, "txt"))
+                .arg(program);
+            strace
+        } else if let Some(dir) = std::env::var_os("HUTCH_BENCH_PERF") {
+            let mut perf = Command::new("perf");
+            perf.args(["record", "--quiet", "-F", "20000", "-o"])
+                .arg(output(&dir, "data"))
+                .arg("--")
+                .arg(program);
+            perf
+        } else if let Some(dir) = std::env::var_os("HUTCH_BENCH_CALLGRIND") {
+            let mut valgrind = Command::new("valgrind");
+            valgrind
+                .args(["--tool=callgrind", "--quiet"])
+                .arg({
+                    let mut flag = std::ffi::OsString::from("--callgrind-out-file=");
+                    flag.push(output(&dir, "callgrind"));
+                    flag
+                })
+                .arg(program);
+            valgrind
+        } else {
+            Command::new(program)
         };
         let mut child = command
             .args(args.to_args())

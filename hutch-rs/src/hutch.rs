@@ -10,7 +10,7 @@ use crate::{
     HutchBuilder, Result, Running,
     config::Settings,
     event::EventStream,
-    outgoing::{Outgoing, PublishOptions, Published},
+    outgoing::{Draft, JSON, Outgoing, PublishOptions, Published, encode_json},
     publisher::Publisher,
     registry,
     retry::{self, HookQueues},
@@ -198,8 +198,16 @@ impl Hutch {
         value: &T,
         options: PublishOptions,
     ) -> Result<Published> {
-        let outgoing = Outgoing::json(routing_key, value)?.with_options(options);
-        self.inner.publisher.publish(&outgoing).await
+        // Serialized here and published from borrowed parts: no copy of
+        // the routing key or the content type per publish.
+        let body = encode_json(routing_key, value)?;
+        let draft = Draft {
+            routing_key,
+            body: &body,
+            content_type: JSON,
+            options: &options,
+        };
+        self.inner.publisher.publish(draft).await
     }
 
     /// Publishes `body` as it is, with `content_type`, for messages that are
@@ -217,8 +225,14 @@ impl Hutch {
         content_type: &str,
         options: PublishOptions,
     ) -> Result<Published> {
-        let outgoing = Outgoing::bytes(routing_key, body, content_type).with_options(options);
-        self.inner.publisher.publish(&outgoing).await
+        let body = body.into();
+        let draft = Draft {
+            routing_key,
+            body: &body,
+            content_type,
+            options: &options,
+        };
+        self.inner.publisher.publish(draft).await
     }
 
     /// Publishes many messages with their confirms pipelined (up to 256

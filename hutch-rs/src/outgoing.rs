@@ -1,10 +1,7 @@
 //! A message on its way out: routing key, body, content type and the
 //! per-publish options; and what the broker confirmed.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, SystemTime},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use lapin::{
     BasicProperties,
@@ -12,10 +9,7 @@ use lapin::{
 };
 use serde::Serialize;
 
-use crate::{
-    Error, Result,
-    properties::{PERSISTENT, unix_seconds},
-};
+use crate::{Error, Result, properties::PERSISTENT};
 
 /// The content type of typed (JSON) messages.
 pub(crate) const JSON: &str = "application/json";
@@ -188,10 +182,7 @@ impl Outgoing {
     ///
     /// [`Error::Encode`] if `value` does not serialize.
     pub fn json<T: Serialize + ?Sized>(routing_key: &str, value: &T) -> Result<Self> {
-        let body = serde_json::to_vec(value).map_err(|source| Error::Encode {
-            routing_key: routing_key.to_owned(),
-            source,
-        })?;
+        let body = encode_json(routing_key, value)?;
         Ok(Self::bytes(routing_key, body, JSON))
     }
 
@@ -218,26 +209,109 @@ impl Outgoing {
         &self.routing_key
     }
 
-    /// The AMQP properties this message is published with, and its message
-    /// id (the one given, or a fresh UUID). Built once: a publish retried on
-    /// a new connection goes out with the same id.
+    /// The message as the publisher reads it.
+    pub(crate) fn draft(&self) -> Draft<'_> {
+        Draft {
+            routing_key: &self.routing_key,
+            body: &self.body,
+            content_type: &self.content_type,
+            options: &self.options,
+        }
+    }
+
+    /// The AMQP properties this message would be published with now, and
+    /// its message id (the one given, or a fresh UUID).
+    #[cfg(test)]
+    fn properties(&self) -> Result<(BasicProperties, String)> {
+        let draft = self.draft();
+        let message_id = draft.message_id();
+        let now = crate::properties::unix_seconds(std::time::SystemTime::now());
+        let properties = draft.properties(&message_id, now)?;
+        Ok((properties, message_id))
+    }
+}
+
+/// `value` as a JSON body for a message to `routing_key`.
+pub(crate) fn encode_json<T: Serialize + ?Sized>(routing_key: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|source| Error::Encode {
+        routing_key: routing_key.to_owned(),
+        source,
+    })
+}
+
+/// A message to publish, borrowed from an [`Outgoing`] or from the caller
+/// of [`Hutch::publish`](crate::Hutch::publish), which serializes the body
+/// and publishes it without copying the routing key or the content type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Draft<'a> {
+    pub(crate) routing_key: &'a str,
+    pub(crate) body: &'a [u8],
+    pub(crate) content_type: &'a str,
+    pub(crate) options: &'a PublishOptions,
+}
+
+impl Draft<'_> {
+    /// The message id to publish with: the one given, or a fresh UUID.
+    /// Chosen once per publish: a publish sent again on a new connection
+    /// goes out with the same id.
+    pub(crate) fn message_id(&self) -> String {
+        self.options
+            .message_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Checks that every property fits in AMQP, as
+    /// [`properties`](Self::properties) would, without building them: a
+    /// publish fails on it at once, before it waits for a connection, and
+    /// builds its properties only when it sends them.
+    ///
+    /// # Errors
+    ///
+    /// As [`properties`](Self::properties).
+    pub(crate) fn validate(&self, message_id: &str) -> Result<()> {
+        let options = self.options;
+        let short = |property: &str, value: &str| {
+            if value.len() <= MAX_SHORT_STRING_BYTES {
+                Ok(())
+            } else {
+                short_string(self.routing_key, property, value).map(drop)
+            }
+        };
+        short("content type", self.content_type)?;
+        short("message id", message_id)?;
+        for name in options.headers.keys() {
+            if name.len() > MAX_SHORT_STRING_BYTES {
+                short(&format!("header name {}", abbreviated(name)), name)?;
+            }
+        }
+        if let Some(correlation_id) = &options.correlation_id {
+            short("correlation id", correlation_id)?;
+        }
+        if let Some(reply_to) = &options.reply_to {
+            short("reply_to", reply_to)?;
+        }
+        Ok(())
+    }
+
+    /// The AMQP properties to publish with, for `message_id` and
+    /// `timestamp` (Unix seconds). Built anew for every attempt of a
+    /// publish (lapin takes them by value): from the same inputs, the same
+    /// properties, and cheaper than keeping a copy for an attempt that
+    /// rarely comes.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidProperty`] for a header name, message id,
     /// correlation id, `reply_to` or content type longer than AMQP allows.
-    pub(crate) fn properties(&self) -> Result<(BasicProperties, String)> {
-        let options = &self.options;
-        let short = |property: &str, value: &str| short_string(&self.routing_key, property, value);
-        let message_id = options
-            .message_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    pub(crate) fn properties(&self, message_id: &str, timestamp: u64) -> Result<BasicProperties> {
+        let options = self.options;
+        let short = |property: &str, value: &str| short_string(self.routing_key, property, value);
         let mut properties = BasicProperties::default()
-            .with_content_type(short("content type", &self.content_type)?)
+            .with_content_type(short("content type", self.content_type)?)
             .with_delivery_mode(PERSISTENT)
-            .with_message_id(short("message id", &message_id)?)
-            .with_timestamp(unix_seconds(SystemTime::now()));
+            .with_message_id(short("message id", message_id)?)
+            .with_timestamp(timestamp);
         if !options.headers.is_empty() {
             let mut headers = FieldTable::default();
             for (name, value) in &options.headers {
@@ -258,7 +332,7 @@ impl Outgoing {
         if let Some(priority) = options.priority {
             properties = properties.with_priority(priority);
         }
-        Ok((properties, message_id))
+        Ok(properties)
     }
 }
 
@@ -371,16 +445,20 @@ mod tests {
         ];
         for (property, options) in cases {
             let outgoing = Outgoing::json("a.b", &1).unwrap().with_options(options);
+            let draft = outgoing.draft();
+            let validated = draft.validate(&draft.message_id()).unwrap_err();
             let error = outgoing.properties().unwrap_err();
+            assert_eq!(validated.to_string(), error.to_string());
             assert!(
                 matches!(&error, Error::InvalidProperty { property: named, routing_key, .. } if named.starts_with(property) && routing_key == "a.b"),
                 "{error:?}"
             );
             assert!(error.to_string().contains("256 bytes"), "{error}");
         }
-        let error = Outgoing::bytes("a.b", b"x".to_vec(), &long)
-            .properties()
-            .unwrap_err();
+        let long_content_type = Outgoing::bytes("a.b", b"x".to_vec(), &long);
+        let draft = long_content_type.draft();
+        assert!(draft.validate(&draft.message_id()).is_err());
+        let error = long_content_type.properties().unwrap_err();
         assert!(
             matches!(&error, Error::InvalidProperty { property, .. } if property == "content type"),
             "{error:?}"
@@ -393,5 +471,7 @@ mod tests {
                 .reply_to(&limit),
         );
         assert!(at_the_limit.properties().is_ok());
+        let draft = at_the_limit.draft();
+        assert!(draft.validate(&draft.message_id()).is_ok());
     }
 }

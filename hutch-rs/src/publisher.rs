@@ -5,8 +5,12 @@ use std::{
         Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
+
+use std::pin::Pin;
+
+use tokio::time::Instant;
 
 use futures_util::{StreamExt, stream};
 use lapin::{
@@ -25,7 +29,8 @@ use crate::{
     backoff::Backoff,
     config::Settings,
     frame_size,
-    outgoing::{Outgoing, Published},
+    outgoing::{Draft, Outgoing, Published},
+    properties::unix_seconds,
     supervisor::{
         classify,
         connection::Purpose,
@@ -47,8 +52,9 @@ struct Lane {
     owner: &'static str,
     /// The channel, once set up. Every publish reads it; it changes only
     /// when a channel is set up or retired, so a plain lock held for a
-    /// clone, never across an `.await`.
-    channel: Arc<RwLock<Option<Channel>>>,
+    /// clone, never across an `.await`. In an `Arc`: a publish takes one
+    /// reference count, not the dozen of a `Channel` clone.
+    channel: Arc<RwLock<Option<Arc<Channel>>>>,
     /// Held while a channel is set up: one publish sets it up, the others
     /// wait for it rather than open channels of their own.
     setting_up: Mutex<()>,
@@ -64,7 +70,7 @@ impl Lane {
     }
 
     /// The lane's channel, if it is set up and open.
-    fn open_channel(&self) -> Option<Channel> {
+    fn open_channel(&self) -> Option<Arc<Channel>> {
         read(&self.channel)
             .as_ref()
             .filter(|channel| channel.status().connected())
@@ -121,6 +127,8 @@ struct Link {
 enum Attempt {
     /// The broker answered: confirmed, refused or returned.
     Answered(Result<()>),
+    /// The publish's deadline passed first.
+    TimedOut,
     /// The channel or connection failed before the broker answered; the
     /// same message (same id) goes out again on the next channel.
     Lost(lapin::Error),
@@ -131,8 +139,21 @@ struct Publish<'a> {
     exchange: &'a str,
     routing_key: &'a str,
     body: &'a [u8],
-    properties: BasicProperties,
+    draft: Draft<'a>,
+    message_id: &'a str,
+    /// Unix seconds, the same for every attempt.
+    timestamp: u64,
     mandatory: bool,
+}
+
+impl Publish<'_> {
+    /// The properties of an attempt: the same message id, timestamp and
+    /// options every time. Built where they are sent (lapin takes them by
+    /// value), not carried along: they are larger than the rest of the
+    /// publish.
+    fn properties(&self) -> Result<BasicProperties> {
+        self.draft.properties(self.message_id, self.timestamp)
+    }
 }
 
 /// A mandatory publish's turn on the returning lane.
@@ -147,8 +168,8 @@ struct Turn {
     /// Released on drop, or by the task retiring the channel.
     guard: Option<OwnedMutexGuard<()>>,
     /// The channel a message was sent on that the broker has not answered.
-    unanswered: Option<Channel>,
-    cache: Arc<RwLock<Option<Channel>>>,
+    unanswered: Option<Arc<Channel>>,
+    cache: Arc<RwLock<Option<Arc<Channel>>>>,
     owner: &'static str,
     manager: ConnectionManager,
     /// Tracks the task that retires the channel.
@@ -208,18 +229,28 @@ impl Publisher {
         }
     }
 
-    /// Publishes `outgoing` to the exchange and resolves once the broker has
+    /// Publishes `draft` to the exchange and resolves once the broker has
     /// confirmed it, within the confirm timeout.
-    pub(crate) async fn publish(&self, outgoing: &Outgoing) -> Result<Published> {
-        topology::check_publish_routing_key(&outgoing.routing_key)?;
-        let (properties, message_id) = outgoing.properties()?;
-        self.confirmed(Publish {
+    pub(crate) async fn publish(&self, draft: Draft<'_>) -> Result<Published> {
+        topology::check_publish_routing_key(draft.routing_key)?;
+        let message_id = draft.message_id();
+        let timestamp = unix_seconds(SystemTime::now());
+        // A property AMQP cannot carry fails the publish before anything
+        // waits for a connection.
+        draft.validate(&message_id)?;
+        // Boxed: the wait for the confirm is most of a publish's state (the
+        // lapin future alone is over 1 KiB). A publish future stays a few
+        // hundred bytes, cheap to move into a `FuturesUnordered` or a task,
+        // and its state is allocated once, in place, when it first runs.
+        Box::pin(self.confirmed(Publish {
             exchange: self.settings.exchange.as_str(),
-            routing_key: &outgoing.routing_key,
-            body: &outgoing.body,
-            properties,
-            mandatory: outgoing.options.is_mandatory(),
-        })
+            routing_key: draft.routing_key,
+            body: draft.body,
+            draft,
+            message_id: &message_id,
+            timestamp,
+            mandatory: draft.options.is_mandatory(),
+        }))
         .await?;
         Ok(Published::new(message_id))
     }
@@ -232,7 +263,7 @@ impl Publisher {
     /// `tokio::spawn` (rustc cannot prove it `Send` for every lifetime).
     pub(crate) async fn publish_batch(&self, batch: Vec<Outgoing>) -> Vec<Result<Published>> {
         stream::iter(batch)
-            .map(|outgoing| async move { self.publish(&outgoing).await })
+            .map(|outgoing| async move { self.publish(outgoing.draft()).await })
             .buffered(BATCH_WINDOW)
             .collect()
             .await
@@ -300,9 +331,15 @@ impl Publisher {
     /// A mandatory publish first waits for its turn; its confirm timeout
     /// starts once it has it. The wait for the turn is bounded too: it gives
     /// up when no mandatory publish was answered for a confirm timeout.
+    ///
+    /// One deadline bounds every wait of the publish. The common path (a
+    /// channel is open, the broker confirms) costs one timer and no other
+    /// subscription; the rare waits (a blocked connection, a channel being
+    /// set up, a backoff) are boxed and bounded by the same deadline.
     async fn confirmed(&self, publish: Publish<'_>) -> Result<()> {
         let timeout = self.settings.confirm_timeout;
         let routing_key = publish.routing_key;
+        let exchange = publish.exchange;
         self.check_size(&publish)?;
         // One manager for the whole publish: the alarm it reports is the
         // alarm of the connection the publish waits for.
@@ -320,43 +357,56 @@ impl Publisher {
             },
         };
         let (lane, mut turn) = if publish.mandatory {
-            let Some(turn) = self.take_turn(&manager, timeout).await else {
+            // Boxed, as every rare path of a publish: the future of every
+            // publish in flight is as large as its largest path.
+            let Some(turn) = Box::pin(self.take_turn(&manager, timeout)).await else {
                 return Err(gave_up());
             };
             (&self.returning, Some(turn))
         } else {
             (&self.publishing, None)
         };
-        let publishing = async {
-            let mut backoff = self.retry_backoff();
-            loop {
-                // A blocked connection is not read by the broker: what is
-                // sent now would sit in the socket. Wait for the alarm to
-                // clear (within the timeout) instead. The watch is cleared
-                // when the manager ends, too. Subscribed to only while
-                // blocked: the common case is one read.
-                if manager.blocked_reason().is_some() {
-                    let _ = manager.blocked().wait_for(Option::is_none).await;
+        let deadline = Instant::now() + timeout;
+        let mut backoff = None;
+        loop {
+            // A blocked connection is not read by the broker: what is sent
+            // now would sit in the socket. Wait for the alarm to clear
+            // (within the timeout) instead. The watch is cleared when the
+            // manager ends, too. Subscribed to only while blocked: the
+            // common case is one read.
+            if manager.blocked_reason().is_some() {
+                let mut blocked = manager.blocked();
+                let unblocked =
+                    tokio::time::timeout_at(deadline, blocked.wait_for(Option::is_none));
+                if Box::pin(unblocked).await.is_err() {
+                    return Err(gave_up());
                 }
-                let attempt = self
-                    .publish_once(lane, &manager, &publish, turn.as_mut())
-                    .await?;
-                match attempt {
-                    Attempt::Answered(answer) => return answer,
-                    Attempt::Lost(error) => {
-                        tracing::warn!(exchange = %publish.exchange, %routing_key, %error, "the publish was not confirmed before its channel failed; publishing it again");
-                        manager.report_trouble();
-                        // Not in a tight loop if the channel keeps failing.
-                        backoff.wait(manager.shutting_down()).await;
+            }
+            // Once the manager has ended (closed, or failed for good), the
+            // connection is going or gone: nothing more is sent.
+            if manager.has_ended() {
+                return Err(manager.ended());
+            }
+            // Dropping the turn on a timeout retires the channel if the
+            // message on it is unanswered.
+            let attempt = self
+                .publish_once(lane, &manager, &publish, turn.as_mut(), deadline)
+                .await?;
+            match attempt {
+                Attempt::Answered(answer) => return answer,
+                Attempt::TimedOut => return Err(gave_up()),
+                Attempt::Lost(error) => {
+                    tracing::warn!(%exchange, %routing_key, %error, "the publish was not confirmed before its channel failed; publishing it again");
+                    manager.report_trouble();
+                    // Not in a tight loop if the channel keeps failing.
+                    let backoff = backoff.get_or_insert_with(|| self.retry_backoff());
+                    let waited =
+                        tokio::time::timeout_at(deadline, backoff.wait(manager.shutting_down()));
+                    if Box::pin(waited).await.is_err() {
+                        return Err(gave_up());
                     }
                 }
             }
-        };
-        match tokio::time::timeout(timeout, publishing).await {
-            Ok(answer) => answer,
-            // Dropping the turn now retires the channel if the message on it
-            // is unanswered.
-            Err(_) => Err(gave_up()),
         }
     }
 
@@ -413,13 +463,15 @@ impl Publisher {
         Ok(())
     }
 
-    /// One publish on the lane's channel and the broker's answer to it.
+    /// One publish on the lane's channel and the broker's answer to it, by
+    /// `deadline`.
     async fn publish_once(
         &self,
         lane: &Lane,
         manager: &ConnectionManager,
         publish: &Publish<'_>,
         mut turn: Option<&mut Turn>,
+        deadline: Instant,
     ) -> Result<Attempt> {
         let Publish {
             exchange,
@@ -428,8 +480,19 @@ impl Publisher {
             mandatory,
             ..
         } = *publish;
-        let channel = self.channel(lane, manager).await?;
-        check_header_size(publish, manager)?;
+        let channel = match lane.open_channel() {
+            Some(channel) => channel,
+            None => {
+                let setting_up =
+                    tokio::time::timeout_at(deadline, self.set_up_channel(lane, manager));
+                match Box::pin(setting_up).await {
+                    Ok(channel) => channel?,
+                    Err(_) => return Ok(Attempt::TimedOut),
+                }
+            }
+        };
+        let properties = publish.properties()?;
+        check_header_size(routing_key, &properties, manager)?;
         if let Some(turn) = turn.as_deref_mut() {
             turn.unanswered = Some(channel.clone());
         }
@@ -443,19 +506,18 @@ impl Publisher {
                         ..BasicPublishOptions::default()
                     },
                     body,
-                    publish.properties.clone(),
+                    properties,
                 )
                 .await?
                 .await
         };
-        // A connection closed while the confirm is outstanding may take
-        // until its heartbeat times out to fail the confirm (a blocked
-        // connection is not read by the broker, so not even the close gets
-        // through): the end of the manager ends the wait.
-        let outcome = tokio::select! {
-            biased;
-            outcome = confirmed => outcome,
-            () = manager.until_ended() => return Err(manager.ended()),
+        // Pinned here and lent to `settle_by`: moving it there would copy
+        // lapin's publish future (over 1 KiB) once more per publish.
+        tokio::pin!(confirmed);
+        let outcome = match settle_by(confirmed.as_mut(), manager, deadline).await {
+            Settled::Answered(outcome) => outcome,
+            Settled::TimedOut => return Ok(Attempt::TimedOut),
+            Settled::ManagerEnded => return Err(manager.ended()),
         };
         // Answered, or the channel is gone: nothing of this publish is left
         // on it.
@@ -509,14 +571,16 @@ impl Publisher {
         Ok(Attempt::Lost(error))
     }
 
-    /// The lane's confirm-mode channel on `manager`'s connection. A new
-    /// channel is put in confirm mode and the exchange declared on it, so a
-    /// publisher that starts before any consumer does not publish into an
-    /// exchange that does not exist (the broker would close the channel).
-    async fn channel(&self, lane: &Lane, manager: &ConnectionManager) -> Result<Channel> {
-        if let Some(channel) = lane.open_channel() {
-            return Ok(channel);
-        }
+    /// The lane's confirm-mode channel on `manager`'s connection, when the
+    /// lane has none open: one publish sets one up, the others wait for it.
+    /// A new channel is put in confirm mode and the exchange declared on it,
+    /// so a publisher that starts before any consumer does not publish into
+    /// an exchange that does not exist (the broker would close the channel).
+    async fn set_up_channel(
+        &self,
+        lane: &Lane,
+        manager: &ConnectionManager,
+    ) -> Result<Arc<Channel>> {
         let _setting_up = lane.setting_up.lock().await;
         // Another publish may have set one up meanwhile.
         if let Some(channel) = lane.open_channel() {
@@ -549,8 +613,9 @@ impl Publisher {
             };
             match setup.await {
                 Ok(()) => {
-                    *write(&lane.channel) = Some(lease.channel.clone());
-                    return Ok(lease.channel);
+                    let channel = Arc::new(lease.channel);
+                    *write(&lane.channel) = Some(channel.clone());
+                    return Ok(channel);
                 }
                 Err(Error::Declare { source, .. })
                     if !classify::is_fatal_channel_error(&source) =>
@@ -678,26 +743,77 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How the wait for a confirm ended.
+enum Settled<T> {
+    Answered(T),
+    TimedOut,
+    ManagerEnded,
+}
+
+/// How long a confirm is awaited before the wait also watches for the end
+/// of the connection's manager.
+///
+/// A connection closed while a confirm is outstanding may take until its
+/// heartbeat times out to fail the confirm (a blocked connection is not
+/// read by the broker, so not even the close gets through): the end of the
+/// manager ends the wait. Almost every confirm comes much sooner than this,
+/// so almost no publish pays for the subscription; one outstanding when
+/// the manager ends still ends within this long.
+const WATCH_FOR_THE_END_AFTER: Duration = Duration::from_millis(500);
+
+/// Awaits `confirmed` until `deadline`, and while it takes longer than
+/// [`WATCH_FOR_THE_END_AFTER`], until the manager ends too. One timer: it
+/// first fires at the grace period's end, then is moved to the deadline.
+async fn settle_by<F: Future>(
+    mut confirmed: Pin<&mut F>,
+    manager: &ConnectionManager,
+    deadline: Instant,
+) -> Settled<F::Output> {
+    let watch_from = Instant::now() + WATCH_FOR_THE_END_AFTER;
+    let timer = tokio::time::sleep_until(watch_from.min(deadline));
+    tokio::pin!(timer);
+    tokio::select! {
+        biased;
+        outcome = &mut confirmed => return Settled::Answered(outcome),
+        () = &mut timer => {}
+    }
+    if Instant::now() >= deadline {
+        return Settled::TimedOut;
+    }
+    timer.as_mut().reset(deadline);
+    let ended = manager.until_ended();
+    tokio::select! {
+        biased;
+        outcome = confirmed => Settled::Answered(outcome),
+        () = ended => Settled::ManagerEnded,
+        () = timer => Settled::TimedOut,
+    }
+}
+
 /// Properties that would not fit in one frame fail here: sent, they would
 /// make the broker close the connection that every publish shares, and
 /// sending them again would close it again.
-fn check_header_size(publish: &Publish<'_>, manager: &ConnectionManager) -> Result<()> {
+fn check_header_size(
+    routing_key: &str,
+    properties: &BasicProperties,
+    manager: &ConnectionManager,
+) -> Result<()> {
     // Between the channel and this check the connection may have gone; the
     // publish then fails on the closed channel as any other would.
     // Without headers the properties are at most 14 short strings and a
     // few numbers, under the 4,096-byte frame every broker must accept:
     // only headers are worth measuring.
-    if publish.properties.headers().is_none() {
+    if properties.headers().is_none() {
         return Ok(());
     }
     let Some(frame_max) = manager.frame_max() else {
         return Ok(());
     };
     let max = frame_size::properties_capacity(frame_max);
-    let size = frame_size::properties_size(&publish.properties);
+    let size = frame_size::properties_size(properties);
     if size > max {
         return Err(Error::HeadersTooLarge {
-            routing_key: publish.routing_key.to_owned(),
+            routing_key: routing_key.to_owned(),
             size,
             max,
             frame_max,
@@ -726,4 +842,22 @@ fn answer(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Hutch;
+
+    /// Each publish in flight is a future the caller keeps (200 of them in
+    /// a `FuturesUnordered`, say) and moves at least once: its size is
+    /// copied per publish. The wait for the confirm (lapin's publish
+    /// future alone is over 1 KiB) is boxed, allocated once in place.
+    #[tokio::test]
+    async fn a_publish_in_flight_stays_small() {
+        let hutch = Hutch::builder().build().unwrap();
+        let publish = hutch.publish("size.check", &1);
+        let size = std::mem::size_of_val(&publish);
+        // 3,408 bytes before the wait for the confirm was boxed.
+        assert!(size <= 1024, "a publish future takes {size} bytes");
+    }
 }

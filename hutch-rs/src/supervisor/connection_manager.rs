@@ -264,6 +264,12 @@ impl ConnectionManager {
         let _ = link.wait_for(|link| matches!(link, Link::Ended)).await;
     }
 
+    /// Whether the manager has ended (shut down, or a fatal error): one
+    /// read, for callers that check before they send.
+    pub(crate) fn has_ended(&self) -> bool {
+        matches!(&*self.shared.link.borrow(), Link::Ended)
+    }
+
     /// Why the manager ended, once it has: the fatal error it ended with
     /// (every caller gets it, e.g. [`Error::Connect`] for refused
     /// credentials), or [`Error::Unavailable`] if it was shut down.

@@ -403,7 +403,9 @@ async fn mandatory_messages_waiting_their_turn_on_a_healthy_broker_do_not_time_o
     // one is answered in milliseconds.
     const BATCHES: usize = 8;
     const EACH: usize = 250;
-    const TIMEOUT: Duration = Duration::from_secs(1);
+    // Short against the ~13 s the batches take in all, long enough that
+    // one slow fsync on a loaded machine is not a timeout.
+    const TIMEOUT: Duration = Duration::from_secs(3);
     let scope = Scope::new("mandatory-batch");
     let queue = bound_queue(&scope, "bound", "mbatch.ok", FieldTable::default()).await;
     let hutch = scope

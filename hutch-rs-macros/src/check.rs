@@ -52,6 +52,9 @@ pub(crate) struct Consumer<'a> {
     pub(crate) concurrency: Option<u16>,
     /// `T` in the argument `Message<T>`.
     pub(crate) body_type: &'a Type,
+    /// The types of the arguments after the message: extractors, each
+    /// checked by the type checker against `hutch_rs::FromDelivery`.
+    pub(crate) extractors: Vec<&'a Type>,
     /// Where the function's return type is written, or its name when it
     /// returns `()`: where a wrong return type is reported.
     pub(crate) output_span: Span,
@@ -132,7 +135,7 @@ pub(crate) fn consumer<'a>(
         .and_then(|literal| handler_timeout(literal, errors));
     let (prefetch, concurrency) = flow_control(args, errors);
 
-    let body_type = signature(&function.sig, errors);
+    let (body_type, extractors) = signature(&function.sig, errors)?;
     Some(Consumer {
         function,
         name,
@@ -145,7 +148,8 @@ pub(crate) fn consumer<'a>(
         timeout,
         prefetch,
         concurrency,
-        body_type: body_type?,
+        body_type,
+        extractors,
         output_span: match &function.sig.output {
             ReturnType::Type(_, ty) => ty.span(),
             ReturnType::Default => function.sig.ident.span(),
@@ -492,8 +496,9 @@ pub(crate) fn validate_name(kind: NameKind, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks that the function is `async fn name(msg: Message<T>)` and returns `T`.
-fn signature<'a>(sig: &'a Signature, errors: &mut Errors) -> Option<&'a Type> {
+/// Checks that the function is `async fn name(msg: Message<T>, ...)` and
+/// returns `T` and the types of the arguments after the message.
+fn signature<'a>(sig: &'a Signature, errors: &mut Errors) -> Option<(&'a Type, Vec<&'a Type>)> {
     let mut valid = true;
     let mut refuse = |errors: &mut Errors, tokens: &dyn ToTokens, message: &str| {
         errors.spanned(tokens, message);
@@ -557,8 +562,8 @@ fn signature<'a>(sig: &'a Signature, errors: &mut Errors) -> Option<&'a Type> {
         None => {
             errors.at(
                 sig.paren_token.span.join(),
-                "a #[consumer] function takes one argument, the message: `msg: Message<T>`, \
-                 where `T` is the body type",
+                "a #[consumer] function takes the message first, `msg: Message<T>` where `T` is the \
+                 body type, then any extractors (`State<T>`, `Context`)",
             );
             None
         }
@@ -572,16 +577,54 @@ fn signature<'a>(sig: &'a Signature, errors: &mut Errors) -> Option<&'a Type> {
         }
         Some(FnArg::Typed(argument)) => message_body_type(&argument.ty, errors),
     };
-    let extra: Vec<&FnArg> = inputs.collect();
-    if !extra.is_empty() {
-        errors.spanned(
-            quote::quote!(#(#extra),*),
-            "a #[consumer] function takes exactly one argument, `msg: Message<T>`; remove the others \
-             (the message's routing key, headers and properties are methods of `Message`)",
-        );
-        return None;
+    let mut extractors = Vec::new();
+    for argument in inputs {
+        match argument {
+            FnArg::Receiver(receiver) => {
+                errors.spanned(
+                    receiver,
+                    "a #[consumer] function cannot take `self`: it must be a free function; \
+                     move it out of the `impl` block",
+                );
+                valid = false;
+            }
+            FnArg::Typed(argument) => {
+                if is_message_type(&argument.ty) {
+                    errors.spanned(
+                        &argument.ty,
+                        "a #[consumer] function takes one `Message<T>`, first; the arguments \
+                         after it are extractors (`State<T>`, `Context`, or your own \
+                         `hutch_rs::FromDelivery` type)",
+                    );
+                    valid = false;
+                } else if let Some(impl_token) = find_impl_keyword(argument.ty.to_token_stream()) {
+                    errors.at(
+                        impl_token,
+                        "an extractor cannot be `impl Trait`: the runtime builds one concrete \
+                         type for each argument; name it",
+                    );
+                    valid = false;
+                } else {
+                    extractors.push(&*argument.ty);
+                }
+            }
+        }
     }
-    if valid { body_type } else { None }
+    match body_type {
+        Some(body_type) if valid => Some((body_type, extractors)),
+        _ => None,
+    }
+}
+
+/// Whether `ty` names `Message<...>` (by its last path segment).
+fn is_message_type(ty: &Type) -> bool {
+    let mut unwrapped = ty;
+    while let Type::Group(group) = unwrapped {
+        unwrapped = &group.elem;
+    }
+    matches!(unwrapped, Type::Path(path)
+        if path.qself.is_none()
+            && path.path.segments.last().is_some_and(|segment| segment.ident == "Message"))
 }
 
 /// `T` in `Message<T>`, `hutch_rs::Message<T>` or any other path ending in
@@ -612,8 +655,9 @@ fn message_body_type<'a>(ty: &'a Type, errors: &mut Errors) -> Option<&'a Type> 
     let Some(body_type) = body_type else {
         errors.spanned(
             ty,
-            "the argument of a #[consumer] function must be `Message<T>` (`hutch_rs::Message`), \
-             where `T` is the body type, e.g. `msg: Message<OrderPlaced>`",
+            "the first argument of a #[consumer] function must be the message, `Message<T>` \
+             (`hutch_rs::Message`) where `T` is the body type, e.g. `msg: Message<OrderPlaced>`; \
+             extractors (`State<T>`, `Context`) come after it",
         );
         return None;
     };

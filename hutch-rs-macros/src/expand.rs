@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
 
 use crate::check::Consumer;
 
@@ -59,9 +60,17 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
         .iter()
         .filter(|attribute| attribute.path().is_ident("cfg"));
 
-    let call = quote_spanned! {call_span=>
-        ::hutch_rs::__private::call_handler::<#body_type, _, _>(#handler, incoming)
+    let (call, required_state) = if consumer.extractors.is_empty() {
+        let call = quote_spanned! {call_span=>
+            ::hutch_rs::__private::call_handler::<#body_type, _, _>(#handler, &delivered)
+        };
+        (call, None)
+    } else {
+        with_extractors(consumer, call_span)
     };
+    let with_required_state = required_state
+        .as_ref()
+        .map(|_| quote!(.with_required_state(__hutch_rs_required_state)));
 
     quote! {
         #function
@@ -71,12 +80,14 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
             // The user decides whether calling a deprecated consumer warns.
             #[allow(deprecated)]
             fn __hutch_rs_handler(
-                incoming: &::hutch_rs::__private::Incoming,
+                delivered: ::hutch_rs::__private::Delivered,
             ) -> ::hutch_rs::__private::HandlerFuture {
                 // Naming `T` makes a body type without `Deserialize` fail
                 // at the `T` of `Message<T>`.
                 #call
             }
+
+            #required_state
 
             ::hutch_rs::__private::inventory::submit! {
                 ::hutch_rs::__private::ConsumerRegistration::new(
@@ -85,6 +96,7 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
                     &[#(#routing_keys),*],
                     __hutch_rs_handler,
                 )
+                #with_required_state
                 #queue
                 #group
                 #max_attempts
@@ -96,6 +108,51 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
             }
         };
     }
+}
+
+/// The call of a function that takes extractors after its message, and the
+/// function that declares the state they read.
+///
+/// Each extractor is built in the order of the arguments, before the call;
+/// the first refusal is the message's failure and the function is not
+/// called. Each `extract::<T>` is located at its argument's type, so a type
+/// that is not an extractor is reported there, with `FromDelivery`'s note.
+fn with_extractors(consumer: &Consumer<'_>, call_span: Span) -> (TokenStream, Option<TokenStream>) {
+    let body_type = consumer.body_type;
+    let handler = &consumer.function.sig.ident;
+    let names: Vec<_> = (0..consumer.extractors.len())
+        .map(|index| quote::format_ident!("__hutch_rs_argument_{index}"))
+        .collect();
+    let extractions = consumer.extractors.iter().zip(&names).map(|(ty, name)| {
+        let at_type = Span::call_site().located_at(ty.span());
+        quote_spanned! {at_type=>
+            let #name = ::hutch_rs::__private::extract::<#ty>(&context).await?;
+        }
+    });
+    let requirements = consumer.extractors.iter().map(|ty| {
+        let at_type = Span::call_site().located_at(ty.span());
+        quote_spanned! {at_type=>
+            ::hutch_rs::__private::require::<#ty>(required);
+        }
+    });
+    let result = quote_spanned! {call_span=>
+        ::hutch_rs::__private::into_handler_result(#handler(message, #(#names),*).await)
+    };
+    let call = quote! {
+        ::hutch_rs::__private::call_handler_with_context::<#body_type, _, _>(
+            |message, context| async move {
+                #(#extractions)*
+                #result
+            },
+            &delivered,
+        )
+    };
+    let required_state = quote! {
+        fn __hutch_rs_required_state(required: &mut ::hutch_rs::RequiredState) {
+            #(#requirements)*
+        }
+    };
+    (call, Some(required_state))
 }
 
 /// `duration` as a `const` expression: parsed when the macro ran, nothing

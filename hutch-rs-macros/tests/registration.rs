@@ -7,7 +7,7 @@ use std::{
 };
 
 use hutch_rs::{
-    __private::{HandlerOutcome, Incoming},
+    __private::{Delivered, HandlerOutcome, Incoming},
     Message,
     amqp::BasicProperties,
     consumer,
@@ -178,7 +178,8 @@ fn incoming(body: &str) -> Incoming {
 /// runtime does for each delivery.
 async fn deliver(body: &str) -> HandlerOutcome {
     let handler = registration("registration::send_receipt").handler();
-    handler(&incoming(body)).await
+    let hutch = hutch_rs::Hutch::builder().build().unwrap();
+    handler(Delivered::detached(incoming(body), &hutch)).await
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use lapin::uri::AMQPUri;
 
 use crate::{
     Error, Result,
+    extract::States,
     retry::{self, ErrorHook, ErrorHooks, RetryPolicy},
     topology,
 };
@@ -183,6 +184,8 @@ pub(crate) struct Settings {
     pub(crate) retry: RetryPolicy,
     pub(crate) handler_timeout: Duration,
     pub(crate) error_hooks: ErrorHooks,
+    /// The values handlers take as [`State<T>`](crate::State).
+    pub(crate) states: States,
     /// Fault injection for hutch-rs's own tests: the queue whose consumer
     /// panics in its run loop on each delivery (see
     /// [`HutchBuilder::__panic_in_run_loop`]).
@@ -233,6 +236,7 @@ pub struct HutchBuilder {
     retry_delay: Layered<(Duration, Duration)>,
     handler_timeout: Layered<Duration>,
     error_hooks: ErrorHooks,
+    states: States,
     #[cfg(feature = "testing")]
     panic_in_run_loop: Option<String>,
 }
@@ -266,6 +270,7 @@ impl fmt::Debug for HutchBuilder {
             .field("retry_delay", &self.retry_delay.value)
             .field("handler_timeout", &self.handler_timeout.value)
             .field("error_hooks", &self.error_hooks)
+            .field("states", &self.states)
             .finish()
     }
 }
@@ -299,6 +304,7 @@ impl HutchBuilder {
             ),
             handler_timeout: Layered::new(DEFAULT_HANDLER_TIMEOUT, Source::Default),
             error_hooks: ErrorHooks::default(),
+            states: States::default(),
             #[cfg(feature = "testing")]
             panic_in_run_loop: None,
         }
@@ -493,6 +499,23 @@ impl HutchBuilder {
         self
     }
 
+    /// Gives handlers a value of type `T`, taken as a
+    /// [`State<T>`](crate::State) argument (or read with
+    /// [`Context::state`](crate::Context::state)): a connection pool, an HTTP
+    /// client, settings. One value per type; a second value of the same type
+    /// replaces the first. Each call gets a clone, so share what must be
+    /// shared through the type itself (pools and clients are handles
+    /// already; wrap anything else in an `Arc`).
+    ///
+    /// A selected consumer that takes a `State<T>` whose value was not
+    /// given makes [`Hutch::start`](crate::Hutch::start), `run` and
+    /// `run_until` fail with [`Error::MissingState`] before anything is
+    /// declared.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
     /// Fault injection for hutch-rs's own tests; not part of the API and not
     /// covered by semver. The consumer of `queue` (its full name, namespace
     /// included) panics in its run loop, outside any handler, on each
@@ -612,6 +635,7 @@ impl HutchBuilder {
             },
             handler_timeout: self.handler_timeout.value,
             error_hooks: self.error_hooks,
+            states: self.states,
             #[cfg(feature = "testing")]
             panic_in_run_loop: self.panic_in_run_loop,
         })

@@ -26,7 +26,7 @@ use proptest::{
 
 use crate::{
     frame_size,
-    handler::{HandlerOutcome, call_handler},
+    handler::{Delivered, HandlerOutcome, call_handler},
     headers,
     message::{DecodeError, Envelope, Incoming, Message},
     retry::{copy, provenance},
@@ -722,6 +722,13 @@ fn check(case: Case) -> Reached {
         Err(error) => check_decode_error(&error),
     }
 
+    let delivered = Delivered::detached(
+        Incoming {
+            body: incoming.body.clone(),
+            envelope: incoming.envelope.clone(),
+        },
+        hutch(),
+    );
     let handling = call_handler(
         |message: Message<Order>| async move {
             if message.fail {
@@ -730,7 +737,7 @@ fn check(case: Case) -> Reached {
                 Ok(())
             }
         },
-        &incoming,
+        &delivered,
     );
     let typed = Message::<Order>::decode(&incoming);
     match handling.now_or_never().expect("the handler never waits") {
@@ -871,4 +878,15 @@ fn any_delivery_decodes_or_says_why_and_its_copies_fit() {
             "only {count} case(s) of {kind}: {reached:?}"
         );
     }
+}
+
+/// The instance the fuzzed deliveries are "run" by: built once, never
+/// connected.
+fn hutch() -> &'static crate::Hutch {
+    static HUTCH: std::sync::LazyLock<crate::Hutch> = std::sync::LazyLock::new(|| {
+        crate::Hutch::builder()
+            .build()
+            .expect("the default settings build")
+    });
+    &HUTCH
 }

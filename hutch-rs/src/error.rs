@@ -71,6 +71,15 @@ pub enum Error {
         second: String,
     },
 
+    /// Selected consumers take a [`State<T>`](crate::State) whose value was
+    /// not given to [`HutchBuilder::state`](crate::HutchBuilder::state):
+    /// every such consumer and type, found before anything was declared.
+    #[error("{}", missing_state_message(missing))]
+    MissingState {
+        /// Each consumer (`module::function`) and the type it needs.
+        missing: Vec<(String, &'static str)>,
+    },
+
     /// The value to publish could not be serialized as JSON.
     #[error("could not encode the message for routing key {routing_key:?} as JSON: {source}")]
     Encode {
@@ -252,4 +261,16 @@ fn down_because(connection_error: Option<&str>) -> String {
     connection_error
         .map(|error| format!(": the publishing connection is down ({error})"))
         .unwrap_or_default()
+}
+
+/// "consumer a::f takes State<Db>, ...": every missing value, and the fix.
+fn missing_state_message(missing: &[(String, &'static str)]) -> String {
+    let each: Vec<String> = missing
+        .iter()
+        .map(|(consumer, type_name)| format!("consumer {consumer} takes State<{type_name}>"))
+        .collect();
+    format!(
+        "{}, but no such value was given: pass one with HutchBuilder::state(value) for each type",
+        each.join("; ")
+    )
 }

@@ -10,6 +10,7 @@ use crate::{
     HutchBuilder, Result, Running,
     config::Settings,
     event::EventStream,
+    extract::States,
     outgoing::{Draft, JSON, Outgoing, PublishOptions, Published, encode_json},
     publisher::Publisher,
     registry,
@@ -121,6 +122,32 @@ impl Hutch {
 
     fn plan(&self) -> Result<Vec<ConsumerPlan>> {
         topology::plan_consumers(&self.inner.settings, &registry::consumers())
+    }
+
+    /// Every selected consumer's `State<T>` arguments have a value, or
+    /// [`Error::MissingState`](crate::Error::MissingState) lists all that
+    /// lack one.
+    fn check_required_state(&self, plans: &[ConsumerPlan]) -> Result<()> {
+        let missing: Vec<(String, &'static str)> = plans
+            .iter()
+            .flat_map(|plan| {
+                plan.registration
+                    .required_state()
+                    .missing_from(self.states())
+                    .into_iter()
+                    .map(|type_name| (plan.name(), type_name))
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::Error::MissingState { missing })
+        }
+    }
+
+    /// The values given to [`HutchBuilder::state`](crate::HutchBuilder::state).
+    pub(crate) fn states(&self) -> &States {
+        &self.inner.settings.states
     }
 
     /// Publishes `value` as JSON to the exchange with `routing_key`:
@@ -341,6 +368,7 @@ impl Hutch {
     /// arguments, or no permission).
     pub async fn start(&self) -> Result<Running> {
         let plans = self.plan()?;
+        self.check_required_state(&plans)?;
         if plans.is_empty() {
             tracing::warn!(group = ?self.group(), "no consumers selected; nothing will be consumed");
         }
@@ -348,6 +376,7 @@ impl Hutch {
             topology::warn_about_consumer_timeout(plan);
         }
         Running::start(
+            self.clone(),
             self.inner.settings.clone(),
             self.inner.observer.clone(),
             self.inner.publisher.clone(),

@@ -53,6 +53,11 @@ impl<T> Message<T> {
         }
     }
 
+    /// What the delivery carried besides its body.
+    pub(crate) fn envelope(&self) -> &Arc<Envelope> {
+        &self.envelope
+    }
+
     fn envelope_mut(&mut self) -> &mut Envelope {
         Arc::make_mut(&mut self.envelope)
     }

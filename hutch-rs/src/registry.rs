@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use crate::handler::HandlerFn;
+use crate::{
+    extract::RequiredState,
+    handler::{HandlerFn, RequiredStateFn},
+};
 
 /// One function annotated with `#[consumer]`.
 ///
@@ -23,6 +26,7 @@ pub struct ConsumerRegistration {
     prefetch: Option<u16>,
     concurrency: Option<u16>,
     handler: HandlerFn,
+    required_state: RequiredStateFn,
 }
 
 impl ConsumerRegistration {
@@ -48,7 +52,17 @@ impl ConsumerRegistration {
             prefetch: None,
             concurrency: None,
             handler,
+            required_state: requires_no_state,
         }
+    }
+
+    /// Used by `#[consumer]` for a function that takes extractors; not a
+    /// stable API.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn with_required_state(mut self, required_state: RequiredStateFn) -> Self {
+        self.required_state = required_state;
+        self
     }
 
     /// Used by `#[consumer]`; not a stable API.
@@ -199,7 +213,17 @@ impl ConsumerRegistration {
     pub fn handler(&self) -> HandlerFn {
         self.handler
     }
+
+    /// The state values the function's extractors read, by type.
+    pub(crate) fn required_state(&self) -> RequiredState {
+        let mut required = RequiredState::default();
+        (self.required_state)(&mut required);
+        required
+    }
 }
+
+/// What a function that takes its message alone requires.
+fn requires_no_state(_: &mut RequiredState) {}
 
 impl std::fmt::Debug for ConsumerRegistration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

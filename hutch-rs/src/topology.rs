@@ -325,10 +325,9 @@ pub(crate) async fn declare_consumer_queue(
 mod tests {
     use super::*;
     use crate::config::HutchBuilder;
-    use crate::handler::HandlerFuture;
-    use crate::message::Incoming;
+    use crate::handler::{Delivered, HandlerFuture};
 
-    fn never(_: &Incoming) -> HandlerFuture {
+    fn never(_: Delivered) -> HandlerFuture {
         unreachable!("handlers are not called in topology tests")
     }
 

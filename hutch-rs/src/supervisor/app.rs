@@ -14,8 +14,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    Error, Result,
+    Error, Hutch, Result,
     config::Settings,
+    context::ConsumerScope,
     publisher::Publisher,
     retry::HookQueues,
     status::Status,
@@ -74,6 +75,7 @@ impl Running {
     /// Starts the connection manager and one supervised task per consumer.
     /// Resolves once every consumer consumes, or with the first fatal error.
     pub(crate) async fn start(
+        hutch: Hutch,
         settings: Arc<Settings>,
         observer: Observer,
         publisher: Arc<Publisher>,
@@ -113,8 +115,18 @@ impl Running {
             .map(|plan| {
                 let (ready_sender, ready_receiver) = oneshot::channel();
                 ready.push(ready_receiver);
+                // Every call of the consumer can reach the instance running
+                // it: a clone of the `Hutch`, held by the consumer's task,
+                // which ends with this subtree (so no cycle keeps the
+                // `Hutch`'s root alive).
+                let scope = Arc::new(ConsumerScope {
+                    hutch: hutch.clone(),
+                    consumer: plan.name(),
+                    queue: plan.queue.clone(),
+                });
                 let consumer = ConsumerSupervisor::new(
                     plan,
+                    scope,
                     settings.clone(),
                     manager.clone(),
                     observer.clone(),

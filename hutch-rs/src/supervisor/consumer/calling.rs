@@ -10,7 +10,8 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::time::{DelayQueue, delay_queue};
 
 use crate::{
-    handler::{HandlerFn, HandlerOutcome},
+    context::{ConsumerScope, with_running_hutch},
+    handler::{Delivered, HandlerFn, HandlerOutcome},
     message::Incoming,
     panic::panic_message,
     retry::HandlerError,
@@ -34,6 +35,7 @@ struct Call {
 /// The handler calls of one consumer run.
 pub(super) struct Calls {
     handler: HandlerFn,
+    scope: Arc<ConsumerScope>,
     timeout: Duration,
     tasks: JoinSet<Option<HandlerError>>,
     /// Calls whose outcome is still to come, by task.
@@ -42,9 +44,10 @@ pub(super) struct Calls {
 }
 
 impl Calls {
-    pub(super) fn new(handler: HandlerFn, timeout: Duration) -> Self {
+    pub(super) fn new(handler: HandlerFn, timeout: Duration, scope: Arc<ConsumerScope>) -> Self {
         Self {
             handler,
+            scope,
             timeout,
             tasks: JoinSet::new(),
             calls: HashMap::new(),
@@ -56,11 +59,15 @@ impl Calls {
     /// own.
     pub(super) fn start(&mut self, tag: u64, incoming: Arc<Incoming>) {
         let handler = self.handler;
-        let delivered = incoming.clone();
+        let delivered = Delivered::new(incoming.clone(), self.scope.clone());
+        let hutch = self.scope.hutch.clone();
         // The handler is called inside the guarded future, so that a panic
         // while decoding is caught as well as one in the handler's body.
+        // `hutch_rs::publish` called from the handler publishes through the
+        // instance running it.
+        let call = async move { handler(delivered).await };
         let abort = self.tasks.spawn(async move {
-            match AssertUnwindSafe(async move { handler(&delivered).await })
+            match AssertUnwindSafe(with_running_hutch(hutch, call))
                 .catch_unwind()
                 .await
             {

@@ -25,6 +25,7 @@ use crate::{
     Error, Result,
     backoff::Backoff,
     config::Settings,
+    context::ConsumerScope,
     panic::panic_message,
     publisher::Publisher,
     retry::{HookQueues, queues},
@@ -69,11 +70,14 @@ pub(crate) struct ConsumerSupervisor {
     pub(super) publisher: Arc<Publisher>,
     /// Where failures are reported to the error hooks.
     pub(super) hooks: Arc<HookQueues>,
+    /// What every handler call shares: the running `Hutch`, the names.
+    pub(super) scope: Arc<ConsumerScope>,
 }
 
 impl ConsumerSupervisor {
     pub(crate) fn new(
         plan: ConsumerPlan,
+        scope: Arc<ConsumerScope>,
         settings: Arc<Settings>,
         manager: ConnectionManager,
         observer: Observer,
@@ -88,6 +92,7 @@ impl ConsumerSupervisor {
             observer,
             publisher,
             hooks,
+            scope,
         }
     }
 

@@ -102,7 +102,11 @@ impl<'a> Run<'a> {
         // burst is worked through; an idle moment pays at once.
         let pay_at = usize::from(plan.prefetch).div_ceil(2);
         let mut settler = Settler::new(self.channel.clone());
-        let mut calls = Calls::new(plan.registration.handler(), plan.timeout);
+        let mut calls = Calls::new(
+            plan.registration.handler(),
+            plan.timeout,
+            self.consumer.scope.clone(),
+        );
         let mut backlog = Backlog {
             jobs: VecDeque::new(),
             not_before: None,

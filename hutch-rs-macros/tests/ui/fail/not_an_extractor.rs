@@ -1,5 +1,6 @@
 use hutch_rs::{Message, consumer};
 
+// The routing key and the attempt are methods of `Message`, not arguments.
 #[consumer(routing_key = "orders.placed")]
 async fn send_receipt(
     _msg: Message<u64>,

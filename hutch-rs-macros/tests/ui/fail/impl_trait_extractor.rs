@@ -1,0 +1,11 @@
+use hutch_rs::{Message, consumer};
+
+#[consumer(routing_key = "orders.placed")]
+async fn send_receipt(
+    _msg: Message<u64>,
+    _db: impl hutch_rs::FromDelivery,
+) -> Result<(), hutch_rs::BoxError> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,280 @@
+//! Handlers with state and context against the real broker: `State<T>`,
+//! `Context` and an application's own extractor reach the handler; follow-up
+//! messages published from a handler go to the exchange the application's
+//! builder set (through `ctx.hutch()` and through `hutch_rs::publish`); an
+//! extractor's refusal is the message's failure; a missing state value stops
+//! `start` before anything is declared.
+
+use std::sync::{Arc, Mutex};
+
+use hutch_rs::{
+    BoxError, Context, Error, FromDelivery, Message, PublishOptions, RequiredState, State,
+    amqp::AMQPValue, consumer, headers,
+};
+use hutch_rs_tests::{JOURNAL, PATIENCE, Scope, Seen, broker, init_logging, queue_depth, take_all};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Order {
+    id: u64,
+}
+
+/// A resource shared by every call: what a connection pool is to a real
+/// service.
+#[derive(Clone, Default)]
+struct Ledger(Arc<Mutex<Vec<(String, u64)>>>);
+
+/// The tenant a message belongs to, from its `x-tenant` header; a message
+/// without one is refused.
+struct Tenant(String);
+
+impl FromDelivery for Tenant {
+    type Rejection = BoxError;
+
+    async fn from_delivery(ctx: &Context) -> Result<Self, BoxError> {
+        let tenant = ctx
+            .header_text("x-tenant")
+            .ok_or("the message has no x-tenant header")?;
+        Ok(Tenant(tenant.to_owned()))
+    }
+}
+
+/// Reads the ledger through the context, and declares that it does.
+struct LedgerSize(usize);
+
+impl FromDelivery for LedgerSize {
+    type Rejection = &'static str;
+
+    async fn from_delivery(ctx: &Context) -> Result<Self, &'static str> {
+        let ledger = ctx.state::<Ledger>().ok_or("no ledger")?;
+        let size = ledger.0.lock().map_err(|_| "poisoned")?.len();
+        Ok(LedgerSize(size))
+    }
+
+    fn required_state(required: &mut RequiredState) {
+        required.state::<Ledger>();
+    }
+}
+
+#[consumer(routing_key = "orders.placed", group = "state")]
+async fn place(
+    msg: Message<Order>,
+    State(ledger): State<Ledger>,
+    tenant: Tenant,
+    ctx: Context,
+    LedgerSize(before): LedgerSize,
+) -> Result<(), BoxError> {
+    assert!(before < 3, "the ledger held {before} orders before this one");
+    ledger
+        .0
+        .lock()
+        .map_err(|_| "poisoned")?
+        .push((tenant.0, msg.id));
+    // The documented way: the instance running this consumer.
+    ctx.hutch().publish("orders.receipt", &msg.id).await?;
+    // The global function, inside a handler, goes through it too.
+    hutch_rs::publish("orders.audit", &msg.id).await?;
+    Ok(())
+}
+
+#[consumer(routing_key = "orders.receipt", group = "state")]
+async fn receipt(msg: Message<u64>, ctx: Context) -> Result<(), BoxError> {
+    assert!(ctx.consumer().ends_with("::receipt"), "{}", ctx.consumer());
+    assert!(ctx.queue().ends_with(":receipt"), "{}", ctx.queue());
+    assert_eq!(ctx.exchange(), ctx.hutch().exchange());
+    JOURNAL.record(Seen::of("receipt", &msg));
+    Ok(())
+}
+
+#[consumer(routing_key = "orders.audit", group = "state")]
+async fn audit(msg: Message<u64>) -> Result<(), BoxError> {
+    JOURNAL.record(Seen::of("audit", &msg));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_context_and_extractors_reach_the_handler_and_follow_ups_use_the_builders_exchange() {
+    init_logging();
+    let scope = Scope::new("state");
+    let ledger = Ledger::default();
+    let hutch = scope
+        .builder("state")
+        .state(ledger.clone())
+        .build()
+        .unwrap();
+    let running = hutch.start().await.expect("start");
+
+    for id in 1..=3 {
+        hutch
+            .publish_with(
+                "orders.placed",
+                &Order { id },
+                PublishOptions::new().header("x-tenant", "acme"),
+            )
+            .await
+            .unwrap();
+    }
+    // The follow-ups reach consumers bound only to this test's exchange:
+    // an instance built from the environment would have published them to
+    // another exchange, on another broker.
+    let receipts = JOURNAL.wait_for("receipt", 3).await;
+    let audits = JOURNAL.wait_for("audit", 3).await;
+    for seen in receipts.iter().chain(&audits) {
+        assert!(seen.attempt == 1, "{seen:?}");
+    }
+    let mut ids: Vec<_> = receipts.iter().map(|seen| seen.body.clone()).collect();
+    ids.sort_by_key(|id| id.as_u64());
+    assert_eq!(ids, [1, 2, 3]);
+
+    let mut recorded = ledger.0.lock().unwrap().clone();
+    recorded.sort();
+    assert_eq!(
+        recorded,
+        [
+            ("acme".to_owned(), 1),
+            ("acme".to_owned(), 2),
+            ("acme".to_owned(), 3)
+        ]
+    );
+    running.shutdown().await.unwrap();
+    hutch.close().await.unwrap();
+}
+
+static TENANTED_CALLS: Mutex<u32> = Mutex::new(0);
+
+#[consumer(
+    routing_key = "tenanted.#",
+    group = "refused",
+    max_attempts = 2,
+    retry_min_delay = "50ms",
+    retry_max_delay = "50ms"
+)]
+async fn tenanted(_msg: Message<Order>, _tenant: Tenant) -> Result<(), BoxError> {
+    *TENANTED_CALLS.lock().unwrap() += 1;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extractor_that_refuses_fails_the_message_which_is_retried_then_dead_lettered() {
+    init_logging();
+    let scope = Scope::new("refused");
+    let hutch = scope.hutch("refused");
+    let running = hutch.start().await.expect("start");
+    hutch
+        .publish("tenanted.order", &Order { id: 9 })
+        .await
+        .unwrap();
+
+    let dead_queue = format!("{}:dead", scope.queue("tenanted"));
+    // The broker's queue can only be polled; the deadline makes a hang a
+    // failure.
+    tokio::task::spawn_blocking({
+        let dead_queue = dead_queue.clone();
+        move || {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while queue_depth(&dead_queue) < 1 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nothing reached {dead_queue}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let dead = take_all(&dead_queue).await;
+    assert_eq!(dead.len(), 1);
+    let headers = dead[0].properties.headers().clone().unwrap_or_default();
+    let error = match headers.inner().get(headers::ERROR) {
+        Some(AMQPValue::LongString(text)) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
+        other => panic!("no error text in the dead letter: {other:?}"),
+    };
+    assert!(error.contains("no x-tenant header"), "{error}");
+    // Retried once, like a handler's `Err`, then dead-lettered.
+    let attempts = match headers.inner().get(headers::ATTEMPTS) {
+        Some(AMQPValue::LongLongInt(attempts)) => *attempts,
+        other => panic!("no attempt count in the dead letter: {other:?}"),
+    };
+    assert_eq!(attempts, 2);
+    assert_eq!(*TENANTED_CALLS.lock().unwrap(), 0, "the handler never ran");
+    running.shutdown().await.unwrap();
+    hutch.close().await.unwrap();
+}
+
+#[derive(Clone)]
+struct Prices;
+
+#[derive(Clone)]
+struct Mailer;
+
+#[consumer(routing_key = "needs.prices", group = "missing")]
+async fn needs_prices(_msg: Message<u64>, _prices: State<Prices>) -> Result<(), BoxError> {
+    Ok(())
+}
+
+#[consumer(routing_key = "needs.both", group = "missing")]
+async fn needs_both(
+    _msg: Message<u64>,
+    _mailer: State<Mailer>,
+    _ledger: LedgerSize,
+    _prices: State<Prices>,
+) -> Result<(), BoxError> {
+    Ok(())
+}
+
+#[consumer(routing_key = "needs.nothing", group = "missing")]
+async fn needs_nothing(_msg: Message<u64>, _ctx: Context) -> Result<(), BoxError> {
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_state_fails_start_and_run_naming_every_consumer_and_type_before_any_declaration() {
+    init_logging();
+    let scope = Scope::new("missing");
+    // Prices is given; the mailer and the ledger are not.
+    let hutch = scope.builder("missing").state(Prices).build().unwrap();
+
+    let Err(Error::MissingState { missing }) = hutch.start().await else {
+        panic!("start must fail with MissingState");
+    };
+    let mut missing: Vec<(String, String)> = missing
+        .into_iter()
+        .map(|(consumer, type_name)| {
+            let function = consumer.rsplit("::").next().unwrap().to_owned();
+            let type_name = type_name.rsplit("::").next().unwrap().to_owned();
+            (function, type_name)
+        })
+        .collect();
+    missing.sort();
+    assert_eq!(
+        missing,
+        [
+            ("needs_both".to_owned(), "Ledger".to_owned()),
+            ("needs_both".to_owned(), "Mailer".to_owned()),
+        ]
+    );
+    let message = hutch.run_until(std::future::pending()).await.unwrap_err();
+    let text = message.to_string();
+    assert!(text.contains("needs_both takes State<"), "{text}");
+    assert!(text.contains("HutchBuilder::state"), "{text}");
+
+    // Nothing was declared, nothing connected.
+    for queue in ["needs_prices", "needs_both", "needs_nothing"] {
+        let queue = scope.queue(queue);
+        assert!(broker().queue(&queue).unwrap().is_none(), "{queue} exists");
+    }
+    assert!(
+        !broker()
+            .exchanges()
+            .unwrap()
+            .iter()
+            .any(|exchange| exchange.name == scope.exchange),
+        "the exchange was declared"
+    );
+    assert!(
+        hutch.status().connections.is_empty(),
+        "{:?}",
+        hutch.status()
+    );
+}

@@ -64,7 +64,10 @@ async fn place(
     ctx: Context,
     LedgerSize(before): LedgerSize,
 ) -> Result<(), BoxError> {
-    assert!(before < 3, "the ledger held {before} orders before this one");
+    assert!(
+        before < 3,
+        "the ledger held {before} orders before this one"
+    );
     ledger
         .0
         .lock()

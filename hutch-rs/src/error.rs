@@ -80,6 +80,20 @@ pub enum Error {
         missing: Vec<(String, &'static str)>,
     },
 
+    /// The value to publish could not be serialized in the format chosen
+    /// with [`PublishOptions::codec`](crate::PublishOptions::codec).
+    #[error(
+        "could not encode the message for routing key {routing_key:?} as {content_type}: {source}"
+    )]
+    EncodeBody {
+        /// The routing key of the publish.
+        routing_key: String,
+        /// The format's content type.
+        content_type: &'static str,
+        /// What the format's encoder reported.
+        source: BoxError,
+    },
+
     /// The value to publish could not be serialized as JSON.
     #[error("could not encode the message for routing key {routing_key:?} as JSON: {source}")]
     Encode {

@@ -4,13 +4,11 @@
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
-use serde::de::DeserializeOwned;
-
 use crate::{
     BoxError, Hutch,
     context::{ConsumerScope, Context},
     extract::RequiredState,
-    message::{DecodeError, Incoming, Message},
+    message::{Body, DecodeError, Incoming, Message},
 };
 
 /// The future a registered handler returns. Boxed because registrations are
@@ -105,7 +103,7 @@ impl<E: Into<BoxError>> IntoHandlerResult for Result<(), E> {
 #[doc(hidden)]
 pub fn call_handler<T, F, Fut>(handler: F, delivered: &Delivered) -> HandlerFuture
 where
-    T: DeserializeOwned + Send + 'static,
+    T: Body,
     F: FnOnce(Message<T>) -> Fut,
     Fut: Future + Send + 'static,
     Fut::Output: IntoHandlerResult,
@@ -126,7 +124,7 @@ where
 #[doc(hidden)]
 pub fn call_handler_with_context<T, F, Fut>(handler: F, delivered: &Delivered) -> HandlerFuture
 where
-    T: DeserializeOwned + Send + 'static,
+    T: Body,
     F: FnOnce(Message<T>, Context) -> Fut,
     Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
 {

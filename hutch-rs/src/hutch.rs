@@ -11,7 +11,7 @@ use crate::{
     config::Settings,
     event::EventStream,
     extract::States,
-    outgoing::{Draft, JSON, Outgoing, PublishOptions, Published, encode_json},
+    outgoing::{Draft, Outgoing, PublishOptions, Published, encode},
     publisher::Publisher,
     registry,
     retry::{self, HookQueues},
@@ -227,11 +227,12 @@ impl Hutch {
     ) -> Result<Published> {
         // Serialized here and published from borrowed parts: no copy of
         // the routing key or the content type per publish.
-        let body = encode_json(routing_key, value)?;
+        let codec = options.body_codec();
+        let body = encode(routing_key, value, codec)?;
         let draft = Draft {
             routing_key,
             body: &body,
-            content_type: JSON,
+            content_type: codec.content_type(),
             options: &options,
         };
         self.inner.publisher.publish(draft).await

@@ -89,6 +89,7 @@
 extern crate self as hutch_rs;
 
 mod backoff;
+mod codec;
 mod config;
 mod context;
 #[cfg(test)]
@@ -116,6 +117,7 @@ mod transport;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use codec::Codec;
 pub use config::{
     DEFAULT_CONCURRENCY, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_EXCHANGE,
     DEFAULT_HANDLER_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RESTARTS,
@@ -129,7 +131,7 @@ pub use event::{Event, EventStream};
 pub use extract::{FromDelivery, MissingStateValue, RequiredState, State};
 pub use hutch::Hutch;
 pub use logging::init_logging;
-pub use message::{DecodeError, Message};
+pub use message::{Body, DecodeError, Message, RawBody};
 pub use outgoing::{HeaderValue, Outgoing, PublishOptions, Published};
 pub use registry::{ConsumerRegistration, consumers};
 pub use retry::{

@@ -12,7 +12,7 @@ use lapin::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::{headers, retry::provenance};
+use crate::{codec::Codec, headers, retry::provenance};
 
 /// A message delivered to a `#[consumer]` function: the decoded body plus the
 /// AMQP metadata it came with.
@@ -206,20 +206,10 @@ impl<T> Deref for Message<T> {
     }
 }
 
-impl<T: DeserializeOwned> Message<T> {
+impl<T: Body> Message<T> {
     pub(crate) fn decode(incoming: &Incoming) -> Result<Self, DecodeError> {
         check_headers(&incoming.envelope.properties)?;
-        check_content_type(&incoming.envelope.properties)?;
-        // Some writers (PowerShell, .NET's UTF8Encoding(true)) start UTF-8
-        // text with a byte-order mark; other JSON readers skip it too.
-        let json = incoming
-            .body
-            .strip_prefix(UTF8_BOM)
-            .unwrap_or(&incoming.body);
-        let body = serde_json::from_slice(json).map_err(|source| DecodeError::Json {
-            type_name: std::any::type_name::<T>(),
-            source,
-        })?;
+        let body = T::decode(incoming)?;
         Ok(Self {
             body,
             envelope: incoming.envelope.clone(),
@@ -227,8 +217,72 @@ impl<T: DeserializeOwned> Message<T> {
     }
 }
 
-/// The UTF-8 encoding of U+FEFF, the byte-order mark.
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+/// A type a `Message<T>` can carry: any type serde can deserialize, decoded
+/// by the message's content type (see [`Codec`]), or [`RawBody`], the bytes
+/// as they arrived.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the body of a `Message`",
+    label = "not a message body",
+    note = "derive `serde::Deserialize` for it (`#[derive(serde::Deserialize)]`), or take `Message<hutch_rs::RawBody>` for the bytes as they arrived"
+)]
+pub trait Body: Sized + Send + 'static {
+    /// Decodes the delivery's body.
+    ///
+    /// # Errors
+    ///
+    /// Why it cannot be this type: a content type or encoding that is not
+    /// understood, or a body that does not parse.
+    #[doc(hidden)]
+    fn decode(incoming: &Incoming) -> Result<Self, DecodeError>;
+}
+
+impl<T: DeserializeOwned + Send + 'static> Body for T {
+    fn decode(incoming: &Incoming) -> Result<Self, DecodeError> {
+        let properties = &incoming.envelope.properties;
+        check_content_encoding(properties)?;
+        let content_type = properties.content_type().as_ref().map(ShortString::as_str);
+        Codec::for_content_type(content_type)?.decode(&incoming.body)
+    }
+}
+
+/// A body taken as it arrived, whatever its content type and encoding: for
+/// messages published with
+/// [`publish_bytes`](crate::Hutch::publish_bytes), by a protobuf producer,
+/// or in any format hutch-rs does not decode. The content type is in
+/// [`Message::properties`].
+///
+/// ```
+/// use hutch_rs::{BoxError, Message, RawBody, consumer};
+///
+/// #[consumer(routing_key = "images.uploaded")]
+/// async fn store(msg: Message<RawBody>) -> Result<(), BoxError> {
+///     let kind = msg.properties().content_type().as_ref().map(|kind| kind.as_str());
+///     println!("{} bytes of {kind:?}", msg.len());
+///     Ok(())
+/// }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawBody(pub Vec<u8>);
+
+impl Body for RawBody {
+    fn decode(incoming: &Incoming) -> Result<Self, DecodeError> {
+        Ok(RawBody(incoming.body.clone()))
+    }
+}
+
+impl std::ops::Deref for RawBody {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for RawBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// A message whose headers hutch-rs replaced on arrival (nested too deeply
 /// to parse safely) is poison: what the handler would read is gone.
@@ -244,10 +298,9 @@ fn check_headers(properties: &BasicProperties) -> Result<(), DecodeError> {
     Err(DecodeError::RejectedHeaders(note))
 }
 
-/// Messages without a content type are taken as JSON (other publishers often
-/// leave it out); anything that names another format is refused rather than
-/// guessed at.
-fn check_content_type(properties: &BasicProperties) -> Result<(), DecodeError> {
+/// A compressed or otherwise encoded body is refused rather than guessed
+/// at.
+fn check_content_encoding(properties: &BasicProperties) -> Result<(), DecodeError> {
     if let Some(encoding) = properties.content_encoding() {
         let encoding = encoding.as_str();
         if !(encoding.is_empty()
@@ -257,32 +310,27 @@ fn check_content_type(properties: &BasicProperties) -> Result<(), DecodeError> {
             return Err(DecodeError::UnsupportedContentEncoding(encoding.to_owned()));
         }
     }
-    let Some(content_type) = properties.content_type() else {
-        return Ok(());
-    };
-    let essence = content_type
-        .as_str()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if essence.is_empty() || essence == "application/json" || essence.ends_with("+json") {
-        Ok(())
-    } else {
-        Err(DecodeError::UnsupportedContentType(
-            content_type.as_str().to_owned(),
-        ))
-    }
+    Ok(())
 }
 
 /// Why a delivery's body could not become the handler's message type.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
-    /// The content type is not JSON.
-    #[error("unsupported content type {0:?} (hutch-rs decodes application/json)")]
+    /// The content type names no format hutch-rs decodes.
+    #[error(
+        "unsupported content type {0:?} (hutch-rs decodes application/json, and with its features application/msgpack and application/cbor; take Message<RawBody> for any other)"
+    )]
     UnsupportedContentType(String),
+    /// The content type names a format hutch-rs decodes with a cargo
+    /// feature that is off.
+    #[error("content type {content_type:?} needs hutch-rs's `{feature}` feature")]
+    FeatureDisabled {
+        /// The message's content type.
+        content_type: String,
+        /// The feature that decodes it.
+        feature: &'static str,
+    },
     /// The body is compressed or otherwise encoded.
     #[error("unsupported content encoding {0:?}")]
     UnsupportedContentEncoding(String),
@@ -291,6 +339,17 @@ pub enum DecodeError {
     /// why.
     #[error("rejected headers: {0}")]
     RejectedHeaders(String),
+    /// The body is not valid in its format (MessagePack, CBOR) for the
+    /// handler's type.
+    #[error("body is not valid {content_type} for {type_name}: {source}")]
+    Body {
+        /// The format's content type.
+        content_type: &'static str,
+        /// The Rust type the handler expects.
+        type_name: &'static str,
+        /// What the format's decoder reported.
+        source: crate::BoxError,
+    },
     /// The body is not valid JSON for the handler's type.
     #[error("body is not valid JSON for {type_name}: {source}")]
     Json {

@@ -201,6 +201,63 @@ pub enum Error {
         connection_error: Option<String>,
     },
 
+    /// No reply to a [`Hutch::request`](crate::Hutch::request) came within
+    /// the request timeout
+    /// ([`HutchBuilder::request_timeout`](crate::HutchBuilder::request_timeout)).
+    /// The request may or may not have been handled; a reply that comes
+    /// later is dropped and counted in
+    /// [`Status::late_replies`](crate::Status::late_replies).
+    #[error(
+        "no reply to the request with routing key {routing_key:?} within {timeout:?}{}",
+        down_because(connection_error.as_deref())
+    )]
+    RequestTimeout {
+        /// The routing key of the request.
+        routing_key: String,
+        /// The request timeout that elapsed.
+        timeout: Duration,
+        /// Why the publishing connection could not be opened (or was lost)
+        /// when the request gave up, if it was down.
+        connection_error: Option<String>,
+    },
+
+    /// The channel a request was sent on closed before its reply came (the
+    /// connection was lost, or the broker closed the channel): its reply
+    /// can no longer arrive. Not sent again, as a request may not be safe
+    /// to handle twice; the consumer may or may not have handled it. The
+    /// next request goes out on a new channel.
+    #[error(
+        "the request with routing key {routing_key:?} was interrupted before its reply: {reason}"
+    )]
+    RequestInterrupted {
+        /// The routing key of the request.
+        routing_key: String,
+        /// What happened, e.g. the broker's reason for closing the
+        /// connection.
+        reason: String,
+    },
+
+    /// The reply to a request did not decode as JSON into the type asked
+    /// for.
+    #[error("the reply to the request with routing key {routing_key:?} did not decode: {source}")]
+    ReplyDecode {
+        /// The routing key of the request.
+        routing_key: String,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A reply cannot go where the request's `reply_to` says: it is empty
+    /// or longer than AMQP's 255 bytes. Nothing was sent.
+    #[error("cannot reply to {reply_to:?}: {reason}")]
+    InvalidReplyTo {
+        /// The `reply_to`, cut short if long.
+        reply_to: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A consumer failed more often than its restart intensity allows
     /// (a panic of its task outside a handler, a bug in hutch-rs, is such a
     /// failure: the reason then starts with "the consumer's task

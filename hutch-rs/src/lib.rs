@@ -92,6 +92,7 @@ mod backoff;
 mod config;
 #[cfg(test)]
 mod decode_fuzz_tests;
+mod duration_text;
 mod error;
 mod event;
 mod frame_size;
@@ -105,6 +106,7 @@ mod panic;
 mod properties;
 mod publisher;
 mod registry;
+mod request;
 mod retry;
 mod status;
 mod supervisor;
@@ -118,8 +120,8 @@ pub use config::{
     DEFAULT_CONCURRENCY, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_EXCHANGE,
     DEFAULT_HANDLER_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RESTARTS,
     DEFAULT_PREFETCH, DEFAULT_RECONNECT_MAX_DELAY, DEFAULT_RECONNECT_MIN_DELAY,
-    DEFAULT_RESTART_PERIOD, DEFAULT_RETRY_MAX_DELAY, DEFAULT_RETRY_MIN_DELAY,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_URI, HutchBuilder,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESTART_PERIOD, DEFAULT_RETRY_MAX_DELAY,
+    DEFAULT_RETRY_MIN_DELAY, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_URI, HutchBuilder,
 };
 pub use error::{BoxError, Error, Result};
 pub use event::{Event, EventStream};

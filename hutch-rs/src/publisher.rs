@@ -231,7 +231,19 @@ impl Publisher {
 
     /// Publishes `draft` to the exchange and resolves once the broker has
     /// confirmed it, within the confirm timeout.
-    pub(crate) async fn publish(&self, draft: Draft<'_>) -> Result<Published> {
+    ///
+    /// Not `async` itself: the future is [`publish_to`](Self::publish_to)'s,
+    /// not one wrapping it, so a publish in flight stays as small as it was.
+    pub(crate) fn publish<'a>(
+        &'a self,
+        draft: Draft<'a>,
+    ) -> impl Future<Output = Result<Published>> + Send + 'a {
+        self.publish_to(self.settings.exchange.as_str(), draft)
+    }
+
+    /// Publishes `draft` to `exchange` (`""`, the default exchange, for a
+    /// reply to a `reply_to` queue), as [`publish`](Self::publish) does.
+    pub(crate) async fn publish_to(&self, exchange: &str, draft: Draft<'_>) -> Result<Published> {
         topology::check_publish_routing_key(draft.routing_key)?;
         let message_id = draft.message_id();
         let timestamp = unix_seconds(SystemTime::now());
@@ -243,7 +255,7 @@ impl Publisher {
         // hundred bytes, cheap to move into a `FuturesUnordered` or a task,
         // and its state is allocated once, in place, when it first runs.
         Box::pin(self.confirmed(Publish {
-            exchange: self.settings.exchange.as_str(),
+            exchange,
             routing_key: draft.routing_key,
             body: draft.body,
             draft,
@@ -691,6 +703,14 @@ impl Publisher {
             task,
         });
         manager
+    }
+
+    /// Why the publishing connection is down, while it is and an attempt to
+    /// open it failed.
+    pub(crate) fn connection_error(&self) -> Option<String> {
+        read(&self.link)
+            .as_ref()
+            .and_then(|link| link.manager.last_error())
     }
 
     /// Forgets and closes `owner`'s channel on the publishing connection, if

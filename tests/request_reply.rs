@@ -210,41 +210,111 @@ async fn a_reply_sent_by_another_hutch_reaches_its_request() {
     replier.close().await.unwrap();
 }
 
+/// A direct reply-to address of the shape RabbitMQ gives, for a process id
+/// on `node` that need not exist: Erlang's external term format of a pid
+/// (`NEW_PID_EXT`), base64, then a key.
+fn direct_reply_to(node: &str, id: u32, serial: u32, creation: u32) -> String {
+    let mut term = vec![131, 88, 119, u8::try_from(node.len()).unwrap()];
+    term.extend_from_slice(node.as_bytes());
+    for field in [id, serial, creation] {
+        term.extend_from_slice(&field.to_be_bytes());
+    }
+    format!("amq.rabbitmq.reply-to.{}.a2V5", base64(&term))
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::new();
+    for chunk in bytes.chunks(3) {
+        let bits = chunk
+            .iter()
+            .enumerate()
+            .fold(0_u32, |bits, (index, &byte)| {
+                bits | u32::from(byte) << (16 - 8 * index)
+            });
+        for index in 0..4 {
+            text.push(if index <= chunk.len() {
+                char::from(ALPHABET[(bits >> (18 - 6 * index) & 63) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    text
+}
+
 /// `reply_to` comes from the wire: a replier must refuse what cannot be
-/// routed, and what names nothing must go nowhere without harming the
-/// replier's publishing.
+/// routed or would harm the broker, and what names nothing must go nowhere
+/// without harming the replier's connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hostile_reply_to_is_refused_or_goes_nowhere() {
+async fn a_hostile_reply_to_is_refused_or_fails_at_once_and_replies_go_on() {
     init_logging();
     let scope = Scope::new("rpc-hostile");
     let mut inbox = Inbox::open(broker(), &scope, "quotes", "prices.quote").await;
     let replier = builder(broker(), &scope).build().unwrap();
-    for refused in [String::new(), "r".repeat(256), "𝄞".repeat(100)] {
+    replier.publish("warm.up", &0).await.expect("connected");
+    let refused = [
+        String::new(),
+        "r".repeat(256),
+        "𝄞".repeat(100),
+        "amq.rabbitmq.reply-to".to_owned(),
+        "amq.rabbitmq.reply-to.".to_owned(),
+        // RabbitMQ 3.10 decodes this unguarded: its channel crashes and
+        // the broker closes the connection (541 INTERNAL_ERROR).
+        "amq.rabbitmq.reply-to.g2dkABNyYWJiaXRAbm93aGVyZQAAAAAAAAAA.garbage".to_owned(),
+        format!("amq.rabbitmq.reply-to.{}.key", base64(b"\x83a\x01")),
+    ];
+    for reply_to in &refused {
         let error = replier
-            .__send_reply(&refused, Some("c-1"), &1)
+            .__send_reply(reply_to, Some("c-1"), &1)
             .await
             .unwrap_err();
-        assert!(matches!(error, Error::InvalidReplyTo { .. }), "{error:?}");
+        assert!(
+            matches!(error, Error::InvalidReplyTo { .. }),
+            "{reply_to:?}: {error:?}"
+        );
     }
     let error = replier
         .__send_reply("somewhere", Some(&"c".repeat(300)), &1)
         .await
         .unwrap_err();
     assert!(matches!(error, Error::InvalidProperty { .. }), "{error:?}");
-    for nowhere in [
-        "amq.rabbitmq.reply-to",
-        "amq.rabbitmq.reply-to.",
-        "amq.rabbitmq.reply-to.g2dkABNyYWJiaXRAbm93aGVyZQAAAAAAAAAA.garbage",
-        "no-such-queue",
-        "\u{0}\u{7f}\u{202e}",
-    ] {
+    // Routing keys that name no queue: dropped by the broker.
+    for nowhere in ["no-such-queue", "\u{0}\u{7f}\u{202e}"] {
         replier
             .__send_reply(nowhere, None, &1)
             .await
             .unwrap_or_else(|error| panic!("reply to {nowhere:?}: {error}"));
     }
-    // The replier's publishing is unharmed: a reply to a live request
-    // still arrives.
+    assert_eq!(
+        replier.status().connection("publish").unwrap().connects,
+        1,
+        "no reply so far cost the replying connection"
+    );
+    // Direct reply-to addresses of the right shape that name no channel of
+    // this cluster. RabbitMQ 3.10 (the test node) crashes on each and
+    // closes the connection: the reply fails at once and is not sent again
+    // (sent again, it would close the next connection, for the whole
+    // confirm timeout). A broker that drops them makes them `Ok`.
+    let node = broker().node_name().to_owned();
+    for forged in [
+        direct_reply_to("rabbit@nowhere", 1, 0, 1),
+        direct_reply_to(&node, u32::MAX, u32::MAX, u32::MAX),
+        direct_reply_to("reply@12345", 0, 0, 0),
+    ] {
+        let started = Instant::now();
+        let outcome = replier.__send_reply(&forged, None, &1).await;
+        assert!(
+            matches!(&outcome, Ok(()) | Err(Error::InvalidReplyTo { .. })),
+            "{forged:?}: {outcome:?}"
+        );
+        assert!(
+            started.elapsed() < AT_ONCE,
+            "{forged:?} took {:?}",
+            started.elapsed()
+        );
+    }
+    // And a reply to a live request still arrives.
     let requester = builder(broker(), &scope).build().unwrap();
     let replying = tokio::spawn({
         let replier = replier.clone();
@@ -570,9 +640,12 @@ async fn requests_in_flight_fail_at_once_when_their_connection_is_killed_and_lat
         .unwrap()
         .unwrap();
     let killed = Instant::now();
-    for request in requests {
+    for (n, request) in requests.into_iter().enumerate() {
         let (outcome, ended) = request.await.unwrap();
         let error = outcome.unwrap_err();
+        if n == 0 {
+            eprintln!("an interrupted request: {error}");
+        }
         assert!(
             matches!(&error, Error::RequestInterrupted { routing_key, reason } if routing_key == "killed.quote" && reason.contains("test outage")),
             "{error:?}"

@@ -31,6 +31,7 @@ use crate::{
     frame_size,
     outgoing::{Draft, Outgoing, Published},
     properties::unix_seconds,
+    request,
     supervisor::{
         classify,
         connection::Purpose,
@@ -572,6 +573,20 @@ impl Publisher {
                 });
             }
             return Ok(Attempt::Lost(error));
+        }
+        // RabbitMQ 3.10 to 3.13 crash on a direct reply-to address that
+        // names no node of the cluster (see `request::reply_to`), and close
+        // the connection. Sent again, the reply would close the next one.
+        if classify::is_internal_error(&error)
+            && publish.exchange.is_empty()
+            && request::is_direct_reply_to(publish.routing_key)
+        {
+            return Err(Error::InvalidReplyTo {
+                reply_to: publish.routing_key.to_owned(),
+                reason: format!(
+                    "the broker closed the connection on it ({error}): it names no channel of this cluster; not sent again"
+                ),
+            });
         }
         if classify::is_fatal_channel_error(&error) {
             return Err(Error::Publish {

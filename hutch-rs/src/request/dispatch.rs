@@ -65,7 +65,10 @@ impl Dispatch {
                 () = shutdown.cancelled() => break "hutch-rs is shutting down".to_owned(),
                 reply = replies.next() => match reply {
                     Some(Ok(delivery)) => route_reply(&pending, &observer, delivery),
-                    Some(Err(error)) => break format!("the request channel failed: {error}"),
+                    Some(Err(error)) if error.is_amqp_soft_error() => {
+                        break format!("the broker closed the request channel: {error}");
+                    }
+                    Some(Err(error)) => break format!("the connection was lost: {error}"),
                     None if manager.has_ended() => break manager.ended().to_string(),
                     None => break "the request channel was closed".to_owned(),
                 },

@@ -41,7 +41,7 @@ use crate::{
 use generation::{DIRECT_REPLY_TO, Generation, Setup};
 use pending::Answer;
 
-pub(crate) use reply_to::check_reply_to;
+pub(crate) use reply_to::{check_reply_to, is_direct_reply_to};
 
 /// Sends requests and waits for their replies, for one `Hutch`.
 #[derive(Debug)]

@@ -248,8 +248,13 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// A reply cannot go where the request's `reply_to` says: it is empty
-    /// or longer than AMQP's 255 bytes. Nothing was sent.
+    /// A reply cannot go where the request's `reply_to` says. Either
+    /// nothing was sent: the `reply_to` is empty, longer than AMQP's 255
+    /// bytes, or a direct reply-to address (`amq.rabbitmq.reply-to.…`) of
+    /// another shape than RabbitMQ gives; or the broker closed the
+    /// connection on the reply (RabbitMQ 3.10 to 3.13 crash on a direct
+    /// reply-to address naming a node outside the cluster), and it was not
+    /// sent again.
     #[error("cannot reply to {reply_to:?}: {reason}")]
     InvalidReplyTo {
         /// The `reply_to`, cut short if long.

@@ -361,7 +361,9 @@ impl Hutch {
     /// # Errors
     ///
     /// [`Error::InvalidReplyTo`](crate::Error::InvalidReplyTo) for an empty
-    /// `reply_to` or one longer than 255 bytes;
+    /// `reply_to`, one longer than 255 bytes, a direct reply-to address of
+    /// another shape than RabbitMQ gives, or one the broker closed the
+    /// connection on (not sent again);
     /// [`Error::InvalidProperty`](crate::Error::InvalidProperty) for a
     /// correlation id longer than 255 bytes; otherwise as
     /// [`publish`](Self::publish).

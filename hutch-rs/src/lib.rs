@@ -51,6 +51,9 @@
 //!   id, reply-to, expiration, priority, message id, mandatory),
 //!   [`Hutch::publish_bytes`] sends raw bytes, [`Hutch::publish_batch`]
 //!   pipelines confirms and reports each message's outcome.
+//! - [`Hutch::request`] sends a request and resolves with its reply, over
+//!   RabbitMQ's direct reply-to (no reply queue), within the request
+//!   timeout ([`HutchBuilder::request_timeout`]).
 //! - A handler's `Ok` acks the message. An `Err`, a panic or a timeout is
 //!   retried with exponential backoff, the copy waiting in one of the
 //!   consumer's delay queues on the broker, up to `max_attempts` (default 3);

@@ -4,13 +4,19 @@
 //! Most of it is AMQP's business: a routing key of at most 255 bytes, for
 //! which the default exchange finds a queue or drops the message. Direct
 //! reply-to addresses are not: RabbitMQ decodes the part after
-//! `amq.rabbitmq.reply-to.` as an Erlang term naming a channel process, and
-//! before 4.x it does so unguarded. A forged address (measured on 3.10)
-//! crashes the replier's channel process, and the broker closes the whole
-//! connection with 541 INTERNAL_ERROR: every publish and request on it is
-//! cut off, and a reply sent again after the loss would close it again. So
-//! a direct reply-to address must have the shape RabbitMQ gives one: a
-//! base64 process id, a dot, a key.
+//! `amq.rabbitmq.reply-to.` into the process id of a channel, and before
+//! 4.x it does so unguarded. Measured on 3.10: an address that is not
+//! base64, not a process id, or names a node that is not one of the
+//! cluster crashes the replier's channel process, and the broker closes the
+//! replier's whole connection with 541 INTERNAL_ERROR (every publish and
+//! request on it is cut off).
+//!
+//! So an address must have the shape RabbitMQ gives one (a base64 process
+//! id with a node name, a dot, a key), checked here before anything is
+//! sent. Whether its node is one of the cluster only the broker knows: a
+//! well-formed address naming another node still costs one connection, and
+//! the publisher then fails that reply instead of sending it again, which
+//! would close the next connection too.
 
 use crate::{Error, Result};
 

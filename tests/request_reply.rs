@@ -673,6 +673,24 @@ async fn requests_in_flight_fail_at_once_when_their_connection_is_killed_and_lat
         .map(|queue| queue.name)
         .collect();
     assert_eq!(names, [queue]);
+
+    // Dropping the last handle stops the tree the request channel belongs
+    // to: its channel and connection go; the replier's channel stays. The
+    // broker's channel list can only be polled.
+    drop(hutch);
+    let polled = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let channels = polled.channel_count().unwrap();
+            if channels == 1 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{channels} channels left");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
     replier.abort();
-    hutch.close().await.unwrap();
 }

@@ -5,7 +5,7 @@ use std::{fmt, str::FromStr, time::Duration};
 use lapin::uri::AMQPUri;
 
 use crate::{
-    Error, Result,
+    Error, Result, duration_text,
     extract::States,
     retry::{self, ErrorHook, ErrorHooks, RetryPolicy},
     topology,
@@ -28,6 +28,8 @@ pub const DEFAULT_PREFETCH: u16 = 50;
 pub const DEFAULT_CONCURRENCY: u16 = 1;
 /// How long a publish waits for the broker's confirm.
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Hutch::request`](crate::Hutch::request) waits for its reply.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight handlers.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The AMQP heartbeat interval asked of the broker: a dead peer is noticed
@@ -70,6 +72,7 @@ const ENV_URI: &str = "HUTCH_URI";
 const ENV_EXCHANGE: &str = "HUTCH_EXCHANGE";
 const ENV_NAMESPACE: &str = "HUTCH_NAMESPACE";
 const ENV_GROUP: &str = "HUTCH_GROUP";
+const ENV_REQUEST_TIMEOUT: &str = "HUTCH_REQUEST_TIMEOUT";
 
 /// Where a setting's value came from; errors name it so the user knows what to fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +176,8 @@ pub(crate) struct Settings {
     pub(crate) prefetch: Option<u16>,
     pub(crate) concurrency: u16,
     pub(crate) confirm_timeout: Duration,
+    /// How long a request waits for its reply, from the call on.
+    pub(crate) request_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) connection_timeout: Duration,
@@ -202,10 +207,12 @@ pub(crate) struct Settings {
 /// | exchange  | `HUTCH_EXCHANGE`  | `hutch`                                  |
 /// | namespace | `HUTCH_NAMESPACE` | none                                     |
 /// | group     | `HUTCH_GROUP`     | none: every consumer runs                |
+/// | request_timeout | `HUTCH_REQUEST_TIMEOUT` | 30 s ([`DEFAULT_REQUEST_TIMEOUT`]) |
 ///
 /// `HUTCH_URI` may list several nodes of a cluster, separated by commas;
 /// they are tried in turn. An empty `HUTCH_NAMESPACE` or `HUTCH_GROUP`
-/// counts as unset. Nothing is
+/// counts as unset. `HUTCH_REQUEST_TIMEOUT` is a duration written as
+/// `"500ms"`, `"30s"`, `"2m"` or `"1m 30s"`. Nothing is
 /// validated until [`build`](Self::build), which names the setting at fault
 /// (the environment variable or the setter it came from).
 ///
@@ -227,6 +234,9 @@ pub struct HutchBuilder {
     prefetch: Layered<u16>,
     concurrency: Layered<u16>,
     confirm_timeout: Layered<Duration>,
+    /// From the environment, the text may not be a duration: kept as the
+    /// reason until `build()` reports it.
+    request_timeout: Layered<std::result::Result<Duration, String>>,
     shutdown_timeout: Layered<Duration>,
     heartbeat: Layered<Duration>,
     connection_timeout: Layered<Duration>,
@@ -261,6 +271,7 @@ impl fmt::Debug for HutchBuilder {
             .field("prefetch", &self.prefetch.value)
             .field("concurrency", &self.concurrency.value)
             .field("confirm_timeout", &self.confirm_timeout.value)
+            .field("request_timeout", &self.request_timeout.value)
             .field("shutdown_timeout", &self.shutdown_timeout.value)
             .field("heartbeat", &self.heartbeat.value)
             .field("connection_timeout", &self.connection_timeout.value)
@@ -286,6 +297,7 @@ impl HutchBuilder {
             prefetch: Layered::new(DEFAULT_PREFETCH, Source::Default),
             concurrency: Layered::new(DEFAULT_CONCURRENCY, Source::Default),
             confirm_timeout: Layered::new(DEFAULT_CONFIRM_TIMEOUT, Source::Default),
+            request_timeout: Layered::new(Ok(DEFAULT_REQUEST_TIMEOUT), Source::Default),
             shutdown_timeout: Layered::new(DEFAULT_SHUTDOWN_TIMEOUT, Source::Default),
             heartbeat: Layered::new(DEFAULT_HEARTBEAT, Source::Default),
             connection_timeout: Layered::new(DEFAULT_CONNECTION_TIMEOUT, Source::Default),
@@ -329,6 +341,12 @@ impl HutchBuilder {
         }
         if let Some(group) = var(ENV_GROUP).filter(|value| !value.is_empty()) {
             self.group = Layered::new(Some(group), Source::Env(ENV_GROUP));
+        }
+        if let Some(timeout) = var(ENV_REQUEST_TIMEOUT) {
+            self.request_timeout = Layered::new(
+                duration_text::parse(&timeout),
+                Source::Env(ENV_REQUEST_TIMEOUT),
+            );
         }
         self
     }
@@ -396,6 +414,16 @@ impl HutchBuilder {
     /// How long a publish waits for the broker's confirm before failing.
     pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
         self.confirm_timeout = Layered::new(timeout, Source::Setter("confirm_timeout"));
+        self
+    }
+
+    /// How long [`Hutch::request`](crate::Hutch::request) waits for its
+    /// reply, from the call on (a connection being re-established, the
+    /// publish and its confirm included), before it fails with
+    /// [`Error::RequestTimeout`]. Environment: `HUTCH_REQUEST_TIMEOUT`;
+    /// default [`DEFAULT_REQUEST_TIMEOUT`] (30 s). Longer than zero.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Layered::new(Ok(timeout), Source::Setter("request_timeout"));
         self
     }
 
@@ -569,6 +597,11 @@ impl HutchBuilder {
         if self.concurrency.value == 0 {
             return Err(self.concurrency.invalid("must be at least 1"));
         }
+        let request_timeout = match &self.request_timeout.value {
+            Ok(timeout) if !timeout.is_zero() => *timeout,
+            Ok(_) => return Err(self.request_timeout.invalid("must be longer than zero")),
+            Err(reason) => return Err(self.request_timeout.invalid(reason.clone())),
+        };
         for timeout in [
             &self.confirm_timeout,
             &self.shutdown_timeout,
@@ -621,6 +654,7 @@ impl HutchBuilder {
             prefetch: (self.prefetch.source != Source::Default).then_some(self.prefetch.value),
             concurrency: self.concurrency.value,
             confirm_timeout: self.confirm_timeout.value,
+            request_timeout,
             shutdown_timeout: self.shutdown_timeout.value,
             heartbeat,
             connection_timeout: self.connection_timeout.value,
@@ -781,6 +815,44 @@ mod tests {
             shown,
             ["amqp://a:***@node1:5672/%2f", "amqp://a:***@node2:5673/%2f"]
         );
+    }
+
+    #[test]
+    fn the_request_timeout_comes_from_the_environment_or_the_builder() {
+        let settings = HutchBuilder::defaults().validate().unwrap();
+        assert_eq!(settings.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        let from_env =
+            HutchBuilder::defaults().overlay_env(env(&[("HUTCH_REQUEST_TIMEOUT", "1m 30s")]));
+        let settings = from_env.clone().validate().unwrap();
+        assert_eq!(settings.request_timeout, Duration::from_secs(90));
+        let settings = from_env
+            .request_timeout(Duration::from_millis(250))
+            .validate()
+            .unwrap();
+        assert_eq!(settings.request_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_bad_request_timeout_names_where_it_came_from() {
+        for bad in ["", "30", "soon", "-5s", "0s"] {
+            let (setting, reason) =
+                config_error(HutchBuilder::defaults().overlay_env(move |name| {
+                    (name == "HUTCH_REQUEST_TIMEOUT").then(|| bad.to_owned())
+                }));
+            assert_eq!(setting, "HUTCH_REQUEST_TIMEOUT (environment)", "{bad:?}");
+            assert!(!reason.is_empty(), "{bad:?}");
+        }
+        let (setting, reason) =
+            config_error(HutchBuilder::defaults().request_timeout(Duration::ZERO));
+        assert_eq!(setting, "HutchBuilder::request_timeout");
+        assert!(reason.contains("zero"), "{reason}");
+        // A setter repairs a bad environment value, as for every setting.
+        let settings = HutchBuilder::defaults()
+            .overlay_env(env(&[("HUTCH_REQUEST_TIMEOUT", "soon")]))
+            .request_timeout(Duration::from_secs(5))
+            .validate()
+            .unwrap();
+        assert_eq!(settings.request_timeout, Duration::from_secs(5));
     }
 
     #[test]

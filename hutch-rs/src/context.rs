@@ -8,7 +8,9 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 
-use crate::{Hutch, Message, message::Incoming};
+use serde::Serialize;
+
+use crate::{Error, Hutch, Message, Result, message::Incoming};
 
 tokio::task_local! {
     /// The instance running the handler call on this task: what
@@ -197,6 +199,40 @@ impl Context {
     #[must_use]
     pub fn properties(&self) -> &BasicProperties {
         &self.delivery.envelope.properties
+    }
+
+    /// Publishes `value` as JSON to the message's `reply_to` with its
+    /// correlation id, confirmed: the answer to a
+    /// [`Hutch::request`](crate::Hutch::request), or to any publisher that
+    /// set `reply_to`. Sent to the default exchange, as RabbitMQ's direct
+    /// reply-to and reply queues expect.
+    ///
+    /// ```
+    /// use hutch_rs::{BoxError, Context, Message, consumer};
+    ///
+    /// #[consumer(routing_key = "prices.quote")]
+    /// async fn quote(msg: Message<u64>, ctx: Context) -> Result<(), BoxError> {
+    ///     ctx.reply(&(*msg * 100)).await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoReplyTo`](crate::Error::NoReplyTo) when the message has
+    /// no `reply_to`; [`Error::InvalidReplyTo`](crate::Error::InvalidReplyTo)
+    /// for a `reply_to` no broker would accept (it comes from the wire);
+    /// otherwise as [`Hutch::publish`](crate::Hutch::publish).
+    pub async fn reply<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        let Some(reply_to) = self.reply_to() else {
+            return Err(Error::NoReplyTo {
+                routing_key: self.routing_key().to_owned(),
+                message_id: self.message_id().map(str::to_owned),
+            });
+        };
+        self.hutch()
+            .send_reply(reply_to, self.correlation_id(), value)
+            .await
     }
 
     /// The body as it arrived, before decoding (empty in a context made by

@@ -80,6 +80,18 @@ pub enum Error {
         missing: Vec<(String, &'static str)>,
     },
 
+    /// [`Context::reply`](crate::Context::reply) on a message that asked
+    /// for no reply (it has no `reply_to`).
+    #[error(
+        "the message with routing key {routing_key:?} (message id {message_id:?}) has no reply_to: there is nowhere to send a reply"
+    )]
+    NoReplyTo {
+        /// The routing key of the message being handled.
+        routing_key: String,
+        /// Its message id, if it has one.
+        message_id: Option<String>,
+    },
+
     /// The value to publish could not be serialized in the format chosen
     /// with [`PublishOptions::codec`](crate::PublishOptions::codec).
     #[error(
@@ -222,6 +234,68 @@ pub enum Error {
         /// when the publish gave up, if it was down: the cause to fix, such
         /// as "Connection refused".
         connection_error: Option<String>,
+    },
+
+    /// No reply to a [`Hutch::request`](crate::Hutch::request) came within
+    /// the request timeout
+    /// ([`HutchBuilder::request_timeout`](crate::HutchBuilder::request_timeout)).
+    /// The request may or may not have been handled; a reply that comes
+    /// later is dropped and counted in
+    /// [`Status::late_replies`](crate::Status::late_replies).
+    #[error(
+        "no reply to the request with routing key {routing_key:?} within {timeout:?}{}",
+        down_because(connection_error.as_deref())
+    )]
+    RequestTimeout {
+        /// The routing key of the request.
+        routing_key: String,
+        /// The request timeout that elapsed.
+        timeout: Duration,
+        /// Why the publishing connection could not be opened (or was lost)
+        /// when the request gave up, if it was down.
+        connection_error: Option<String>,
+    },
+
+    /// The channel a request was sent on closed before its reply came (the
+    /// connection was lost, or the broker closed the channel): its reply
+    /// can no longer arrive. Not sent again, as a request may not be safe
+    /// to handle twice; the consumer may or may not have handled it. The
+    /// next request goes out on a new channel.
+    #[error(
+        "the request with routing key {routing_key:?} was interrupted before its reply: {reason}"
+    )]
+    RequestInterrupted {
+        /// The routing key of the request.
+        routing_key: String,
+        /// What happened, e.g. the broker's reason for closing the
+        /// connection.
+        reason: String,
+    },
+
+    /// The reply to a request did not decode as JSON into the type asked
+    /// for.
+    #[error("the reply to the request with routing key {routing_key:?} did not decode: {source}")]
+    ReplyDecode {
+        /// The routing key of the request.
+        routing_key: String,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A reply cannot go where the request's `reply_to` says. Either
+    /// nothing was sent: the `reply_to` is empty, longer than AMQP's 255
+    /// bytes, or a direct reply-to address (`amq.rabbitmq.reply-to.…`) of
+    /// another shape than RabbitMQ gives; or the broker closed the
+    /// connection on the reply (RabbitMQ 3.10 to 3.13 crash on a direct
+    /// reply-to address naming a node outside the cluster), and it was not
+    /// sent again.
+    #[error("cannot reply to {reply_to:?}: {reason}")]
+    InvalidReplyTo {
+        /// The `reply_to`, cut short if long.
+        reply_to: String,
+        /// What is wrong with it.
+        reason: String,
     },
 
     /// A consumer failed more often than its restart intensity allows

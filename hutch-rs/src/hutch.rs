@@ -3,22 +3,27 @@
 
 use std::{future::Future, sync::Arc};
 
-use serde::Serialize;
+use serde::{Serialize, de::DeserializeOwned};
 use tokio::time::Instant;
 
 use crate::{
-    HutchBuilder, Result, Running,
+    Error, HutchBuilder, Result, Running,
     config::Settings,
     event::EventStream,
     extract::States,
-    outgoing::{Draft, Outgoing, PublishOptions, Published, encode},
+    outgoing::{Draft, JSON, Outgoing, PublishOptions, Published, encode, encode_json},
     publisher::Publisher,
     registry,
+    request::{self, Requester},
     retry::{self, HookQueues},
     status::Status,
     supervisor::{observer::Observer, tree::Root},
     topology::{self, ConsumerPlan},
 };
+
+/// The default exchange: routes a message to the queue named by its routing
+/// key. Replies go through it.
+const DEFAULT_EXCHANGE: &str = "";
 
 /// A configured hutch-rs: publishes, and runs the registered `#[consumer]`
 /// functions.
@@ -46,6 +51,8 @@ struct Inner {
     /// Shared with the consumers, which publish retries and dead letters
     /// through it.
     publisher: Arc<Publisher>,
+    /// Sends requests on a channel of the publishing connection.
+    requester: Requester,
     /// The error hooks' queues, fed by the consumers of every `Running`.
     hooks: Arc<HookQueues>,
     /// The root of the tree: cancelled when the last `Hutch` clone and the
@@ -80,9 +87,13 @@ impl Hutch {
             root.tracker().clone(),
             root.token().clone(),
         );
+        let publisher = Arc::new(Publisher::new(settings.clone(), observer.clone(), &root));
+        let requester =
+            Requester::new(settings.clone(), publisher.clone(), observer.clone(), &root);
         Self {
             inner: Arc::new(Inner {
-                publisher: Arc::new(Publisher::new(settings.clone(), observer.clone(), &root)),
+                publisher,
+                requester,
                 hooks: Arc::new(hooks),
                 observer,
                 settings,
@@ -303,6 +314,123 @@ impl Hutch {
             .publisher
             .publish_batch(messages.into_iter().collect())
             .await
+    }
+
+    /// Sends `value` as JSON to the exchange with `routing_key` as a
+    /// request, and resolves with the reply, decoded from JSON: what the
+    /// consumer that handled the request sent with
+    /// [`Context::reply`](crate::Context::reply).
+    ///
+    /// ```no_run
+    /// # async fn example(hutch: hutch_rs::Hutch) -> hutch_rs::Result<()> {
+    /// #[derive(serde::Serialize)]
+    /// struct Quote {
+    ///     sku: u64,
+    /// }
+    ///
+    /// let total: u64 = hutch.request("prices.quote", &Quote { sku: 7 }).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The request goes out on a channel of the publishing connection that
+    /// receives its replies through RabbitMQ's direct reply-to
+    /// (`amq.rabbitmq.reply-to`): no reply queue is declared. It carries a
+    /// fresh correlation id, by which its reply (or its return by the
+    /// broker) finds it, so any number of requests may be in flight at once
+    /// from any number of tasks. It is published mandatory and confirmed,
+    /// and is never sent twice. The whole call, waiting for the connection
+    /// included, is bounded by the request timeout
+    /// ([`HutchBuilder::request_timeout`](crate::HutchBuilder::request_timeout),
+    /// 30 s by default). See the guide's "Request and reply" chapter.
+    ///
+    /// # Errors
+    ///
+    /// Before anything is sent: [`Error::Encode`](crate::Error::Encode),
+    /// [`Error::InvalidRoutingKey`](crate::Error::InvalidRoutingKey).
+    ///
+    /// [`Error::Unroutable`](crate::Error::Unroutable) at once if no queue
+    /// is bound for `routing_key`;
+    /// [`Error::RequestTimeout`](crate::Error::RequestTimeout) if no reply
+    /// came within the request timeout (one that comes later is dropped and
+    /// counted in [`Status::late_replies`](crate::Status::late_replies));
+    /// [`Error::RequestInterrupted`](crate::Error::RequestInterrupted) at
+    /// once if the request's channel or connection closed before its reply
+    /// (the next request uses a new one);
+    /// [`Error::ReplyDecode`](crate::Error::ReplyDecode) if the reply is not
+    /// JSON of type `R`; [`Error::PublishNacked`](crate::Error::PublishNacked)
+    /// if the broker refused the request; and as for a publish,
+    /// [`Error::Connect`](crate::Error::Connect) for refused credentials and
+    /// [`Error::Unavailable`](crate::Error::Unavailable) if the publishing
+    /// connection was closed.
+    pub async fn request<T: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        routing_key: &str,
+        value: &T,
+    ) -> Result<R> {
+        let body = encode_json(routing_key, value)?;
+        // Boxed: the wait holds lapin's publish future; a request in flight
+        // stays small to move (into a task, a `FuturesUnordered`).
+        let reply = Box::pin(self.inner.requester.request(routing_key, &body)).await?;
+        serde_json::from_slice(&reply).map_err(|source| Error::ReplyDecode {
+            routing_key: routing_key.to_owned(),
+            source,
+        })
+    }
+
+    /// Publishes `value` as JSON to the default exchange with routing key
+    /// `reply_to` and `correlation_id`, confirmed: a reply to a request
+    /// ([`Context::reply`](crate::Context::reply)). `reply_to` comes from
+    /// the wire: it is checked before anything is sent.
+    ///
+    /// A reply to a queue that does not exist (a requester that has gone) is
+    /// dropped by the broker; it is not an error here, and the channel other
+    /// publishes share is not affected.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidReplyTo`](crate::Error::InvalidReplyTo) for an empty
+    /// `reply_to`, one longer than 255 bytes, a direct reply-to address of
+    /// another shape than RabbitMQ gives, or one the broker closed the
+    /// connection on (not sent again);
+    /// [`Error::InvalidProperty`](crate::Error::InvalidProperty) for a
+    /// correlation id longer than 255 bytes; otherwise as
+    /// [`publish`](Self::publish).
+    pub(crate) async fn send_reply<T: Serialize + ?Sized>(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        value: &T,
+    ) -> Result<()> {
+        request::check_reply_to(reply_to)?;
+        let body = encode_json(reply_to, value)?;
+        let options = match correlation_id {
+            Some(correlation_id) => PublishOptions::new().correlation_id(correlation_id),
+            None => PublishOptions::new(),
+        };
+        let draft = Draft {
+            routing_key: reply_to,
+            body: &body,
+            content_type: JSON,
+            options: &options,
+        };
+        self.inner
+            .publisher
+            .publish_to(DEFAULT_EXCHANGE, draft)
+            .await
+            .map(drop)
+    }
+
+    /// hutch-rs's own tests reply through this: not part of the API and not
+    /// covered by semver. Only with the `testing` feature.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub async fn __send_reply<T: Serialize + ?Sized>(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        value: &T,
+    ) -> Result<()> {
+        self.send_reply(reply_to, correlation_id, value).await
     }
 
     /// Declares what [`start`](Self::start) declares, without consuming:

@@ -51,6 +51,9 @@
 //!   id, reply-to, expiration, priority, message id, mandatory),
 //!   [`Hutch::publish_bytes`] sends raw bytes, [`Hutch::publish_batch`]
 //!   pipelines confirms and reports each message's outcome.
+//! - [`Hutch::request`] sends a request and resolves with its reply, over
+//!   RabbitMQ's direct reply-to (no reply queue), within the request
+//!   timeout ([`HutchBuilder::request_timeout`]).
 //! - A handler's `Ok` acks the message. An `Err`, a panic or a timeout is
 //!   retried with exponential backoff, the copy waiting in one of the
 //!   consumer's delay queues on the broker, up to `max_attempts` (default 3);
@@ -94,6 +97,7 @@ mod config;
 mod context;
 #[cfg(test)]
 mod decode_fuzz_tests;
+mod duration_text;
 mod error;
 mod event;
 mod extract;
@@ -108,6 +112,7 @@ mod panic;
 mod properties;
 mod publisher;
 mod registry;
+mod request;
 mod retry;
 mod status;
 mod supervisor;
@@ -122,8 +127,8 @@ pub use config::{
     DEFAULT_CONCURRENCY, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_EXCHANGE,
     DEFAULT_HANDLER_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RESTARTS,
     DEFAULT_PREFETCH, DEFAULT_RECONNECT_MAX_DELAY, DEFAULT_RECONNECT_MIN_DELAY,
-    DEFAULT_RESTART_PERIOD, DEFAULT_RETRY_MAX_DELAY, DEFAULT_RETRY_MIN_DELAY,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_URI, HutchBuilder,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESTART_PERIOD, DEFAULT_RETRY_MAX_DELAY,
+    DEFAULT_RETRY_MIN_DELAY, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_URI, HutchBuilder,
 };
 pub use context::Context;
 pub use error::{BoxError, Error, Result};

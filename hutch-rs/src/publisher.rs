@@ -31,6 +31,7 @@ use crate::{
     frame_size,
     outgoing::{Draft, Outgoing, Published},
     properties::unix_seconds,
+    request,
     supervisor::{
         classify,
         connection::Purpose,
@@ -231,7 +232,19 @@ impl Publisher {
 
     /// Publishes `draft` to the exchange and resolves once the broker has
     /// confirmed it, within the confirm timeout.
-    pub(crate) async fn publish(&self, draft: Draft<'_>) -> Result<Published> {
+    ///
+    /// Not `async` itself: the future is [`publish_to`](Self::publish_to)'s,
+    /// not one wrapping it, so a publish in flight stays as small as it was.
+    pub(crate) fn publish<'a>(
+        &'a self,
+        draft: Draft<'a>,
+    ) -> impl Future<Output = Result<Published>> + Send + 'a {
+        self.publish_to(self.settings.exchange.as_str(), draft)
+    }
+
+    /// Publishes `draft` to `exchange` (`""`, the default exchange, for a
+    /// reply to a `reply_to` queue), as [`publish`](Self::publish) does.
+    pub(crate) async fn publish_to(&self, exchange: &str, draft: Draft<'_>) -> Result<Published> {
         topology::check_publish_routing_key(draft.routing_key)?;
         let message_id = draft.message_id();
         let timestamp = unix_seconds(SystemTime::now());
@@ -243,7 +256,7 @@ impl Publisher {
         // hundred bytes, cheap to move into a `FuturesUnordered` or a task,
         // and its state is allocated once, in place, when it first runs.
         Box::pin(self.confirmed(Publish {
-            exchange: self.settings.exchange.as_str(),
+            exchange,
             routing_key: draft.routing_key,
             body: draft.body,
             draft,
@@ -561,6 +574,20 @@ impl Publisher {
             }
             return Ok(Attempt::Lost(error));
         }
+        // RabbitMQ 3.10 to 3.13 crash on a direct reply-to address that
+        // names no node of the cluster (see `request::reply_to`), and close
+        // the connection. Sent again, the reply would close the next one.
+        if classify::is_internal_error(&error)
+            && publish.exchange.is_empty()
+            && request::is_direct_reply_to(publish.routing_key)
+        {
+            return Err(Error::InvalidReplyTo {
+                reply_to: publish.routing_key.to_owned(),
+                reason: format!(
+                    "the broker closed the connection on it ({error}): it names no channel of this cluster; not sent again"
+                ),
+            });
+        }
         if classify::is_fatal_channel_error(&error) {
             return Err(Error::Publish {
                 exchange: publish.exchange.to_owned(),
@@ -691,6 +718,14 @@ impl Publisher {
             task,
         });
         manager
+    }
+
+    /// Why the publishing connection is down, while it is and an attempt to
+    /// open it failed.
+    pub(crate) fn connection_error(&self) -> Option<String> {
+        read(&self.link)
+            .as_ref()
+            .and_then(|link| link.manager.last_error())
     }
 
     /// Forgets and closes `owner`'s channel on the publishing connection, if

@@ -19,6 +19,14 @@ pub struct Status {
     /// what it had queued was abandoned. Since the `Hutch` was built; not
     /// part of [`is_healthy`](Self::is_healthy).
     pub hook_failures_dropped: u64,
+    /// Replies that reached this instance when no request was waiting for
+    /// them, and were dropped: replies that came after their request had
+    /// timed out (or its caller had stopped waiting), or whose correlation
+    /// id names no request. Never delivered to another request. Since the
+    /// `Hutch` was built; not part of [`is_healthy`](Self::is_healthy). A
+    /// count that grows says the request timeout is shorter than the time
+    /// consumers take to answer.
+    pub late_replies: u64,
 }
 
 impl Status {

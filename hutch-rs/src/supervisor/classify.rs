@@ -17,6 +17,8 @@ const RESOURCE_LOCKED: u16 = 405;
 const PRECONDITION_FAILED: u16 = 406;
 /// 530 NOT_ALLOWED: the vhost does not exist or the user may not use it.
 const NOT_ALLOWED: u16 = 530;
+/// 541 INTERNAL_ERROR: a process of the broker crashed on what it was sent.
+const INTERNAL_ERROR: u16 = 541;
 
 fn reply_code(error: &Error) -> Option<u16> {
     match error.kind() {
@@ -58,6 +60,13 @@ pub(crate) fn is_fatal_channel_error(error: &Error) -> bool {
             reply_code(error),
             Some(ACCESS_REFUSED | RESOURCE_LOCKED | PRECONDITION_FAILED)
         )
+}
+
+/// The broker closed the connection because one of its processes crashed
+/// (541 INTERNAL_ERROR): on what a publish in flight carried, if nothing
+/// else explains it.
+pub(crate) fn is_internal_error(error: &Error) -> bool {
+    reply_code(error) == Some(INTERNAL_ERROR)
 }
 
 /// A hutch-rs error that retrying cannot fix: what the user must see.

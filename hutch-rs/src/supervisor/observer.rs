@@ -33,6 +33,7 @@ struct Observed {
     connections: BTreeMap<&'static str, ConnectionStatus>,
     consumers: BTreeMap<String, ConsumerStatus>,
     hook_failures_dropped: u64,
+    late_replies: u64,
 }
 
 impl Default for Observer {
@@ -66,6 +67,7 @@ impl Observer {
             connections: state.connections.values().cloned().collect(),
             consumers: state.consumers.values().cloned().collect(),
             hook_failures_dropped: state.hook_failures_dropped,
+            late_replies: state.late_replies,
         }
     }
 
@@ -239,6 +241,11 @@ impl Observer {
     /// `count` failures that an error hook will never be called with.
     pub(crate) fn hook_failures_dropped(&self, count: u64) {
         self.state().hook_failures_dropped += count;
+    }
+
+    /// A reply that no request was waiting for, dropped.
+    pub(crate) fn late_reply(&self) {
+        self.state().late_replies += 1;
     }
 
     pub(crate) fn stale_ack(&self, consumer: &str) {

@@ -3,13 +3,13 @@
 //! messages published from a handler go to the exchange the application's
 //! builder set (through `ctx.hutch()` and through `hutch_rs::publish`); an
 //! extractor's refusal is the message's failure; a missing state value stops
-//! `start` before anything is declared.
+//! `start` before anything is declared; middleware wraps every call.
 
 use std::sync::{Arc, Mutex};
 
 use hutch_rs::{
-    BoxError, Context, Error, FromDelivery, Message, PublishOptions, RequiredState, State,
-    amqp::AMQPValue, consumer, headers,
+    BoxError, CallResult, Context, Error, FromDelivery, HandlerError, Message, Next,
+    PublishOptions, RequiredState, State, amqp::AMQPValue, consumer, headers,
 };
 use hutch_rs_tests::{JOURNAL, PATIENCE, Scope, Seen, broker, init_logging, queue_depth, take_all};
 use serde::{Deserialize, Serialize};
@@ -280,4 +280,197 @@ async fn missing_state_fails_start_and_run_naming_every_consumer_and_type_before
         "{:?}",
         hutch.status()
     );
+}
+
+/// What the middleware of the next test saw, in order.
+static LAYERS: std::sync::LazyLock<tokio::sync::watch::Sender<Vec<String>>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(Vec::new()));
+
+fn log(entry: String) {
+    LAYERS.send_modify(|log| log.push(entry));
+}
+
+/// The last word of the routing key: what each message asks for.
+fn asks(ctx: &Context) -> String {
+    ctx.routing_key()
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn outcome_kind(outcome: &CallResult) -> &'static str {
+    match outcome {
+        Ok(()) => "Ok",
+        Err(HandlerError::Failed(_)) => "Failed",
+        Err(HandlerError::Panicked(_)) => "Panicked",
+        Err(_) => "Other",
+    }
+}
+
+#[consumer(routing_key = "layers.#", group = "layers", max_attempts = 1)]
+async fn layered(msg: Message<u64>, ctx: Context) -> Result<(), BoxError> {
+    let asks = asks(&ctx);
+    log(format!("handler:{asks}"));
+    match asks.as_str() {
+        "fail" => Err("the handler failed".into()),
+        "panic" => panic!("the handler panicked on {}", *msg),
+        _ => Ok(()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_wraps_every_call_in_order_sees_each_outcome_and_can_answer_alone() {
+    init_logging();
+    let scope = Scope::new("layers");
+    let hutch = scope
+        .builder("layers")
+        // Outermost: refuses one message without calling anything inside.
+        .middleware(|ctx: Context, next: Next| async move {
+            let asks = asks(&ctx);
+            log(format!("outer>{asks}"));
+            if asks == "refuse" {
+                return Err(HandlerError::Failed("refused by middleware".into()));
+            }
+            let outcome = next.run(ctx).await;
+            log(format!("outer<{asks}:{}", outcome_kind(&outcome)));
+            outcome
+        })
+        // Inner: answers one message itself (a duplicate, say): acked, the
+        // handler never called.
+        .middleware(|ctx: Context, next: Next| async move {
+            let asks = asks(&ctx);
+            log(format!("inner>{asks}"));
+            if asks == "skip" {
+                return Ok(());
+            }
+            let outcome = next.run(ctx).await;
+            log(format!("inner<{asks}:{}", outcome_kind(&outcome)));
+            outcome
+        })
+        .build()
+        .unwrap();
+    let running = hutch.start().await.expect("start");
+    for (n, asks) in ["ok", "fail", "panic", "skip", "refuse"].iter().enumerate() {
+        hutch
+            .publish(&format!("layers.{asks}"), &(n as u64))
+            .await
+            .unwrap();
+    }
+
+    let expected: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "ok",
+            vec![
+                "outer>ok",
+                "inner>ok",
+                "handler:ok",
+                "inner<ok:Ok",
+                "outer<ok:Ok",
+            ],
+        ),
+        (
+            "fail",
+            vec![
+                "outer>fail",
+                "inner>fail",
+                "handler:fail",
+                "inner<fail:Failed",
+                "outer<fail:Failed",
+            ],
+        ),
+        (
+            "panic",
+            vec![
+                "outer>panic",
+                "inner>panic",
+                "handler:panic",
+                "inner<panic:Panicked",
+                "outer<panic:Panicked",
+            ],
+        ),
+        ("skip", vec!["outer>skip", "inner>skip", "outer<skip:Ok"]),
+        ("refuse", vec!["outer>refuse"]),
+    ];
+    let of = |log: &[String], asks: &str| -> Vec<String> {
+        log.iter()
+            .filter(|entry| entry.split([':', '>', '<']).nth(1) == Some(asks))
+            .cloned()
+            .collect()
+    };
+    let mut seen = LAYERS.subscribe();
+    let log = tokio::time::timeout(PATIENCE, async {
+        seen.wait_for(|log| {
+            expected
+                .iter()
+                .all(|(asks, entries)| of(log, asks).len() >= entries.len())
+        })
+        .await
+        .unwrap()
+        .clone()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the middleware saw too little: {:?}", *LAYERS.borrow()));
+    for (asks, entries) in &expected {
+        assert_eq!(of(&log, asks), *entries, "{asks}");
+    }
+
+    // Failed, panicked and refused are dead-lettered; ok and skip acked.
+    let dead_queue = format!("{}:dead", scope.queue("layered"));
+    tokio::task::spawn_blocking({
+        let dead_queue = dead_queue.clone();
+        move || {
+            // Only the broker's queue says when the copies arrived.
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while queue_depth(&dead_queue) < 3 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{dead_queue} never held 3"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    })
+    .await
+    .unwrap();
+    running.shutdown().await.unwrap();
+    assert_eq!(queue_depth(&scope.queue("layered")), 0);
+    let mut errors: Vec<String> = take_all(&dead_queue)
+        .await
+        .iter()
+        .map(|dead| {
+            match dead
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|headers| headers.inner().get(headers::ERROR))
+            {
+                Some(AMQPValue::LongString(text)) => {
+                    String::from_utf8_lossy(text.as_bytes()).into_owned()
+                }
+                other => panic!("no error text: {other:?}"),
+            }
+        })
+        .collect();
+    errors.sort();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.contains("refused by middleware")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.contains("the handler failed")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.contains("the handler panicked on 2")),
+        "{errors:?}"
+    );
+    hutch.close().await.unwrap();
 }

@@ -5,8 +5,11 @@ use std::{fmt, str::FromStr, time::Duration};
 use lapin::uri::AMQPUri;
 
 use crate::{
-    Error, Result, duration_text,
+    Error, Result,
+    context::Context,
+    duration_text,
     extract::States,
+    middleware::{CallResult, Middlewares, Next},
     retry::{self, ErrorHook, ErrorHooks, RetryPolicy},
     topology,
 };
@@ -191,6 +194,8 @@ pub(crate) struct Settings {
     pub(crate) error_hooks: ErrorHooks,
     /// The values handlers take as [`State<T>`](crate::State).
     pub(crate) states: States,
+    /// Around every handler call, outermost first.
+    pub(crate) middleware: Middlewares,
     /// Fault injection for hutch-rs's own tests: the queue whose consumer
     /// panics in its run loop on each delivery (see
     /// [`HutchBuilder::__panic_in_run_loop`]).
@@ -247,6 +252,7 @@ pub struct HutchBuilder {
     handler_timeout: Layered<Duration>,
     error_hooks: ErrorHooks,
     states: States,
+    middleware: Middlewares,
     #[cfg(feature = "testing")]
     panic_in_run_loop: Option<String>,
 }
@@ -282,6 +288,7 @@ impl fmt::Debug for HutchBuilder {
             .field("handler_timeout", &self.handler_timeout.value)
             .field("error_hooks", &self.error_hooks)
             .field("states", &self.states)
+            .field("middleware", &self.middleware)
             .finish()
     }
 }
@@ -317,6 +324,7 @@ impl HutchBuilder {
             handler_timeout: Layered::new(DEFAULT_HANDLER_TIMEOUT, Source::Default),
             error_hooks: ErrorHooks::default(),
             states: States::default(),
+            middleware: Middlewares::default(),
             #[cfg(feature = "testing")]
             panic_in_run_loop: None,
         }
@@ -544,6 +552,42 @@ impl HutchBuilder {
         self
     }
 
+    /// Runs `middleware` around every handler call of every consumer, in
+    /// the idiom of axum's `from_fn`: an async function of the call's
+    /// [`Context`](crate::Context) and the [`Next`](crate::Next) step. It
+    /// sees the delivery before the handler and the outcome after it (a
+    /// handler's panic included), and may return without calling
+    /// `next.run` (a duplicate seen before, say): `Ok` acks the message,
+    /// an `Err` is its failure, retried or dead-lettered as usual.
+    ///
+    /// Middleware added first runs outermost. To apply one to some
+    /// consumers only, look at [`Context::consumer`](crate::Context::consumer)
+    /// or [`Context::queue`](crate::Context::queue) and call `next.run`
+    /// directly for the others.
+    ///
+    /// The call's timeout stops the whole call, middleware included, from
+    /// outside: middleware does not see it (the error hooks do).
+    ///
+    /// ```
+    /// use hutch_rs::{CallResult, Context, Hutch, Next};
+    ///
+    /// let hutch = Hutch::builder()
+    ///     .middleware(|ctx: Context, next: Next| async move {
+    ///         tracing::info!(routing_key = ctx.routing_key(), "handling");
+    ///         next.run(ctx).await
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), hutch_rs::Error>(())
+    /// ```
+    pub fn middleware<F, Fut>(mut self, middleware: F) -> Self
+    where
+        F: Fn(Context, Next) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = CallResult> + Send + 'static,
+    {
+        self.middleware.push(middleware);
+        self
+    }
+
     /// Fault injection for hutch-rs's own tests; not part of the API and not
     /// covered by semver. The consumer of `queue` (its full name, namespace
     /// included) panics in its run loop, outside any handler, on each
@@ -670,6 +714,7 @@ impl HutchBuilder {
             handler_timeout: self.handler_timeout.value,
             error_hooks: self.error_hooks,
             states: self.states,
+            middleware: self.middleware,
             #[cfg(feature = "testing")]
             panic_in_run_loop: self.panic_in_run_loop,
         })

@@ -10,7 +10,7 @@ use lapin::{
 
 use serde::Serialize;
 
-use crate::{Error, Hutch, Message, Result, message::Incoming};
+use crate::{Error, Hutch, Message, Result, handler::Delivered, message::Incoming};
 
 tokio::task_local! {
     /// The instance running the handler call on this task: what
@@ -66,6 +66,12 @@ pub struct Context {
 impl Context {
     pub(crate) fn new(delivery: Arc<Incoming>, scope: Arc<ConsumerScope>) -> Self {
         Self { delivery, scope }
+    }
+
+    /// The delivery and scope this context was made from, to call the
+    /// handler with.
+    pub(crate) fn delivered(&self) -> Delivered {
+        Delivered::new(self.delivery.clone(), self.scope.clone())
     }
 
     /// A context for calling a consumer function directly, as a test does:

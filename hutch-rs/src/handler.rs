@@ -9,6 +9,7 @@ use crate::{
     context::{ConsumerScope, Context},
     extract::RequiredState,
     message::{Body, DecodeError, Incoming, Message},
+    retry::HandlerError,
 };
 
 /// The future a registered handler returns. Boxed because registrations are
@@ -71,6 +72,17 @@ pub enum HandlerOutcome {
     /// The body could not be decoded into the handler's message type; the
     /// handler was not called.
     Undecodable(DecodeError),
+}
+
+impl HandlerOutcome {
+    /// The outcome as middleware and the consumer see it: `Ok` acks.
+    pub(crate) fn into_result(self) -> Result<(), HandlerError> {
+        match self {
+            HandlerOutcome::Succeeded => Ok(()),
+            HandlerOutcome::Failed(error) => Err(HandlerError::Failed(error)),
+            HandlerOutcome::Undecodable(error) => Err(HandlerError::Undecodable(error)),
+        }
+    }
 }
 
 /// The return type of a `#[consumer]` function.

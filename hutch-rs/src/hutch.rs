@@ -11,6 +11,7 @@ use crate::{
     config::Settings,
     event::EventStream,
     extract::States,
+    middleware::Middlewares,
     outgoing::{Draft, JSON, Outgoing, PublishOptions, Published, encode, encode_json},
     publisher::Publisher,
     registry,
@@ -154,6 +155,12 @@ impl Hutch {
         } else {
             Err(crate::Error::MissingState { missing })
         }
+    }
+
+    /// The middleware given to
+    /// [`HutchBuilder::middleware`](crate::HutchBuilder::middleware).
+    pub(crate) fn middleware(&self) -> &Middlewares {
+        &self.inner.settings.middleware
     }
 
     /// The values given to [`HutchBuilder::state`](crate::HutchBuilder::state).

@@ -107,6 +107,7 @@ pub mod headers;
 mod hutch;
 mod logging;
 mod message;
+mod middleware;
 mod outgoing;
 mod panic;
 mod properties;
@@ -137,6 +138,7 @@ pub use extract::{FromDelivery, MissingStateValue, RequiredState, State};
 pub use hutch::Hutch;
 pub use logging::init_logging;
 pub use message::{Body, DecodeError, Message, RawBody};
+pub use middleware::{CallFuture, CallResult, Next};
 pub use outgoing::{HeaderValue, Outgoing, PublishOptions, Published};
 pub use registry::{ConsumerRegistration, consumers};
 pub use retry::{

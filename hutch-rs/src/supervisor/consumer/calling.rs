@@ -11,11 +11,21 @@ use tokio_util::time::{DelayQueue, delay_queue};
 
 use crate::{
     context::{ConsumerScope, with_running_hutch},
-    handler::{Delivered, HandlerFn, HandlerOutcome},
+    handler::{Delivered, HandlerFn},
     message::Incoming,
+    middleware::{CallResult, Middlewares},
     panic::panic_message,
     retry::HandlerError,
 };
+
+/// Runs a call, its panic (in the handler or in middleware) caught as its
+/// failure.
+async fn guarded(call: impl Future<Output = CallResult>) -> Option<HandlerError> {
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(outcome) => outcome.err(),
+        Err(panic) => Some(HandlerError::Panicked(panic_message(panic.as_ref()))),
+    }
+}
 
 /// A call that finished, failed or ran out of time.
 pub(super) struct Finished {
@@ -35,6 +45,8 @@ struct Call {
 /// The handler calls of one consumer run.
 pub(super) struct Calls {
     handler: HandlerFn,
+    /// Around each call; empty unless the application added some.
+    middleware: Middlewares,
     scope: Arc<ConsumerScope>,
     timeout: Duration,
     tasks: JoinSet<Option<HandlerError>>,
@@ -47,6 +59,7 @@ impl Calls {
     pub(super) fn new(handler: HandlerFn, timeout: Duration, scope: Arc<ConsumerScope>) -> Self {
         Self {
             handler,
+            middleware: scope.hutch.middleware().clone(),
             scope,
             timeout,
             tasks: JoinSet::new(),
@@ -65,18 +78,14 @@ impl Calls {
         // while decoding is caught as well as one in the handler's body.
         // `hutch_rs::publish` called from the handler publishes through the
         // instance running it.
-        let call = async move { handler(delivered).await };
-        let abort = self.tasks.spawn(async move {
-            match AssertUnwindSafe(with_running_hutch(hutch, call))
-                .catch_unwind()
-                .await
-            {
-                Ok(HandlerOutcome::Succeeded) => None,
-                Ok(HandlerOutcome::Failed(error)) => Some(HandlerError::Failed(error)),
-                Ok(HandlerOutcome::Undecodable(error)) => Some(HandlerError::Undecodable(error)),
-                Err(panic) => Some(HandlerError::Panicked(panic_message(panic.as_ref()))),
-            }
-        });
+        let abort = if self.middleware.is_empty() {
+            let call = async move { handler(delivered).await.into_result() };
+            self.tasks.spawn(guarded(with_running_hutch(hutch, call)))
+        } else {
+            let middleware = self.middleware.clone();
+            let call = async move { middleware.run(handler, delivered).await };
+            self.tasks.spawn(guarded(with_running_hutch(hutch, call)))
+        };
         let id = abort.id();
         let deadline = self.deadlines.insert(id, self.timeout);
         self.calls.insert(

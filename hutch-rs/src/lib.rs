@@ -210,6 +210,12 @@ pub async fn declare() -> Result<Vec<String>> {
 /// Publishes `value` as JSON with settings from the environment; resolves
 /// once the broker confirms. See [`Hutch::publish`].
 ///
+/// Inside a handler call, it publishes through the [`Hutch`] running the
+/// handler instead (the one [`Context::hutch`] returns), whatever the
+/// environment says: a follow-up message goes to the application's own
+/// broker, exchange and namespace. (A task the handler spawns is outside
+/// the call: pass it `ctx.hutch().clone()`.)
+///
 /// # Errors
 ///
 /// See [`Hutch::publish`].

@@ -3,15 +3,12 @@
 //! raw bodies of any content type, and a content type no typed handler can
 //! read going to the dead-letter queue with the reason.
 
-use std::time::Duration;
-
 use hutch_rs::{
-    BoxError, Codec, Message, Outgoing, PublishOptions, RawBody,
-    amqp::{AMQPValue, BasicProperties},
-    consumer, headers,
+    BoxError, Codec, Message, Outgoing, PublishOptions, RawBody, amqp::BasicProperties, consumer,
+    headers,
 };
 use hutch_rs_tests::{
-    JOURNAL, PATIENCE, Scope, Seen, init_logging, queue_depth, raw_publish, take_all,
+    JOURNAL, Scope, Seen, await_depth, header_text, init_logging, raw_publish, take_all,
 };
 use serde::{Deserialize, Serialize};
 
@@ -187,35 +184,15 @@ async fn a_content_type_a_typed_handler_cannot_read_is_dead_lettered_with_the_re
         .unwrap();
 
     let dead_queue = format!("{}:dead", scope.queue("typed"));
-    tokio::task::spawn_blocking({
-        let dead_queue = dead_queue.clone();
-        move || {
-            // The broker's queue can only be polled; the deadline makes a
-            // hang a failure.
-            let deadline = std::time::Instant::now() + PATIENCE;
-            while queue_depth(&dead_queue) < 2 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{dead_queue} never held 2"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    })
-    .await
-    .unwrap();
+    await_depth(&dead_queue, 2).await;
     let mut reasons: Vec<(String, String)> = take_all(&dead_queue)
         .await
         .iter()
         .map(|dead| {
-            let headers = dead.properties.headers().clone().unwrap_or_default();
-            let text = |name: &str| match headers.inner().get(name) {
-                Some(AMQPValue::LongString(text)) => {
-                    String::from_utf8_lossy(text.as_bytes()).into_owned()
-                }
-                other => panic!("{name}: {other:?}"),
-            };
-            (text(headers::REASON), text(headers::ERROR))
+            (
+                header_text(&dead.properties, headers::REASON),
+                header_text(&dead.properties, headers::ERROR),
+            )
         })
         .collect();
     reasons.sort();

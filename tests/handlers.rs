@@ -11,7 +11,10 @@ use hutch_rs::{
     BoxError, CallResult, Context, Error, FromDelivery, HandlerError, Message, Next,
     PublishOptions, RequiredState, State, amqp::AMQPValue, consumer, headers,
 };
-use hutch_rs_tests::{JOURNAL, PATIENCE, Scope, Seen, broker, init_logging, queue_depth, take_all};
+use hutch_rs_tests::{
+    JOURNAL, PATIENCE, Scope, Seen, await_depth, broker, header_text, init_logging, queue_depth,
+    take_all,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,30 +172,11 @@ async fn an_extractor_that_refuses_fails_the_message_which_is_retried_then_dead_
         .unwrap();
 
     let dead_queue = format!("{}:dead", scope.queue("tenanted"));
-    // The broker's queue can only be polled; the deadline makes a hang a
-    // failure.
-    tokio::task::spawn_blocking({
-        let dead_queue = dead_queue.clone();
-        move || {
-            let deadline = std::time::Instant::now() + PATIENCE;
-            while queue_depth(&dead_queue) < 1 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "nothing reached {dead_queue}"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
-    })
-    .await
-    .unwrap();
+    await_depth(&dead_queue, 1).await;
     let dead = take_all(&dead_queue).await;
     assert_eq!(dead.len(), 1);
+    let error = header_text(&dead[0].properties, headers::ERROR);
     let headers = dead[0].properties.headers().clone().unwrap_or_default();
-    let error = match headers.inner().get(headers::ERROR) {
-        Some(AMQPValue::LongString(text)) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
-        other => panic!("no error text in the dead letter: {other:?}"),
-    };
     assert!(error.contains("no x-tenant header"), "{error}");
     // Retried once, like a handler's `Err`, then dead-lettered.
     let attempts = match headers.inner().get(headers::ATTEMPTS) {
@@ -417,40 +401,13 @@ async fn middleware_wraps_every_call_in_order_sees_each_outcome_and_can_answer_a
 
     // Failed, panicked and refused are dead-lettered; ok and skip acked.
     let dead_queue = format!("{}:dead", scope.queue("layered"));
-    tokio::task::spawn_blocking({
-        let dead_queue = dead_queue.clone();
-        move || {
-            // Only the broker's queue says when the copies arrived.
-            let deadline = std::time::Instant::now() + PATIENCE;
-            while queue_depth(&dead_queue) < 3 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{dead_queue} never held 3"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
-    })
-    .await
-    .unwrap();
+    await_depth(&dead_queue, 3).await;
     running.shutdown().await.unwrap();
     assert_eq!(queue_depth(&scope.queue("layered")), 0);
     let mut errors: Vec<String> = take_all(&dead_queue)
         .await
         .iter()
-        .map(|dead| {
-            match dead
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|headers| headers.inner().get(headers::ERROR))
-            {
-                Some(AMQPValue::LongString(text)) => {
-                    String::from_utf8_lossy(text.as_bytes()).into_owned()
-                }
-                other => panic!("no error text: {other:?}"),
-            }
-        })
+        .map(|dead| header_text(&dead.properties, headers::ERROR))
         .collect();
     errors.sort();
     assert_eq!(errors.len(), 3, "{errors:?}");

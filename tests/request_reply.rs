@@ -733,25 +733,9 @@ async fn a_consumer_answers_requests_with_context_reply_and_a_message_without_re
         .await
         .unwrap();
     let dead_queue = format!("{}:dead", scope.queue("price"));
-    let dead = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let dead = hutch_rs_tests::take_all(&dead_queue).await;
-            if let Some(dead) = dead.into_iter().next() {
-                return dead;
-            }
-            // Only the broker's queue says when the copy arrived.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the message without reply_to is dead-lettered");
-    let headers = dead.properties.headers().clone().unwrap_or_default();
-    let error = match headers.inner().get(hutch_rs::headers::ERROR) {
-        Some(lapin::types::AMQPValue::LongString(text)) => {
-            String::from_utf8_lossy(text.as_bytes()).into_owned()
-        }
-        other => panic!("no error in the dead letter: {other:?}"),
-    };
+    hutch_rs_tests::await_depth(&dead_queue, 1).await;
+    let dead = hutch_rs_tests::take_all(&dead_queue).await.remove(0);
+    let error = hutch_rs_tests::header_text(&dead.properties, hutch_rs::headers::ERROR);
     assert!(error.contains("has no reply_to"), "{error}");
     running.shutdown().await.unwrap();
     replier.close().await.unwrap();

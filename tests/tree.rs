@@ -13,7 +13,7 @@ use hutch_rs::{
     consumer,
 };
 use hutch_rs_tests::{
-    JOURNAL, PATIENCE, Scope, Seen, await_consumer_count, init_logging, queue_depth,
+    JOURNAL, PATIENCE, Scope, Seen, await_consumer_count, await_depth, init_logging, queue_depth,
     spawn_run_until,
 };
 use tokio::sync::Semaphore;
@@ -38,27 +38,6 @@ async fn drain(_msg: Message<serde_json::Value>) -> Result<(), BoxError> {
 #[consumer(routing_key = "hang.#", group = "hang", max_attempts = 1)]
 async fn hang(_msg: Message<serde_json::Value>) -> Result<(), BoxError> {
     Err("hang".into())
-}
-
-/// Waits (polling the broker) until `queue` holds `messages`.
-async fn await_depth(queue: &str, messages: u64) {
-    let queue = queue.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let depth = queue_depth(&queue);
-            if depth == messages {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{queue} holds {depth} messages, never {messages}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
-    .await
-    .unwrap();
 }
 
 async fn publish_many(hutch: &hutch_rs::Hutch, routing_key: &str, count: usize) {

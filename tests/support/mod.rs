@@ -329,6 +329,44 @@ pub fn queue_depth(queue: &str) -> u64 {
         .messages
 }
 
+/// Waits until `queue` holds exactly `messages` (ready + unacknowledged).
+/// The broker's queues can only be polled; the deadline turns a hang into a
+/// failure.
+pub async fn await_depth(queue: &str, messages: u64) {
+    let queue = queue.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let depth = queue_depth(&queue);
+            if depth == messages {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{queue} holds {depth} messages, never {messages}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("the polling task does not panic but on its deadline");
+}
+
+/// The text of header `name` (an AMQP long string) of a message hutch-rs
+/// forwarded, such as [`hutch_rs::headers::ERROR`]; panics if it has none.
+pub fn header_text(properties: &BasicProperties, name: &str) -> String {
+    match properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(name))
+    {
+        Some(lapin::types::AMQPValue::LongString(text)) => {
+            String::from_utf8_lossy(text.as_bytes()).into_owned()
+        }
+        other => panic!("header {name} is not text: {other:?}"),
+    }
+}
+
 /// Installs a log subscriber once per test binary, so `RUST_LOG=debug`
 /// shows what hutch-rs did.
 pub fn init_logging() {

@@ -11,7 +11,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use syn::{
-    Expr, ExprLit, ExprUnary, Ident, Lit, LitInt, LitStr, Token, UnOp,
+    Expr, ExprLit, ExprUnary, Ident, Lit, LitBool, LitInt, LitStr, Token, UnOp,
     ext::IdentExt,
     parse::{Parse, ParseStream, Parser},
     punctuated::Punctuated,
@@ -30,6 +30,15 @@ const KNOWN_ARGUMENTS: &[&str] = &[
     "timeout",
     "prefetch",
     "concurrency",
+    "queue_type",
+    "max_length",
+    "max_length_bytes",
+    "overflow",
+    "single_active_consumer",
+    "max_priority",
+    "message_ttl",
+    "delivery_limit",
+    "arguments",
 ];
 
 /// Names used by other frameworks or settings, too far from the right one
@@ -47,6 +56,22 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("max_workers", "concurrency"),
     ("parallelism", "concurrency"),
     ("max_concurrency", "concurrency"),
+    ("queue_kind", "queue_type"),
+    ("quorum", "queue_type"),
+    ("x_queue_type", "queue_type"),
+    ("ttl", "message_ttl"),
+    ("x_message_ttl", "message_ttl"),
+    ("x_max_length", "max_length"),
+    ("max_len", "max_length"),
+    ("x_overflow", "overflow"),
+    ("priority", "max_priority"),
+    ("x_max_priority", "max_priority"),
+    ("x_delivery_limit", "delivery_limit"),
+    ("x_single_active_consumer", "single_active_consumer"),
+    ("single_active", "single_active_consumer"),
+    ("queue_arguments", "arguments"),
+    ("args", "arguments"),
+    ("x_args", "arguments"),
 ];
 
 /// The arguments of one `#[consumer(...)]`.
@@ -63,9 +88,25 @@ pub(crate) struct ConsumerArgs {
     pub(crate) timeout: Option<LitStr>,
     pub(crate) prefetch: Option<LitInt>,
     pub(crate) concurrency: Option<LitInt>,
+    pub(crate) queue_type: Option<LitStr>,
+    pub(crate) max_length: Option<LitInt>,
+    pub(crate) max_length_bytes: Option<LitInt>,
+    pub(crate) overflow: Option<LitStr>,
+    pub(crate) single_active_consumer: Option<LitBool>,
+    pub(crate) max_priority: Option<LitInt>,
+    pub(crate) message_ttl: Option<LitStr>,
+    pub(crate) delivery_limit: Option<LitInt>,
+    pub(crate) arguments: Option<Vec<QueueArgument>>,
     /// The known arguments that were written, valid or not, or suggested for
     /// a misspelled one: an argument with an error is not also "missing".
     pub(crate) mentioned: Vec<&'static str>,
+}
+
+/// One entry of `arguments = [("x-name", value), ...]`: a name and a
+/// string, integer or boolean literal.
+pub(crate) struct QueueArgument {
+    pub(crate) name: LitStr,
+    pub(crate) value: Lit,
 }
 
 /// `routing_key = "a.b"` or `routing_key = ["a.b", "c.*"]`.
@@ -146,6 +187,34 @@ impl ConsumerArgs {
                     errors,
                 )
             }
+            "queue_type" => {
+                self.queue_type = string_literal(name, "\"quorum\"", &argument.value, errors);
+            }
+            "max_length" | "max_length_bytes" | "max_priority" | "delivery_limit" => {
+                let (example, counts) = match name {
+                    "max_length" => ("100000", "messages"),
+                    "max_length_bytes" => ("1000000000", "bytes"),
+                    "max_priority" => ("10", "priority levels"),
+                    _ => ("5", "deliveries"),
+                };
+                let literal = integer_literal(name, example, counts, &argument.value, errors);
+                match name {
+                    "max_length" => self.max_length = literal,
+                    "max_length_bytes" => self.max_length_bytes = literal,
+                    "max_priority" => self.max_priority = literal,
+                    _ => self.delivery_limit = literal,
+                }
+            }
+            "overflow" => {
+                self.overflow = string_literal(name, "\"reject-publish\"", &argument.value, errors);
+            }
+            "single_active_consumer" => {
+                self.single_active_consumer = bool_literal(name, &argument.value, errors);
+            }
+            "message_ttl" => {
+                self.message_ttl = duration_literal(name, "24h", &argument.value, errors);
+            }
+            "arguments" => self.arguments = queue_arguments(&argument.value, errors),
             _ => errors.at(argument.name.span(), unknown_argument(name)),
         }
         self.mentioned.extend(
@@ -265,6 +334,62 @@ fn string_literal(name: &str, example: &str, value: &Expr, errors: &mut Errors) 
             None
         }
     }
+}
+
+/// `single_active_consumer = true`.
+fn bool_literal(name: &str, value: &Expr, errors: &mut Errors) -> Option<LitBool> {
+    match ungroup(value) {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(literal),
+            ..
+        }) => Some(literal.clone()),
+        other => {
+            errors.spanned(
+                other,
+                format_args!("`{name}` takes `true` or `false`: `{name} = true`"),
+            );
+            None
+        }
+    }
+}
+
+/// `arguments = [("x-queue-leader-locator", "balanced"), ("x-max-age", "7D")]`:
+/// a list of (name, literal) pairs, whose names `check.rs` validates.
+fn queue_arguments(value: &Expr, errors: &mut Errors) -> Option<Vec<QueueArgument>> {
+    const EXPECTED: &str = "`arguments` takes a list of (name, value) pairs of literals: \
+                            `arguments = [(\"x-queue-leader-locator\", \"balanced\"), (\"x-max-age\", \"7D\")]`";
+    let Expr::Array(array) = ungroup(value) else {
+        errors.spanned(value, EXPECTED);
+        return None;
+    };
+    let mut arguments = Vec::with_capacity(array.elems.len());
+    for element in &array.elems {
+        let Expr::Tuple(pair) = ungroup(element) else {
+            errors.spanned(element, EXPECTED);
+            continue;
+        };
+        let mut items = pair.elems.iter().map(ungroup);
+        match (items.next(), items.next(), items.next()) {
+            (
+                Some(Expr::Lit(ExprLit {
+                    lit: Lit::Str(name),
+                    ..
+                })),
+                Some(Expr::Lit(ExprLit { lit: value, .. })),
+                None,
+            ) if matches!(value, Lit::Str(_) | Lit::Int(_) | Lit::Bool(_)) => {
+                arguments.push(QueueArgument {
+                    name: name.clone(),
+                    value: value.clone(),
+                });
+            }
+            _ => errors.spanned(
+                element,
+                "each queue argument is a pair of a name and a string, integer or boolean literal: `(\"x-max-age\", \"7D\")`",
+            ),
+        }
+    }
+    Some(arguments)
 }
 
 /// `max_attempts = 3`, `prefetch = 32`: an integer literal, whose value

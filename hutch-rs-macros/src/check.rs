@@ -50,6 +50,8 @@ pub(crate) struct Consumer<'a> {
     pub(crate) timeout: Option<Duration>,
     pub(crate) prefetch: Option<u16>,
     pub(crate) concurrency: Option<u16>,
+    /// `.with_queue_arguments(...)` when any queue argument is given.
+    pub(crate) queue_arguments: Option<proc_macro2::TokenStream>,
     /// `T` in the argument `Message<T>`.
     pub(crate) body_type: &'a Type,
     /// The types of the arguments after the message: extractors, each
@@ -134,6 +136,7 @@ pub(crate) fn consumer<'a>(
         .as_ref()
         .and_then(|literal| handler_timeout(literal, errors));
     let (prefetch, concurrency) = flow_control(args, errors);
+    let queue_arguments = crate::queue::queue_arguments(args, errors);
 
     let (body_type, extractors) = signature(&function.sig, errors)?;
     Some(Consumer {
@@ -148,6 +151,7 @@ pub(crate) fn consumer<'a>(
         timeout,
         prefetch,
         concurrency,
+        queue_arguments,
         body_type,
         extractors,
         output_span: match &function.sig.output {
@@ -344,7 +348,7 @@ fn handler_timeout(literal: &LitStr, errors: &mut Errors) -> Option<Duration> {
 }
 
 /// A duration such as `"30s"`, longer than zero.
-fn positive_duration(
+pub(crate) fn positive_duration(
     name: &str,
     example: &str,
     literal: &LitStr,

@@ -42,6 +42,7 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
         let prefetch = Literal::u16_suffixed(prefetch);
         quote!(.with_prefetch(#prefetch))
     });
+    let queue_arguments = &consumer.queue_arguments;
     let concurrency = consumer.concurrency.map(|concurrency| {
         let concurrency = Literal::u16_suffixed(concurrency);
         quote!(.with_concurrency(#concurrency))
@@ -105,6 +106,7 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
                 #timeout
                 #prefetch
                 #concurrency
+                #queue_arguments
             }
         };
     }

@@ -8,6 +8,7 @@ mod check;
 mod duration;
 mod errors;
 mod expand;
+mod queue;
 
 use proc_macro::TokenStream;
 

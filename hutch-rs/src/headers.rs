@@ -39,6 +39,10 @@ use lapin::types::{AMQPValue, FieldTable};
 /// delivery, which is attempt 1). Read it with
 /// [`Message::attempt`](crate::Message::attempt).
 pub const ATTEMPT: &str = "x-hutch-attempt";
+/// The broker's count of earlier deliveries of a message that were not
+/// acked, which a quorum queue writes on a redelivery. hutch-rs adds it to
+/// [`Message::attempt`](crate::Message::attempt) on a redelivery.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
 /// The exchange the message was first published to.
 pub const ORIGINAL_EXCHANGE: &str = "x-hutch-original-exchange";
 /// The routing key the message was first published with.

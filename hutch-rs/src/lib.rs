@@ -112,6 +112,7 @@ mod outgoing;
 mod panic;
 mod properties;
 mod publisher;
+mod queue_arguments;
 mod registry;
 mod request;
 mod retry;
@@ -140,6 +141,9 @@ pub use logging::init_logging;
 pub use message::{Body, DecodeError, Message, RawBody};
 pub use middleware::{CallFuture, CallResult, Next};
 pub use outgoing::{HeaderValue, Outgoing, PublishOptions, Published};
+pub use queue_arguments::{
+    Argument, ArgumentValue, DEFAULT_DELIVERY_LIMIT, Overflow, QueueArguments, QueueType,
+};
 pub use registry::{ConsumerRegistration, consumers};
 pub use retry::{
     Decision, ERROR_HOOK_QUEUE_CAPACITY, ErrorHook, Failure, HandlerError, Outcome, RetryPolicy,

@@ -423,6 +423,33 @@ impl Envelope {
             properties,
         }
     }
+
+    /// Counts the deliveries of this copy that the broker says ended
+    /// without an ack (its consumer's process died, its connection was
+    /// lost) as attempts too. Only a quorum queue says so, in
+    /// `x-delivery-count`, and only on a redelivery is that header the
+    /// broker's rather than a publisher's: a first delivery keeps whatever
+    /// its publisher wrote, so it is read only when `redelivered` is set,
+    /// and never above `delivery_limit`, past which the broker would have
+    /// dead-lettered the message.
+    pub(crate) fn with_broker_redeliveries(mut self, delivery_limit: Option<u32>) -> Self {
+        let Some(limit) = delivery_limit else {
+            return self;
+        };
+        if !self.redelivered {
+            return self;
+        }
+        let redeliveries = self
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers::number(headers, headers::DELIVERY_COUNT))
+            .and_then(|count| u32::try_from(count).ok())
+            .unwrap_or(0)
+            .min(limit);
+        self.attempt = self.attempt.saturating_add(redeliveries);
+        self
+    }
 }
 
 /// The longest AMQP short string, in bytes.

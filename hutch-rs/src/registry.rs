@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::{
     extract::RequiredState,
     handler::{HandlerFn, RequiredStateFn},
+    queue_arguments::QueueArguments,
 };
 
 /// One function annotated with `#[consumer]`.
@@ -12,7 +13,7 @@ use crate::{
 /// The attribute builds this value in a `const` context and submits it to
 /// [`inventory`], so every consumer linked into the binary is found at startup
 /// without a central list. [`consumers`] lists them.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct ConsumerRegistration {
     function: &'static str,
     module_path: &'static str,
@@ -25,6 +26,7 @@ pub struct ConsumerRegistration {
     timeout: Option<Duration>,
     prefetch: Option<u16>,
     concurrency: Option<u16>,
+    queue_arguments: QueueArguments,
     handler: HandlerFn,
     required_state: RequiredStateFn,
 }
@@ -51,6 +53,7 @@ impl ConsumerRegistration {
             timeout: None,
             prefetch: None,
             concurrency: None,
+            queue_arguments: QueueArguments::new(),
             handler,
             required_state: requires_no_state,
         }
@@ -124,6 +127,16 @@ impl ConsumerRegistration {
     #[must_use]
     pub const fn with_concurrency(mut self, concurrency: u16) -> Self {
         self.concurrency = Some(concurrency);
+        self
+    }
+
+    /// Sets the queue's type and arguments (`queue_type`, `max_length`,
+    /// ..., `arguments` on `#[consumer]`).
+    #[must_use]
+    pub const fn with_queue_arguments(mut self, arguments: QueueArguments) -> Self {
+        // A plain assignment would drop the old value, which a `const fn`
+        // cannot; the old value holds nothing to free (`new` made it).
+        std::mem::forget(std::mem::replace(&mut self.queue_arguments, arguments));
         self
     }
 
@@ -206,6 +219,13 @@ impl ConsumerRegistration {
         self.concurrency
     }
 
+    /// The queue type and arguments given on `#[consumer]` (unset ones
+    /// come from [`HutchBuilder::queue_arguments`](crate::HutchBuilder::queue_arguments)).
+    #[must_use]
+    pub fn queue_arguments(&self) -> &QueueArguments {
+        &self.queue_arguments
+    }
+
     /// The generated entry point that decodes a delivery and calls the
     /// function. Not a stable API.
     #[doc(hidden)]
@@ -238,6 +258,7 @@ impl std::fmt::Debug for ConsumerRegistration {
             .field("timeout", &self.timeout)
             .field("prefetch", &self.prefetch)
             .field("concurrency", &self.concurrency)
+            .field("queue_arguments", &self.queue_arguments)
             .finish_non_exhaustive()
     }
 }

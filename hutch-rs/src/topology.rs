@@ -12,6 +12,7 @@ use lapin::{
 use crate::{
     ConsumerRegistration, Error, Result,
     config::{DEFAULT_PREFETCH, MAX_HANDLER_TIMEOUT, Settings},
+    queue_arguments::QueueDeclaration,
     retry::{self, RetryPolicy, queues::LONGEST_SUFFIX},
 };
 
@@ -93,6 +94,8 @@ pub(crate) struct ConsumerPlan {
     pub(crate) prefetch: u16,
     /// How many handler calls may be in flight at once (at most `prefetch`).
     pub(crate) concurrency: u16,
+    /// The type and arguments its queues are declared with.
+    pub(crate) declaration: QueueDeclaration,
 }
 
 impl ConsumerPlan {
@@ -130,6 +133,18 @@ pub(crate) fn plan_consumers(
         }
         let retry = retry_policy(settings, registration)?;
         let (prefetch, concurrency) = flow(settings, registration)?;
+        let declaration = QueueDeclaration::resolve(
+            registration
+                .queue_arguments()
+                .or(&settings.queue_arguments),
+        )
+        .map_err(|reason| Error::Config {
+            setting: format!(
+                "queue arguments of consumer {} (its #[consumer] arguments over HutchBuilder::queue_type/queue_arguments and HUTCH_QUEUE_TYPE)",
+                registration.qualified_name()
+            ),
+            reason,
+        })?;
         if let Some(existing) = by_queue.get(&queue) {
             return Err(Error::DuplicateQueue {
                 queue,
@@ -146,6 +161,7 @@ pub(crate) fn plan_consumers(
                 timeout: registration.timeout().unwrap_or(settings.handler_timeout),
                 prefetch,
                 concurrency,
+                declaration,
             },
         );
     }
@@ -292,9 +308,13 @@ pub(crate) async fn declare_consumer_queue(
     exchange: &str,
     plan: &ConsumerPlan,
 ) -> Result<()> {
-    declare_durable_queue(channel, &plan.queue, FieldTable::default(), || {
+    let arguments = plan
+        .declaration
+        .main_queue(&crate::retry::queues::dead_letter_queue(&plan.queue));
+    let described = plan.declaration.describe(&arguments);
+    declare_durable_queue(channel, &plan.queue, arguments, || {
         format!(
-            "queue {:?} (durable) of consumer {}",
+            "queue {:?} (durable, {described}) of consumer {}",
             plan.queue,
             plan.name()
         )

@@ -23,10 +23,13 @@ const OUR_PREFIX: &str = "x-hutch-";
 const MAX_ERROR_BYTES: usize = 2_000;
 
 /// Headers the broker writes when it dead-letters a message (here: when a
-/// retry leaves its delay queue). A copy starts without them: recent
-/// RabbitMQ versions take a client's `x-death` as their own and would count
-/// every delay queue a message passed through into its dead letter.
-const BROKER_DEATH_HEADERS: [&str; 5] = [
+/// retry leaves its delay queue), and the count of deliveries a quorum queue
+/// writes. A copy starts without them: recent RabbitMQ versions take a
+/// client's `x-death` as their own and would count every delay queue a
+/// message passed through into its dead letter, and the copy is a new
+/// message whose deliveries start from none.
+const BROKER_DEATH_HEADERS: [&str; 6] = [
+    crate::headers::DELIVERY_COUNT,
     "x-death",
     "x-first-death-exchange",
     "x-first-death-queue",

@@ -4,10 +4,7 @@
 
 use std::time::Duration;
 
-use lapin::{
-    Channel,
-    types::{AMQPValue, FieldTable, LongString},
-};
+use lapin::Channel;
 
 use crate::{
     Result,
@@ -33,50 +30,42 @@ pub(crate) fn delay_queue_prefix(queue: &str) -> String {
     format!("{queue}:delay:")
 }
 
-/// Declares `<queue>:dead`: durable, no arguments, bound to nothing. Only
-/// hutch-rs puts messages there; they stay until someone looks at them.
+/// Declares `<queue>:dead`: durable, of the consumer's queue type, bound
+/// to nothing. hutch-rs puts messages there, and the broker does when the
+/// consumer's queue dead-letters (a quorum queue's delivery limit, an
+/// expired TTL, a length limit); they stay until someone looks at them.
 pub(crate) async fn declare_dead_letter_queue(
     channel: &Channel,
     plan: &ConsumerPlan,
 ) -> Result<()> {
     let queue = dead_letter_queue(&plan.queue);
-    topology::declare_durable_queue(channel, &queue, FieldTable::default(), || {
+    let arguments = plan.declaration.dead_letter_queue();
+    let described = plan.declaration.describe(&arguments);
+    topology::declare_durable_queue(channel, &queue, arguments, || {
         format!(
-            "dead-letter queue {queue:?} (durable) of consumer {}",
+            "dead-letter queue {queue:?} (durable, {described}) of consumer {}",
             plan.name()
         )
     })
     .await
 }
 
-/// Declares the delay queue for `delay`: durable, its messages expire after
-/// `delay` and are dead-lettered through the default exchange straight to
-/// the consumer's own queue, never to the other queues bound to the routing
-/// key. Unconsumed, so expiry order is arrival order.
+/// Declares the delay queue for `delay`: durable, of the consumer's queue
+/// type, its messages expire after `delay` and are dead-lettered through
+/// the default exchange straight to the consumer's own queue, never to the
+/// other queues bound to the routing key. Unconsumed, so expiry order is
+/// arrival order.
 pub(crate) async fn declare_delay_queue(
     channel: &Channel,
     plan: &ConsumerPlan,
     delay: Duration,
 ) -> Result<String> {
     let queue = delay_queue(&plan.queue, delay);
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
-    );
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(LongString::from("")),
-    );
-    arguments.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(LongString::from(plan.queue.as_str())),
-    );
+    let arguments = plan.declaration.delay_queue(delay, &plan.queue);
+    let described = plan.declaration.describe(&arguments);
     topology::declare_durable_queue(channel, &queue, arguments, || {
         format!(
-            "delay queue {queue:?} (durable, x-message-ttl {} ms, dead-lettering to {:?}) of consumer {}",
-            delay.as_millis(),
-            plan.queue,
+            "delay queue {queue:?} (durable, {described}) of consumer {}",
             plan.name()
         )
     })

@@ -258,13 +258,16 @@ impl<'a> Run<'a> {
         settler.delivered(delivery_tag);
         let incoming = Incoming {
             body: data,
-            envelope: Arc::new(Envelope::of_delivery(
-                exchange.as_str(),
-                routing_key.as_str(),
-                redelivered,
-                properties,
-                &self.consumer.plan.queue,
-            )),
+            envelope: Arc::new(
+                Envelope::of_delivery(
+                    exchange.as_str(),
+                    routing_key.as_str(),
+                    redelivered,
+                    properties,
+                    &self.consumer.plan.queue,
+                )
+                .with_broker_redeliveries(self.consumer.plan.declaration.delivery_limit()),
+            ),
         };
         calls.start(delivery_tag, Arc::new(incoming));
     }

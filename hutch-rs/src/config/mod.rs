@@ -10,6 +10,7 @@ use crate::{
     duration_text,
     extract::States,
     middleware::{CallResult, Middlewares, Next},
+    queue_arguments::{QueueArguments, QueueDeclaration, QueueType},
     retry::{self, ErrorHook, ErrorHooks, RetryPolicy},
     topology,
 };
@@ -70,41 +71,28 @@ pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
 /// handler that always needs longer would loop.
 pub(crate) const MAX_HANDLER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// The environment variables hutch-rs reads.
-const ENV_URI: &str = "HUTCH_URI";
-const ENV_EXCHANGE: &str = "HUTCH_EXCHANGE";
-const ENV_NAMESPACE: &str = "HUTCH_NAMESPACE";
-const ENV_GROUP: &str = "HUTCH_GROUP";
-const ENV_REQUEST_TIMEOUT: &str = "HUTCH_REQUEST_TIMEOUT";
+mod sources;
 
-/// Where a setting's value came from; errors name it so the user knows what to fix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Default,
-    Env(&'static str),
-    Setter(&'static str),
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Default => f.write_str("default"),
-            Source::Env(var) => write!(f, "{var} (environment)"),
-            Source::Setter(method) => write!(f, "HutchBuilder::{method}"),
-        }
-    }
-}
+use sources::{RawSetting, Source};
 
 /// A raw value and where it came from, validated in `build()`.
 #[derive(Debug, Clone)]
 struct Layered<T> {
     value: T,
     source: Source,
+    /// Set when the environment or the file held text that is not a value
+    /// of this setting: the reason, reported by `build()` unless a later
+    /// layer replaces the value.
+    unparsed: Option<String>,
 }
 
 impl<T> Layered<T> {
     fn new(value: T, source: Source) -> Self {
-        Self { value, source }
+        Self {
+            value,
+            source,
+            unparsed: None,
+        }
     }
 
     fn invalid(&self, reason: impl Into<String>) -> Error {
@@ -113,6 +101,51 @@ impl<T> Layered<T> {
             reason: reason.into(),
         }
     }
+
+    /// Takes the text of `raw`, parsed: the new value, or the reason it is
+    /// not one, reported by `build()`.
+    fn parse_from(
+        &mut self,
+        raw: &RawSetting,
+        parse: impl FnOnce(&str) -> std::result::Result<T, String>,
+    ) {
+        match parse(&raw.text) {
+            Ok(value) => *self = Layered::new(value, raw.source.clone()),
+            Err(reason) => {
+                self.source = raw.source.clone();
+                self.unparsed = Some(reason);
+            }
+        }
+    }
+
+    /// The value, unless the text it came from did not parse.
+    fn parsed(&self) -> Result<&T> {
+        match &self.unparsed {
+            Some(reason) => Err(self.invalid(reason.clone())),
+            None => Ok(&self.value),
+        }
+    }
+}
+
+/// Parses a whole number of the setting's type; the reason says what was
+/// expected.
+fn number<N: FromStr + fmt::Display + Bounded>(text: &str) -> std::result::Result<N, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number from 0 to {}", N::MAX))
+}
+
+/// The largest value of a setting's number type, for error messages.
+trait Bounded {
+    const MAX: Self;
+}
+
+impl Bounded for u16 {
+    const MAX: Self = u16::MAX;
+}
+
+impl Bounded for u32 {
+    const MAX: Self = u32::MAX;
 }
 
 /// A broker URI whose password never leaves this type: `Debug` and `Display`
@@ -191,6 +224,8 @@ pub(crate) struct Settings {
     /// The retry policy of consumers that do not set their own.
     pub(crate) retry: RetryPolicy,
     pub(crate) handler_timeout: Duration,
+    /// Every consumer's queue type and arguments unless it sets its own.
+    pub(crate) queue_arguments: QueueArguments,
     pub(crate) error_hooks: ErrorHooks,
     /// The values handlers take as [`State<T>`](crate::State).
     pub(crate) states: States,
@@ -239,17 +274,26 @@ pub struct HutchBuilder {
     prefetch: Layered<u16>,
     concurrency: Layered<u16>,
     confirm_timeout: Layered<Duration>,
-    /// From the environment, the text may not be a duration: kept as the
-    /// reason until `build()` reports it.
-    request_timeout: Layered<std::result::Result<Duration, String>>,
+    request_timeout: Layered<Duration>,
     shutdown_timeout: Layered<Duration>,
     heartbeat: Layered<Duration>,
     connection_timeout: Layered<Duration>,
-    reconnect_delay: Layered<(Duration, Duration)>,
-    restart_intensity: Layered<(u32, Duration)>,
+    reconnect_min_delay: Layered<Duration>,
+    reconnect_max_delay: Layered<Duration>,
+    max_restarts: Layered<u32>,
+    restart_period: Layered<Duration>,
     max_attempts: Layered<u32>,
-    retry_delay: Layered<(Duration, Duration)>,
+    retry_min_delay: Layered<Duration>,
+    retry_max_delay: Layered<Duration>,
     handler_timeout: Layered<Duration>,
+    queue_type: Layered<Option<QueueType>>,
+    delivery_limit: Layered<Option<u32>>,
+    /// Every consumer's queue arguments unless it sets its own (the type
+    /// and delivery limit are the two fields above).
+    queue_arguments: QueueArguments,
+    /// `HUTCH_CONFIG` named a file that could not be read or parsed: the
+    /// setting and the reason, reported by `build()`.
+    config_file_error: Option<(String, String)>,
     error_hooks: ErrorHooks,
     states: States,
     middleware: Middlewares,
@@ -281,11 +325,17 @@ impl fmt::Debug for HutchBuilder {
             .field("shutdown_timeout", &self.shutdown_timeout.value)
             .field("heartbeat", &self.heartbeat.value)
             .field("connection_timeout", &self.connection_timeout.value)
-            .field("reconnect_delay", &self.reconnect_delay.value)
-            .field("restart_intensity", &self.restart_intensity.value)
+            .field("reconnect_min_delay", &self.reconnect_min_delay.value)
+            .field("reconnect_max_delay", &self.reconnect_max_delay.value)
+            .field("max_restarts", &self.max_restarts.value)
+            .field("restart_period", &self.restart_period.value)
             .field("max_attempts", &self.max_attempts.value)
-            .field("retry_delay", &self.retry_delay.value)
+            .field("retry_min_delay", &self.retry_min_delay.value)
+            .field("retry_max_delay", &self.retry_max_delay.value)
             .field("handler_timeout", &self.handler_timeout.value)
+            .field("queue_type", &self.queue_type.value)
+            .field("delivery_limit", &self.delivery_limit.value)
+            .field("queue_arguments", &self.queue_arguments)
             .field("error_hooks", &self.error_hooks)
             .field("states", &self.states)
             .field("middleware", &self.middleware)
@@ -304,24 +354,22 @@ impl HutchBuilder {
             prefetch: Layered::new(DEFAULT_PREFETCH, Source::Default),
             concurrency: Layered::new(DEFAULT_CONCURRENCY, Source::Default),
             confirm_timeout: Layered::new(DEFAULT_CONFIRM_TIMEOUT, Source::Default),
-            request_timeout: Layered::new(Ok(DEFAULT_REQUEST_TIMEOUT), Source::Default),
+            request_timeout: Layered::new(DEFAULT_REQUEST_TIMEOUT, Source::Default),
             shutdown_timeout: Layered::new(DEFAULT_SHUTDOWN_TIMEOUT, Source::Default),
             heartbeat: Layered::new(DEFAULT_HEARTBEAT, Source::Default),
             connection_timeout: Layered::new(DEFAULT_CONNECTION_TIMEOUT, Source::Default),
-            reconnect_delay: Layered::new(
-                (DEFAULT_RECONNECT_MIN_DELAY, DEFAULT_RECONNECT_MAX_DELAY),
-                Source::Default,
-            ),
-            restart_intensity: Layered::new(
-                (DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD),
-                Source::Default,
-            ),
+            reconnect_min_delay: Layered::new(DEFAULT_RECONNECT_MIN_DELAY, Source::Default),
+            reconnect_max_delay: Layered::new(DEFAULT_RECONNECT_MAX_DELAY, Source::Default),
+            max_restarts: Layered::new(DEFAULT_MAX_RESTARTS, Source::Default),
+            restart_period: Layered::new(DEFAULT_RESTART_PERIOD, Source::Default),
             max_attempts: Layered::new(DEFAULT_MAX_ATTEMPTS, Source::Default),
-            retry_delay: Layered::new(
-                (DEFAULT_RETRY_MIN_DELAY, DEFAULT_RETRY_MAX_DELAY),
-                Source::Default,
-            ),
+            retry_min_delay: Layered::new(DEFAULT_RETRY_MIN_DELAY, Source::Default),
+            retry_max_delay: Layered::new(DEFAULT_RETRY_MAX_DELAY, Source::Default),
             handler_timeout: Layered::new(DEFAULT_HANDLER_TIMEOUT, Source::Default),
+            queue_type: Layered::new(None, Source::Default),
+            delivery_limit: Layered::new(None, Source::Default),
+            queue_arguments: QueueArguments::new(),
+            config_file_error: None,
             error_hooks: ErrorHooks::default(),
             states: States::default(),
             middleware: Middlewares::default(),
@@ -330,33 +378,66 @@ impl HutchBuilder {
         }
     }
 
-    /// The defaults overlaid with the `HUTCH_*` environment variables. This is
+    /// The defaults, overlaid with the TOML file that `HUTCH_CONFIG` names
+    /// (if set), overlaid with the `HUTCH_*` environment variables. This is
     /// what [`Hutch::builder`](crate::Hutch::builder) returns.
     pub fn from_env() -> Self {
         Self::defaults().overlay_env(|name| std::env::var(name).ok())
     }
 
+    /// The file `HUTCH_CONFIG` names, then the environment, over `self`.
     fn overlay_env(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
-        if let Some(uris) = var(ENV_URI) {
-            let uris = uris.split(',').map(|uri| uri.trim().to_owned()).collect();
-            self.uris = Layered::new(uris, Source::Env(ENV_URI));
+        if let Some(path) = var(sources::CONFIG_FILE_VAR).filter(|path| !path.trim().is_empty()) {
+            match sources::read_file(std::path::Path::new(path.trim())) {
+                Ok(settings) => settings.iter().for_each(|setting| self.apply(setting)),
+                Err(reason) => {
+                    self.config_file_error =
+                        Some((Source::Env(sources::CONFIG_FILE_VAR).to_string(), reason));
+                }
+            }
         }
-        if let Some(exchange) = var(ENV_EXCHANGE) {
-            self.exchange = Layered::new(exchange, Source::Env(ENV_EXCHANGE));
-        }
-        if let Some(namespace) = var(ENV_NAMESPACE).filter(|value| !value.is_empty()) {
-            self.namespace = Layered::new(Some(namespace), Source::Env(ENV_NAMESPACE));
-        }
-        if let Some(group) = var(ENV_GROUP).filter(|value| !value.is_empty()) {
-            self.group = Layered::new(Some(group), Source::Env(ENV_GROUP));
-        }
-        if let Some(timeout) = var(ENV_REQUEST_TIMEOUT) {
-            self.request_timeout = Layered::new(
-                duration_text::parse(&timeout),
-                Source::Env(ENV_REQUEST_TIMEOUT),
-            );
+        for setting in sources::read_env(&var) {
+            self.apply(&setting);
         }
         self
+    }
+
+    /// One setting from the environment or the file, as text.
+    fn apply(&mut self, raw: &RawSetting) {
+        let duration = duration_text::parse;
+        // An empty namespace or group means none, so that a deployment can
+        // clear one that a file sets.
+        let optional_name = |text: &str| Ok((!text.is_empty()).then(|| text.to_owned()));
+        match raw.key {
+            "uri" => self.uris.parse_from(raw, |text| {
+                Ok(text.split(',').map(|uri| uri.trim().to_owned()).collect())
+            }),
+            "exchange" => self.exchange.parse_from(raw, |text| Ok(text.to_owned())),
+            "namespace" => self.namespace.parse_from(raw, optional_name),
+            "group" => self.group.parse_from(raw, optional_name),
+            "prefetch" => self.prefetch.parse_from(raw, number),
+            "concurrency" => self.concurrency.parse_from(raw, number),
+            "confirm_timeout" => self.confirm_timeout.parse_from(raw, duration),
+            "request_timeout" => self.request_timeout.parse_from(raw, duration),
+            "shutdown_timeout" => self.shutdown_timeout.parse_from(raw, duration),
+            "handler_timeout" => self.handler_timeout.parse_from(raw, duration),
+            "heartbeat" => self.heartbeat.parse_from(raw, duration),
+            "connection_timeout" => self.connection_timeout.parse_from(raw, duration),
+            "reconnect_min_delay" => self.reconnect_min_delay.parse_from(raw, duration),
+            "reconnect_max_delay" => self.reconnect_max_delay.parse_from(raw, duration),
+            "max_restarts" => self.max_restarts.parse_from(raw, number),
+            "restart_period" => self.restart_period.parse_from(raw, duration),
+            "max_attempts" => self.max_attempts.parse_from(raw, number),
+            "retry_min_delay" => self.retry_min_delay.parse_from(raw, duration),
+            "retry_max_delay" => self.retry_max_delay.parse_from(raw, duration),
+            "queue_type" => self
+                .queue_type
+                .parse_from(raw, |text| text.parse().map(Some)),
+            "delivery_limit" => self
+                .delivery_limit
+                .parse_from(raw, |text| number(text).map(Some)),
+            other => unreachable!("setting {other:?} is in sources::KEYS but not applied"),
+        }
     }
 
     /// The broker URI, e.g. `amqp://user:password@host:5672/vhost` (`%2f` is
@@ -431,7 +512,7 @@ impl HutchBuilder {
     /// [`Error::RequestTimeout`]. Environment: `HUTCH_REQUEST_TIMEOUT`;
     /// default [`DEFAULT_REQUEST_TIMEOUT`] (30 s). Longer than zero.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = Layered::new(Ok(timeout), Source::Setter("request_timeout"));
+        self.request_timeout = Layered::new(timeout, Source::Setter("request_timeout"));
         self
     }
 
@@ -475,7 +556,8 @@ impl HutchBuilder {
     /// is immediate), the forwarding of failed messages that could not be
     /// published, and a publish whose channel keeps failing.
     pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect_delay = Layered::new((min, max), Source::Setter("reconnect_delay"));
+        self.reconnect_min_delay = Layered::new(min, Source::Setter("reconnect_delay"));
+        self.reconnect_max_delay = Layered::new(max, Source::Setter("reconnect_delay"));
         self
     }
 
@@ -488,8 +570,8 @@ impl HutchBuilder {
     /// `Err`, panic or timeout is that one message's failure (retried, then
     /// dead-lettered) and never counts here.
     pub fn restart_intensity(mut self, max_restarts: u32, period: Duration) -> Self {
-        self.restart_intensity =
-            Layered::new((max_restarts, period), Source::Setter("restart_intensity"));
+        self.max_restarts = Layered::new(max_restarts, Source::Setter("restart_intensity"));
+        self.restart_period = Layered::new(period, Source::Setter("restart_intensity"));
         self
     }
 
@@ -506,7 +588,8 @@ impl HutchBuilder {
     /// doubling up to `max`, ±20 % jitter. The waiting happens in delay queues
     /// on the broker (see [`RetryPolicy`](crate::RetryPolicy)).
     pub fn retry_delay(mut self, min: Duration, max: Duration) -> Self {
-        self.retry_delay = Layered::new((min, max), Source::Setter("retry_delay"));
+        self.retry_min_delay = Layered::new(min, Source::Setter("retry_delay"));
+        self.retry_max_delay = Layered::new(max, Source::Setter("retry_delay"));
         self
     }
 
@@ -514,6 +597,42 @@ impl HutchBuilder {
     /// failed, for consumers without `#[consumer(timeout = ...)]`.
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.handler_timeout = Layered::new(timeout, Source::Setter("handler_timeout"));
+        self
+    }
+
+    /// The type of every consumer's queues, for consumers without
+    /// `#[consumer(queue_type = "...")]` (which wins). Environment:
+    /// `HUTCH_QUEUE_TYPE` (`classic` or `quorum`); default
+    /// [`QueueType::Classic`]. See [`QueueType`] for what each means.
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = Layered::new(Some(queue_type), Source::Setter("queue_type"));
+        self
+    }
+
+    /// How many unacked deliveries a quorum queue allows a message before
+    /// dead-lettering it to `<queue>:dead`, for consumers without
+    /// `#[consumer(delivery_limit = N)]`; see
+    /// [`QueueArguments::delivery_limit`]. Environment:
+    /// `HUTCH_DELIVERY_LIMIT`; default [`DEFAULT_DELIVERY_LIMIT`](crate::DEFAULT_DELIVERY_LIMIT).
+    /// Applies to quorum queues only.
+    pub fn delivery_limit(mut self, deliveries: u32) -> Self {
+        self.delivery_limit = Layered::new(Some(deliveries), Source::Setter("delivery_limit"));
+        self
+    }
+
+    /// Queue arguments for every consumer's queue (length limit, single
+    /// active consumer, priorities, TTL, any `x-` argument); a consumer's
+    /// own arguments on `#[consumer]` win, one by one. A type or delivery
+    /// limit set here counts as a call of [`queue_type`](Self::queue_type)
+    /// or [`delivery_limit`](Self::delivery_limit).
+    pub fn queue_arguments(mut self, arguments: QueueArguments) -> Self {
+        if let Some(queue_type) = arguments.queue_type {
+            self.queue_type = Layered::new(Some(queue_type), Source::Setter("queue_arguments"));
+        }
+        if let Some(limit) = arguments.delivery_limit {
+            self.delivery_limit = Layered::new(Some(limit), Source::Setter("queue_arguments"));
+        }
+        self.queue_arguments = arguments;
         self
     }
 
@@ -615,47 +734,45 @@ impl HutchBuilder {
     }
 
     pub(crate) fn validate(self) -> Result<Settings> {
-        if self.uris.value.is_empty() {
+        if let Some((setting, reason)) = self.config_file_error {
+            return Err(Error::Config { setting, reason });
+        }
+        let uri_texts = self.uris.parsed()?;
+        if uri_texts.is_empty() {
             return Err(self.uris.invalid("no broker URI given"));
         }
-        let uris = self
-            .uris
-            .value
+        let uris = uri_texts
             .iter()
             .map(|uri| BrokerUri::parse(uri).map_err(|reason| self.uris.invalid(reason)))
             .collect::<Result<Vec<_>>>()?;
-        topology::check_exchange_name(&self.exchange.value)
+        topology::check_exchange_name(self.exchange.parsed()?)
             .map_err(|reason| self.exchange.invalid(reason))?;
-        if let Some(namespace) = &self.namespace.value {
+        if let Some(namespace) = self.namespace.parsed()? {
             topology::check_name_part(namespace)
                 .map_err(|reason| self.namespace.invalid(reason))?;
         }
-        if let Some(group) = &self.group.value {
+        if let Some(group) = self.group.parsed()? {
             topology::check_name_part(group).map_err(|reason| self.group.invalid(reason))?;
         }
-        if self.prefetch.value == 0 {
+        if *self.prefetch.parsed()? == 0 {
             return Err(self
                 .prefetch
                 .invalid("must be at least 1 (0 would mean no limit)"));
         }
-        if self.concurrency.value == 0 {
+        if *self.concurrency.parsed()? == 0 {
             return Err(self.concurrency.invalid("must be at least 1"));
         }
-        let request_timeout = match &self.request_timeout.value {
-            Ok(timeout) if !timeout.is_zero() => *timeout,
-            Ok(_) => return Err(self.request_timeout.invalid("must be longer than zero")),
-            Err(reason) => return Err(self.request_timeout.invalid(reason.clone())),
-        };
         for timeout in [
             &self.confirm_timeout,
+            &self.request_timeout,
             &self.shutdown_timeout,
             &self.connection_timeout,
         ] {
-            if timeout.value.is_zero() {
+            if timeout.parsed()?.is_zero() {
                 return Err(timeout.invalid("must be longer than zero"));
             }
         }
-        let heartbeat = self.heartbeat.value;
+        let heartbeat = *self.heartbeat.parsed()?;
         if heartbeat.subsec_nanos() != 0
             || !(1..=u64::from(u16::MAX)).contains(&heartbeat.as_secs())
         {
@@ -663,33 +780,57 @@ impl HutchBuilder {
                 .heartbeat
                 .invalid("must be a whole number of seconds between 1 and 65535"));
         }
-        let (reconnect_min_delay, reconnect_max_delay) = self.reconnect_delay.value;
-        if reconnect_min_delay.is_zero() || reconnect_min_delay > reconnect_max_delay {
-            return Err(self
-                .reconnect_delay
-                .invalid("the minimum delay must be above zero and at most the maximum"));
+        let reconnect_min_delay = *self.reconnect_min_delay.parsed()?;
+        let reconnect_max_delay = *self.reconnect_max_delay.parsed()?;
+        if reconnect_min_delay.is_zero() {
+            return Err(self.reconnect_min_delay.invalid("must be above zero"));
         }
-        let (max_restarts, restart_period) = self.restart_intensity.value;
+        if reconnect_min_delay > reconnect_max_delay {
+            return Err(range_error(
+                &self.reconnect_min_delay,
+                &self.reconnect_max_delay,
+                "the minimum reconnect delay must be at most the maximum",
+            ));
+        }
+        let max_restarts = *self.max_restarts.parsed()?;
+        let restart_period = *self.restart_period.parsed()?;
         if restart_period.is_zero() {
             return Err(self
-                .restart_intensity
-                .invalid("the period must be longer than zero"));
+                .restart_period
+                .invalid("the restart period must be longer than zero"));
         }
-        let max_attempts = self.max_attempts.value;
+        let max_attempts = *self.max_attempts.parsed()?;
         if max_attempts == 0 {
             return Err(self
                 .max_attempts
                 .invalid("must be at least 1 (1 means no retries)"));
         }
-        let (min_delay, max_delay) = self.retry_delay.value;
+        let min_delay = *self.retry_min_delay.parsed()?;
+        let max_delay = *self.retry_max_delay.parsed()?;
         retry::check_delays(min_delay, max_delay)
-            .map_err(|reason| self.retry_delay.invalid(reason))?;
-        if self.handler_timeout.value.is_zero() || self.handler_timeout.value >= MAX_HANDLER_TIMEOUT
-        {
+            .map_err(|reason| range_error(&self.retry_min_delay, &self.retry_max_delay, &reason))?;
+        let handler_timeout = *self.handler_timeout.parsed()?;
+        if handler_timeout.is_zero() || handler_timeout >= MAX_HANDLER_TIMEOUT {
             return Err(self.handler_timeout.invalid(
                 "must be longer than zero and shorter than RabbitMQ's consumer_timeout (30 minutes)",
             ));
         }
+        let mut queue_arguments = self.queue_arguments;
+        queue_arguments.queue_type = *self.queue_type.parsed()?;
+        queue_arguments.delivery_limit = *self.delivery_limit.parsed()?;
+        // Checked here too, so that a bad builder-wide argument is reported
+        // at build() naming where it came from, not once per consumer.
+        QueueDeclaration::resolve(queue_arguments.clone()).map_err(|reason| {
+            let source = if self.queue_type.source != Source::Default {
+                self.queue_type.source.to_string()
+            } else {
+                "HutchBuilder::queue_arguments".to_owned()
+            };
+            Error::Config {
+                setting: source,
+                reason,
+            }
+        })?;
         Ok(Settings {
             uris,
             exchange: self.exchange.value,
@@ -698,7 +839,7 @@ impl HutchBuilder {
             prefetch: (self.prefetch.source != Source::Default).then_some(self.prefetch.value),
             concurrency: self.concurrency.value,
             confirm_timeout: self.confirm_timeout.value,
-            request_timeout,
+            request_timeout: self.request_timeout.value,
             shutdown_timeout: self.shutdown_timeout.value,
             heartbeat,
             connection_timeout: self.connection_timeout.value,
@@ -711,13 +852,29 @@ impl HutchBuilder {
                 min_delay,
                 max_delay,
             },
-            handler_timeout: self.handler_timeout.value,
+            handler_timeout,
+            queue_arguments,
             error_hooks: self.error_hooks,
             states: self.states,
             middleware: self.middleware,
             #[cfg(feature = "testing")]
             panic_in_run_loop: self.panic_in_run_loop,
         })
+    }
+}
+
+/// A minimum above its maximum: the error names both sources when they
+/// differ (`HUTCH_RETRY_MIN_DELAY` from the environment, the maximum from a
+/// setter, say).
+fn range_error(min: &Layered<Duration>, max: &Layered<Duration>, reason: &str) -> Error {
+    let setting = if min.source == max.source {
+        min.source.to_string()
+    } else {
+        format!("{} and {}", min.source, max.source)
+    };
+    Error::Config {
+        setting,
+        reason: format!("{reason} ({:?} > {:?})", min.value, max.value),
     }
 }
 
@@ -915,5 +1072,173 @@ mod tests {
         assert_eq!(setting, "HutchBuilder::restart_intensity");
         let (setting, _) = config_error(HutchBuilder::defaults().uris(Vec::<String>::new()));
         assert_eq!(setting, "HutchBuilder::uris");
+    }
+
+    /// A settings file for one test, removed with the directory.
+    fn config_file(contents: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hutch.toml");
+        std::fs::write(&path, contents).unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        (dir, path)
+    }
+
+    fn env_owned(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.clone())
+        }
+    }
+
+    #[test]
+    fn file_overrides_defaults_environment_overrides_file_setters_override_environment() {
+        let (_dir, path) = config_file(
+            "exchange = \"from-file\"\nnamespace = \"file\"\nprefetch = 7\nheartbeat = \"12s\"\nqueue_type = \"quorum\"\nuri = [\"amqp://a:p@node1\", \"amqp://a:p@node2\"]\n",
+        );
+        let builder = HutchBuilder::defaults().overlay_env(env_owned(vec![
+            ("HUTCH_CONFIG", path),
+            ("HUTCH_NAMESPACE", "env".to_owned()),
+            ("HUTCH_PREFETCH", "9".to_owned()),
+        ]));
+        let settings = builder.clone().validate().unwrap();
+        assert_eq!(settings.exchange, "from-file");
+        assert_eq!(settings.namespace.as_deref(), Some("env"));
+        assert_eq!(settings.prefetch, Some(9));
+        assert_eq!(settings.heartbeat, Duration::from_secs(12));
+        assert_eq!(settings.queue_arguments.queue_type, Some(QueueType::Quorum));
+        assert_eq!(settings.uris.len(), 2);
+        let settings = builder
+            .prefetch(11)
+            .queue_type(QueueType::Classic)
+            .validate()
+            .unwrap();
+        assert_eq!(settings.prefetch, Some(11));
+        assert_eq!(
+            settings.queue_arguments.queue_type,
+            Some(QueueType::Classic)
+        );
+        assert_eq!(settings.exchange, "from-file");
+    }
+
+    #[test]
+    fn every_setting_is_read_from_the_environment() {
+        let settings = HutchBuilder::defaults()
+            .overlay_env(env(&[
+                ("HUTCH_PREFETCH", "64"),
+                ("HUTCH_CONCURRENCY", "4"),
+                ("HUTCH_CONFIRM_TIMEOUT", "3s"),
+                ("HUTCH_REQUEST_TIMEOUT", "4s"),
+                ("HUTCH_SHUTDOWN_TIMEOUT", "5s"),
+                ("HUTCH_HANDLER_TIMEOUT", "6s"),
+                ("HUTCH_HEARTBEAT", "7s"),
+                ("HUTCH_CONNECTION_TIMEOUT", "8s"),
+                ("HUTCH_RECONNECT_MIN_DELAY", "100ms"),
+                ("HUTCH_RECONNECT_MAX_DELAY", "9s"),
+                ("HUTCH_MAX_RESTARTS", "2"),
+                ("HUTCH_RESTART_PERIOD", "10s"),
+                ("HUTCH_MAX_ATTEMPTS", "5"),
+                ("HUTCH_RETRY_MIN_DELAY", "200ms"),
+                ("HUTCH_RETRY_MAX_DELAY", "11s"),
+                ("HUTCH_QUEUE_TYPE", "quorum"),
+                ("HUTCH_DELIVERY_LIMIT", "4"),
+            ]))
+            .validate()
+            .unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(settings.prefetch, Some(64));
+        assert_eq!(settings.concurrency, 4);
+        assert_eq!(settings.confirm_timeout, secs(3));
+        assert_eq!(settings.request_timeout, secs(4));
+        assert_eq!(settings.shutdown_timeout, secs(5));
+        assert_eq!(settings.handler_timeout, secs(6));
+        assert_eq!(settings.heartbeat, secs(7));
+        assert_eq!(settings.connection_timeout, secs(8));
+        assert_eq!(settings.reconnect_min_delay, Duration::from_millis(100));
+        assert_eq!(settings.reconnect_max_delay, secs(9));
+        assert_eq!(
+            (settings.max_restarts, settings.restart_period),
+            (2, secs(10))
+        );
+        assert_eq!(settings.retry.max_attempts, 5);
+        assert_eq!(settings.retry.min_delay, Duration::from_millis(200));
+        assert_eq!(settings.retry.max_delay, secs(11));
+        assert_eq!(settings.queue_arguments.queue_type, Some(QueueType::Quorum));
+        assert_eq!(settings.queue_arguments.delivery_limit, Some(4));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable_or_the_key_it_came_from() {
+        for (var, bad) in [
+            ("HUTCH_PREFETCH", "many"),
+            ("HUTCH_PREFETCH", "70000"),
+            ("HUTCH_MAX_ATTEMPTS", "-1"),
+            ("HUTCH_HEARTBEAT", "30"),
+            ("HUTCH_QUEUE_TYPE", "stream"),
+            ("HUTCH_RETRY_MIN_DELAY", "soon"),
+        ] {
+            let (setting, reason) = config_error(
+                HutchBuilder::defaults().overlay_env(env_owned(vec![(var, bad.to_owned())])),
+            );
+            assert_eq!(setting, format!("{var} (environment)"), "{var}={bad}");
+            assert!(!reason.is_empty());
+        }
+        let (_dir, path) = config_file("max_attempts = \"three\"\n");
+        let (setting, reason) = config_error(
+            HutchBuilder::defaults().overlay_env(env_owned(vec![("HUTCH_CONFIG", path.clone())])),
+        );
+        assert_eq!(setting, format!("max_attempts in {path} (HUTCH_CONFIG)"));
+        assert!(reason.contains("three"), "{reason}");
+        // The environment repairs a bad file value, as a setter repairs both.
+        assert!(
+            HutchBuilder::defaults()
+                .overlay_env(env_owned(vec![
+                    ("HUTCH_CONFIG", path),
+                    ("HUTCH_MAX_ATTEMPTS", "2".to_owned())
+                ]))
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_missing_or_misspelt_file_is_an_error_naming_hutch_config() {
+        let (setting, reason) = config_error(
+            HutchBuilder::defaults()
+                .overlay_env(env(&[("HUTCH_CONFIG", "/nonexistent/hutch.toml")])),
+        );
+        assert_eq!(setting, "HUTCH_CONFIG (environment)");
+        assert!(reason.contains("/nonexistent/hutch.toml"), "{reason}");
+        let (_dir, path) = config_file("prefech = 3\n");
+        let (_, reason) = config_error(
+            HutchBuilder::defaults().overlay_env(env_owned(vec![("HUTCH_CONFIG", path)])),
+        );
+        assert!(reason.contains("unknown key \"prefech\""), "{reason}");
+    }
+
+    #[test]
+    fn min_and_max_from_different_places_are_named_together() {
+        let (setting, _) = config_error(
+            HutchBuilder::defaults()
+                .overlay_env(env(&[("HUTCH_RETRY_MIN_DELAY", "2m")]))
+                .retry_delay(Duration::from_secs(1), Duration::from_secs(30))
+                .overlay_env(env(&[("HUTCH_RETRY_MIN_DELAY", "2m")])),
+        );
+        assert_eq!(
+            setting,
+            "HUTCH_RETRY_MIN_DELAY (environment) and HutchBuilder::retry_delay"
+        );
+    }
+
+    #[test]
+    fn builder_wide_queue_arguments_that_do_not_fit_are_refused_at_build() {
+        let (setting, reason) = config_error(
+            HutchBuilder::defaults()
+                .queue_type(QueueType::Quorum)
+                .queue_arguments(QueueArguments::new().max_priority(5)),
+        );
+        assert_eq!(setting, "HutchBuilder::queue_type");
+        assert!(reason.contains("classic"), "{reason}");
     }
 }

@@ -131,9 +131,29 @@ pub(crate) struct QueueRow {
     messages_unacknowledged: u64,
     durable: bool,
     auto_delete: bool,
+    /// A boolean for classic queues; quorum queues, which cannot be
+    /// exclusive, report an empty string.
+    #[serde(deserialize_with = "flag_or_empty")]
     exclusive: bool,
     consumers: u64,
     arguments: Arguments,
+}
+
+/// `true`/`false`, or `""` (false).
+fn flag_or_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Text(String),
+    }
+    match Flag::deserialize(deserializer)? {
+        Flag::Bool(flag) => Ok(flag),
+        Flag::Text(text) if text.is_empty() => Ok(false),
+        Flag::Text(text) => Err(serde::de::Error::custom(format!(
+            "expected a boolean or \"\", found {text:?}"
+        ))),
+    }
 }
 
 impl From<QueueRow> for QueueInfo {

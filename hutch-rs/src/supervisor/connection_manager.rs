@@ -309,7 +309,12 @@ impl ConnectionManager {
             node += 1;
             let connecting = tokio::time::timeout(
                 settings.connection_timeout,
-                connect(uri, shared.purpose, settings.heartbeat),
+                connect(
+                    uri,
+                    shared.purpose,
+                    settings.heartbeat,
+                    settings.tls.as_ref(),
+                ),
             );
             let connected = tokio::select! {
                 biased;
@@ -348,6 +353,15 @@ impl ConnectionManager {
                     });
                     self.end(ConnectionState::Failed);
                     return Err(Error::Connect { uri, source });
+                }
+                Err(Error::Tls { uri, reason }) => {
+                    tracing::error!(connection = purpose, %uri, %reason, "TLS with the broker failed; giving up");
+                    let _ = shared.failure.set(Error::Tls {
+                        uri: uri.clone(),
+                        reason: reason.clone(),
+                    });
+                    self.end(ConnectionState::Failed);
+                    return Err(Error::Tls { uri, reason });
                 }
                 Err(error) => {
                     attempts += 1;

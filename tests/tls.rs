@@ -44,6 +44,12 @@ async fn as_certificate(msg: Message<Value>) -> Result<(), BoxError> {
     Ok(())
 }
 
+#[consumer(routing_key = "tls.deep.#", group = "tls_deep")]
+async fn deep_over_tls(msg: Message<Value>) -> Result<(), BoxError> {
+    JOURNAL.record(Seen::of("deep_over_tls", &msg));
+    Ok(())
+}
+
 /// Never reached: the certificate tests fail before it consumes.
 #[consumer(routing_key = "tls.refused", group = "tls_refused")]
 async fn never_connected(msg: Message<Value>) -> Result<(), BoxError> {
@@ -215,8 +221,19 @@ async fn fatal_start(hutch: &Hutch) -> (Error, String) {
 async fn a_round_trip_over_tls_with_a_client_certificate_and_a_password() {
     init_logging();
     let node = tls_node().await;
+    // A user of this test's own, to tell its connections from the others'.
+    let user = unique("tls-password-user");
+    let broker = &node.broker;
+    broker
+        .rabbitmqctl(&["add_user", &user, "pw-of-the-test"])
+        .unwrap();
+    broker
+        .rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"])
+        .unwrap();
+    let port = broker.amqps_port().unwrap();
+    let uri = format!("amqps://{user}:pw-of-the-test@127.0.0.1:{port}/%2f");
     let scope = Scope::new("tls-password");
-    let hutch = tls_builder(node, &scope, amqps_uri(node), "tls_password")
+    let hutch = tls_builder(node, &scope, uri, "tls_password")
         .tls_client_cert(&node.trusted.client_cert)
         .tls_client_key(&node.trusted.client_key)
         .build()
@@ -233,7 +250,7 @@ async fn a_round_trip_over_tls_with_a_client_certificate_and_a_password() {
     // password, with our client certificate.
     let ours: Vec<Value> = connections(&node.broker)
         .into_iter()
-        .filter(|connection| connection["user"] == "guest")
+        .filter(|connection| connection["user"] == user.as_str())
         .collect();
     assert_eq!(ours.len(), 2, "{ours:?}");
     for connection in &ours {
@@ -364,6 +381,96 @@ async fn run_until_ends_with_the_certificate_problem() {
         .expect("run_until ends on its own");
     let error = outcome.expect_err("a certificate problem is an error");
     assert!(matches!(error, Error::Tls { .. }), "{error:?}");
+}
+
+/// A header `deep` nested `depth` arrays deep, as the management API's
+/// JSON.
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(Value::from("bottom"), |inner, _| Value::Array(vec![inner]))
+}
+
+/// Waits until the TLS node's `queue` holds `messages`; the broker's
+/// queues can only be polled, the deadline turns a hang into a failure.
+fn await_depth_on(broker: &Broker, queue: &str, messages: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let depth = broker
+            .queue(queue)
+            .expect("rabbitmqctl list_queues")
+            .map_or(0, |queue| queue.messages);
+        if depth == messages {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{queue} holds {depth} messages, never {messages}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The header sanitizer sits above TLS: it reads the decrypted frames, so a
+/// message whose headers nest past its limit is dead-lettered as poison
+/// over amqps too (below TLS it would have seen ciphertext, and the
+/// handler the message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_nested_past_the_limit_are_caught_over_tls() {
+    init_logging();
+    let node = tls_node().await;
+    let scope = Scope::new("tls-deep");
+    let hutch = tls_builder(node, &scope, amqps_uri(node), "tls_deep")
+        .tls_client_cert(&node.trusted.client_cert)
+        .tls_client_key(&node.trusted.client_key)
+        .build()
+        .expect("valid TLS settings");
+    let running = hutch.start().await.expect("start over amqps");
+    let exchange = scope.exchange.clone();
+    let publish = move |id: &str, depth: usize| {
+        let answer = node
+            .broker
+            .management_request(
+                "POST",
+                &format!("exchanges/%2f/{exchange}/publish"),
+                Some(serde_json::json!({
+                    "routing_key": "tls.deep.nested",
+                    "properties": {
+                        "message_id": id,
+                        "content_type": "application/json",
+                        "headers": { "deep": nested(depth) },
+                    },
+                    "payload": "{\"nested\":true}",
+                    "payload_encoding": "string",
+                })),
+            )
+            .expect("publish through the management API")
+            .expect("an answer");
+        assert_eq!(answer["routed"], true, "{answer}");
+    };
+    tokio::task::spawn_blocking(move || {
+        publish("depth-65", 65);
+        publish("depth-10", 10);
+    })
+    .await
+    .unwrap();
+    hutch
+        .publish("tls.deep.after", &serde_json::json!({ "normal": true }))
+        .await
+        .unwrap();
+
+    let seen = JOURNAL.wait_for("deep_over_tls", 2).await;
+    let ids: Vec<_> = seen.iter().map(|seen| seen.message_id.clone()).collect();
+    assert_eq!(ids[0].as_deref(), Some("depth-10"), "{ids:?}");
+    assert_eq!(seen[1].body, serde_json::json!({ "normal": true }));
+    let dead = format!("{}:dead", scope.queue("deep_over_tls"));
+    tokio::task::spawn_blocking(move || await_depth_on(&node.broker, &dead, 1))
+        .await
+        .unwrap();
+    running.shutdown().await.expect("shutdown");
+    assert_eq!(
+        JOURNAL.by("deep_over_tls").len(),
+        2,
+        "depth 65 never reached the handler"
+    );
 }
 
 /// The setting an `Error::Config` names.

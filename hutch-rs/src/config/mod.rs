@@ -779,7 +779,9 @@ impl HutchBuilder {
     /// [`Error::Config`] naming the setting (setter or environment variable)
     /// when the URI does not parse, the exchange or namespace is empty or
     /// holds characters RabbitMQ names cannot, the prefetch is 0, or a timeout
-    /// is zero.
+    /// is zero; or when a TLS file is missing, holds no PEM certificate or
+    /// key, or a client key does not go with its certificate (or comes
+    /// without it).
     pub fn build(self) -> Result<crate::Hutch> {
         let settings = self.validate()?;
         Ok(crate::Hutch::from_settings(settings))
@@ -1204,6 +1206,58 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!(settings.request_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn tls_settings_from_the_environment_are_named_in_errors() {
+        let (setting, reason) = config_error(
+            HutchBuilder::defaults()
+                .overlay_env(env(&[("HUTCH_TLS_CA_CERT", "/nonexistent/ca.pem")])),
+        );
+        assert_eq!(setting, "HUTCH_TLS_CA_CERT (environment)");
+        assert!(reason.contains("/nonexistent/ca.pem"), "{reason}");
+        let (setting, reason) = config_error(
+            HutchBuilder::defaults()
+                .overlay_env(env(&[("HUTCH_TLS_CLIENT_CERT", "/nonexistent/client.pem")])),
+        );
+        assert_eq!(setting, "HUTCH_TLS_CLIENT_CERT (environment)");
+        assert!(reason.contains("needs its key"), "{reason}");
+        let (setting, reason) = config_error(
+            HutchBuilder::defaults()
+                .overlay_env(env(&[("HUTCH_TLS_CLIENT_KEY", "/nonexistent/client.key")])),
+        );
+        assert_eq!(setting, "HUTCH_TLS_CLIENT_KEY (environment)");
+        assert!(reason.contains("needs its certificate"), "{reason}");
+        let (setting, _) = config_error(HutchBuilder::defaults().overlay_env(env(&[
+            ("HUTCH_TLS_CLIENT_CERT", "/nonexistent/client.pem"),
+            ("HUTCH_TLS_CLIENT_KEY", "/nonexistent/client.key"),
+        ])));
+        assert_eq!(setting, "HUTCH_TLS_CLIENT_CERT (environment)");
+        let (setting, _) = config_error(
+            HutchBuilder::defaults().overlay_env(env(&[("HUTCH_TLS_SERVER_NAME", "not a name!")])),
+        );
+        assert_eq!(setting, "HUTCH_TLS_SERVER_NAME (environment)");
+        // A setter wins over the environment here too.
+        let (setting, _) = config_error(
+            HutchBuilder::defaults()
+                .overlay_env(env(&[("HUTCH_TLS_CA_CERT", "/nonexistent/ca.pem")]))
+                .tls_ca_cert("/nonexistent/other.pem"),
+        );
+        assert_eq!(setting, "HutchBuilder::tls_ca_cert");
+    }
+
+    #[test]
+    fn plain_uris_without_tls_settings_read_no_certificates() {
+        let settings = HutchBuilder::defaults()
+            .overlay_env(env(&[
+                ("HUTCH_TLS_CA_CERT", ""),
+                ("HUTCH_TLS_CLIENT_CERT", ""),
+                ("HUTCH_TLS_CLIENT_KEY", ""),
+                ("HUTCH_TLS_SERVER_NAME", ""),
+            ]))
+            .validate()
+            .unwrap();
+        assert!(settings.tls.is_none());
     }
 
     #[test]

@@ -205,6 +205,40 @@ mod tests {
     }
 
     #[test]
+    fn tls_errors_are_fatal_certificate_problems_network_errors_are_not() {
+        let tls = |error: rustls::Error| {
+            Error::from(std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+        };
+        let untrusted = tls_problem(
+            &tls(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+            None,
+        )
+        .unwrap();
+        assert!(untrusted.starts_with("certificate problem"), "{untrusted}");
+        assert!(untrusted.contains("HUTCH_TLS_CA_CERT"), "{untrusted}");
+        let no_client_cert = tls_problem(
+            &tls(rustls::Error::AlertReceived(
+                rustls::AlertDescription::CertificateRequired,
+            )),
+            None,
+        )
+        .unwrap();
+        assert!(
+            no_client_cert.starts_with("certificate problem")
+                && no_client_cert.contains("none was given"),
+            "{no_client_cert}"
+        );
+        let reset = Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(tls_problem(&reset, None), None);
+        assert!(is_fatal(&crate::Error::Tls {
+            uri: "amqps://u:***@h:5671/%2f".to_owned(),
+            reason: untrusted,
+        }));
+    }
+
+    #[test]
     fn inequivalent_declarations_are_fatal_connection_losses_are_not() {
         assert!(is_fatal_channel_error(&amqp(AMQPErrorKind::Soft(
             AMQPSoftError::PRECONDITIONFAILED

@@ -84,6 +84,16 @@ impl TlsSettings {
         identity: Option<Identity>,
         server_name: Option<&str>,
     ) -> std::result::Result<Self, (TlsSetting, String)> {
+        let server_name = server_name
+            .map(|name| {
+                ServerName::try_from(name.to_owned()).map_err(|_| {
+                    (
+                        TlsSetting::ServerName,
+                        format!("{name:?} is neither a DNS name nor an IP address"),
+                    )
+                })
+            })
+            .transpose()?;
         let provider = provider().map_err(|reason| (TlsSetting::Roots, reason))?;
         let roots = match ca_cert {
             Some(path) => {
@@ -105,16 +115,6 @@ impl TlsSettings {
             }
             None => system_roots().map_err(|reason| (TlsSetting::Roots, reason))?,
         };
-        let server_name = server_name
-            .map(|name| {
-                ServerName::try_from(name.to_owned()).map_err(|_| {
-                    (
-                        TlsSetting::ServerName,
-                        format!("{name:?} is neither a DNS name nor an IP address"),
-                    )
-                })
-            })
-            .transpose()?;
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|error| (TlsSetting::Roots, format!("no usable TLS version: {error}")))?

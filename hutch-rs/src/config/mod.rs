@@ -1247,6 +1247,25 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_from_the_file_are_named_by_key_and_file() {
+        let (_dir, path) = config_file("tls_client_key = \"/nonexistent/client.key\"\n");
+        let (setting, reason) = config_error(
+            HutchBuilder::defaults().overlay_env(env_owned(vec![("HUTCH_CONFIG", path.clone())])),
+        );
+        assert_eq!(setting, format!("tls_client_key in {path} (HUTCH_CONFIG)"));
+        assert!(reason.contains("needs its certificate"), "{reason}");
+        // An empty variable clears what the file sets.
+        let settings = HutchBuilder::defaults()
+            .overlay_env(env_owned(vec![
+                ("HUTCH_CONFIG", path),
+                ("HUTCH_TLS_CLIENT_KEY", String::new()),
+            ]))
+            .validate()
+            .unwrap();
+        assert!(settings.tls.is_none());
+    }
+
+    #[test]
     fn plain_uris_without_tls_settings_read_no_certificates() {
         let settings = HutchBuilder::defaults()
             .overlay_env(env(&[

@@ -473,6 +473,25 @@ async fn headers_nested_past_the_limit_are_caught_over_tls() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_gets_the_certificate_problem() {
+    init_logging();
+    let node = tls_node().await;
+    let scope = Scope::new("tls-publish");
+    let hutch = tls_builder(node, &scope, amqps_uri(node), "tls_refused")
+        .build()
+        .expect("valid TLS settings");
+    let published = tokio::time::timeout(
+        FATAL_WITHIN,
+        hutch.publish("tls.refused", &serde_json::json!({})),
+    )
+    .await
+    .expect("the publish fails at once, not at its confirm timeout");
+    let error = published.expect_err("no client certificate, no publish");
+    assert!(matches!(error, Error::Tls { .. }), "{error:?}");
+    assert!(error.to_string().contains("certificate problem"), "{error}");
+}
+
 /// The setting an `Error::Config` names.
 fn config_error(builder: HutchBuilder) -> (String, String) {
     match builder.build() {

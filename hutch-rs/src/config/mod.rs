@@ -991,16 +991,16 @@ impl TlsBuilder {
         if !amqps && !self.is_set() {
             return Ok(None);
         }
+        let named = |(setting, reason): (TlsSetting, String)| match setting {
+            TlsSetting::CaCert => self.ca_cert.invalid(reason),
+            TlsSetting::ClientCert => self.client_cert.invalid(reason),
+            TlsSetting::ClientKey => self.client_key.invalid(reason),
+            TlsSetting::ServerName => self.server_name.invalid(reason),
+            TlsSetting::Roots if amqps => uri_setting.invalid(reason),
+            TlsSetting::Roots => self.ca_cert.invalid(reason),
+        };
         let identity = match (&self.client_cert.value, &self.client_key.value) {
-            (Some(cert), Some(key)) => {
-                Some(Identity::read(cert, key).map_err(|(key_at_fault, reason)| {
-                    if key_at_fault {
-                        self.client_key.invalid(reason)
-                    } else {
-                        self.client_cert.invalid(reason)
-                    }
-                })?)
-            }
+            (Some(cert), Some(key)) => Some(Identity::read(cert, key).map_err(named)?),
             (Some(_), None) => {
                 return Err(self.client_cert.invalid(
                     "a client certificate needs its key: set HUTCH_TLS_CLIENT_KEY or tls_client_key",
@@ -1018,13 +1018,18 @@ impl TlsBuilder {
             identity,
             self.server_name.value.as_deref(),
         )
-        .map_err(|(setting, reason)| match setting {
-            TlsSetting::CaCert => self.ca_cert.invalid(reason),
-            TlsSetting::ClientKey => self.client_key.invalid(reason),
-            TlsSetting::ServerName => self.server_name.invalid(reason),
-            TlsSetting::Roots if amqps => uri_setting.invalid(reason),
-            TlsSetting::Roots => self.ca_cert.invalid(reason),
-        })?;
+        .map_err(named)?;
+        for uri in uris {
+            let uri = uri.expose();
+            if uri.scheme == lapin::uri::AMQPScheme::AMQPS {
+                settings.server_name(&uri.authority.host).map_err(|error| {
+                    uri_setting.invalid(format!(
+                        "{error}: name the one in the broker's certificate with \
+                         HUTCH_TLS_SERVER_NAME or tls_server_name"
+                    ))
+                })?;
+            }
+        }
         Ok(Some(settings))
     }
 }

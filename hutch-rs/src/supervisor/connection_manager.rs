@@ -272,13 +272,17 @@ impl ConnectionManager {
 
     /// Why the manager ended, once it has: the fatal error it ended with
     /// (every caller gets it, e.g. [`Error::Connect`] for refused
-    /// credentials), or [`Error::Unavailable`] if it was shut down.
+    /// credentials, [`Error::Tls`] for a certificate problem), or [`Error::Unavailable`] if it was shut down.
     pub(crate) fn ended(&self) -> Error {
         let connection = self.shared.purpose.as_str();
         match self.shared.failure.get() {
             Some(Error::Connect { uri, source }) => Error::Connect {
                 uri: uri.clone(),
                 source: source.clone(),
+            },
+            Some(Error::Tls { uri, reason }) => Error::Tls {
+                uri: uri.clone(),
+                reason: reason.clone(),
             },
             Some(other) => Error::Unavailable {
                 connection,

@@ -27,13 +27,12 @@ pub(crate) struct Identity {
 
 impl Identity {
     /// Reads the certificate chain (leaf first) and the private key (PKCS#8,
-    /// PKCS#1 or SEC1). Errors are `(which file, why)`: the certificate's
-    /// (`false`) or the key's (`true`).
-    pub(crate) fn read(cert: &Path, key: &Path) -> std::result::Result<Self, (bool, String)> {
-        let chain = read_certificates(cert).map_err(|reason| (false, reason))?;
+    /// PKCS#1 or SEC1).
+    pub(crate) fn read(cert: &Path, key: &Path) -> std::result::Result<Self, (TlsSetting, String)> {
+        let chain = read_certificates(cert).map_err(|reason| (TlsSetting::ClientCert, reason))?;
         let key = PrivateKeyDer::from_pem_file(key).map_err(|error| {
             (
-                true,
+                TlsSetting::ClientKey,
                 format!(
                     "could not read a PEM private key from {}: {}",
                     key.display(),
@@ -69,6 +68,7 @@ impl fmt::Debug for TlsSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TlsSetting {
     CaCert,
+    ClientCert,
     ClientKey,
     ServerName,
     /// Neither a CA file nor system roots: the URI cannot be used.

@@ -37,6 +37,19 @@ pub enum Error {
         source: Box<lapin::Error>,
     },
 
+    /// TLS with the broker failed in a way retrying cannot fix, most often
+    /// a certificate problem: the broker's certificate is not trusted (wrong
+    /// CA, or a name that does not match), or the broker refused our client
+    /// certificate (none given, or one it does not trust). Ends
+    /// `start`/`run` at once; the text says what to check.
+    #[error("TLS connection to {uri} failed: {reason}")]
+    Tls {
+        /// The broker URI, password masked.
+        uri: String,
+        /// What went wrong, and which setting to check.
+        reason: String,
+    },
+
     /// A connection attempt did not complete in time (retried with backoff).
     #[error("connecting to {uri} took longer than {timeout:?}")]
     ConnectTimeout {

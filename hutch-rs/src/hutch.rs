@@ -499,7 +499,8 @@ impl Hutch {
     ///
     /// [`Error::DuplicateQueue`](crate::Error::DuplicateQueue),
     /// [`Error::Connect`](crate::Error::Connect) (refused credentials, an
-    /// unknown or forbidden vhost), [`Error::Declare`](crate::Error::Declare)
+    /// unknown or forbidden vhost), [`Error::Tls`](crate::Error::Tls) (a
+    /// certificate problem), [`Error::Declare`](crate::Error::Declare)
     /// (a declaration the broker refuses, e.g. a queue that exists with other
     /// arguments, or no permission).
     pub async fn start(&self) -> Result<Running> {

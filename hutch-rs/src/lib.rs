@@ -37,6 +37,9 @@
 //!
 //! Settings come from `HUTCH_URI`, `HUTCH_EXCHANGE`, `HUTCH_NAMESPACE` and
 //! `HUTCH_GROUP` (see [`HutchBuilder`]); [`Hutch::builder`] sets them in code.
+//! An `amqps://` URI connects with TLS (`HUTCH_TLS_CA_CERT`,
+//! `HUTCH_TLS_CLIENT_CERT`, `HUTCH_TLS_CLIENT_KEY`; see
+//! [`HutchBuilder::tls_ca_cert`]).
 //!
 //! # Conventions
 //!

@@ -1,6 +1,6 @@
 //! Settings: defaults, then the environment, then builder setters.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use lapin::uri::AMQPUri;
 
@@ -13,6 +13,7 @@ use crate::{
     queue_arguments::{QueueArguments, QueueDeclaration, QueueType},
     retry::{self, ErrorHook, ErrorHooks, RetryPolicy},
     topology,
+    transport::tls::{Identity, TlsSetting, TlsSettings},
 };
 
 /// The broker URI used when neither `HUTCH_URI` nor [`HutchBuilder::uri`] says otherwise.
@@ -231,6 +232,9 @@ pub(crate) struct Settings {
     pub(crate) states: States,
     /// Around every handler call, outermost first.
     pub(crate) middleware: Middlewares,
+    /// For `amqps` URIs: made whenever a URI is `amqps` or a TLS setting
+    /// is given.
+    pub(crate) tls: Option<TlsSettings>,
     /// Fault injection for hutch-rs's own tests: the queue whose consumer
     /// panics in its run loop on each delivery (see
     /// [`HutchBuilder::__panic_in_run_loop`]).
@@ -248,6 +252,10 @@ pub(crate) struct Settings {
 /// | namespace | `HUTCH_NAMESPACE` | none                                     |
 /// | group     | `HUTCH_GROUP`     | none: every consumer runs                |
 /// | request_timeout | `HUTCH_REQUEST_TIMEOUT` | 30 s ([`DEFAULT_REQUEST_TIMEOUT`]) |
+/// | tls_ca_cert | `HUTCH_TLS_CA_CERT` | the system's trusted roots |
+/// | tls_client_cert | `HUTCH_TLS_CLIENT_CERT` | none |
+/// | tls_client_key | `HUTCH_TLS_CLIENT_KEY` | none |
+/// | tls_server_name | `HUTCH_TLS_SERVER_NAME` | the URI's host |
 ///
 /// `HUTCH_URI` may list several nodes of a cluster, separated by commas;
 /// they are tried in turn. An empty `HUTCH_NAMESPACE` or `HUTCH_GROUP`
@@ -297,6 +305,7 @@ pub struct HutchBuilder {
     error_hooks: ErrorHooks,
     states: States,
     middleware: Middlewares,
+    tls: TlsBuilder,
     #[cfg(feature = "testing")]
     panic_in_run_loop: Option<String>,
 }
@@ -339,6 +348,7 @@ impl fmt::Debug for HutchBuilder {
             .field("error_hooks", &self.error_hooks)
             .field("states", &self.states)
             .field("middleware", &self.middleware)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -373,6 +383,7 @@ impl HutchBuilder {
             error_hooks: ErrorHooks::default(),
             states: States::default(),
             middleware: Middlewares::default(),
+            tls: TlsBuilder::default(),
             #[cfg(feature = "testing")]
             panic_in_run_loop: None,
         }
@@ -436,6 +447,9 @@ impl HutchBuilder {
             "delivery_limit" => self
                 .delivery_limit
                 .parse_from(raw, |text| number(text).map(Some)),
+            "tls_ca_cert" | "tls_client_cert" | "tls_client_key" | "tls_server_name" => {
+                self.tls.apply(raw);
+            }
             other => unreachable!("setting {other:?} is in sources::KEYS but not applied"),
         }
     }
@@ -707,6 +721,44 @@ impl HutchBuilder {
         self
     }
 
+    /// The CA certificate(s) that signed the broker's certificate, as a PEM
+    /// file, for `amqps` URIs. Environment: `HUTCH_TLS_CA_CERT`. Without
+    /// it the operating system's trusted roots are used. Read by
+    /// [`build`](Self::build), which fails naming this setting when the file
+    /// is missing or holds no PEM certificate.
+    pub fn tls_ca_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca_cert = Layered::new(Some(path.into()), Source::Setter("tls_ca_cert"));
+        self
+    }
+
+    /// The client certificate (PEM; the chain, leaf first) sent when the
+    /// broker asks for one, for `amqps` URIs. Needs
+    /// [`tls_client_key`](Self::tls_client_key). Environment:
+    /// `HUTCH_TLS_CLIENT_CERT`. With `?auth_mechanism=external` in the URI
+    /// the certificate alone logs in (RabbitMQ's
+    /// `rabbitmq_auth_mechanism_ssl` plugin).
+    pub fn tls_client_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.client_cert = Layered::new(Some(path.into()), Source::Setter("tls_client_cert"));
+        self
+    }
+
+    /// The private key of the client certificate (PEM: PKCS#8, PKCS#1 or
+    /// SEC1). Environment: `HUTCH_TLS_CLIENT_KEY`. [`build`](Self::build)
+    /// checks that it goes with the certificate.
+    pub fn tls_client_key(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.client_key = Layered::new(Some(path.into()), Source::Setter("tls_client_key"));
+        self
+    }
+
+    /// The name the broker's certificate must carry (a DNS name or an IP
+    /// address), when it is not the URI's host: e.g. connecting to an
+    /// address whose certificate names the host. Environment:
+    /// `HUTCH_TLS_SERVER_NAME`.
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls.server_name = Layered::new(Some(name.into()), Source::Setter("tls_server_name"));
+        self
+    }
+
     /// Fault injection for hutch-rs's own tests; not part of the API and not
     /// covered by semver. The consumer of `queue` (its full name, namespace
     /// included) panics in its run loop, outside any handler, on each
@@ -727,7 +779,9 @@ impl HutchBuilder {
     /// [`Error::Config`] naming the setting (setter or environment variable)
     /// when the URI does not parse, the exchange or namespace is empty or
     /// holds characters RabbitMQ names cannot, the prefetch is 0, or a timeout
-    /// is zero.
+    /// is zero; or when a TLS file is missing, holds no PEM certificate or
+    /// key, or a client key does not go with its certificate (or comes
+    /// without it).
     pub fn build(self) -> Result<crate::Hutch> {
         let settings = self.validate()?;
         Ok(crate::Hutch::from_settings(settings))
@@ -831,6 +885,7 @@ impl HutchBuilder {
                 reason,
             }
         })?;
+        let tls = self.tls.validate(&uris, &self.uris)?;
         Ok(Settings {
             uris,
             exchange: self.exchange.value,
@@ -857,6 +912,7 @@ impl HutchBuilder {
             error_hooks: self.error_hooks,
             states: self.states,
             middleware: self.middleware,
+            tls,
             #[cfg(feature = "testing")]
             panic_in_run_loop: self.panic_in_run_loop,
         })
@@ -875,6 +931,106 @@ fn range_error(min: &Layered<Duration>, max: &Layered<Duration>, reason: &str) -
     Error::Config {
         setting,
         reason: format!("{reason} ({:?} > {:?})", min.value, max.value),
+    }
+}
+
+/// The TLS settings as given: file paths and the server name, read and
+/// checked in `build()`.
+#[derive(Debug, Clone)]
+struct TlsBuilder {
+    ca_cert: Layered<Option<PathBuf>>,
+    client_cert: Layered<Option<PathBuf>>,
+    client_key: Layered<Option<PathBuf>>,
+    server_name: Layered<Option<String>>,
+}
+
+impl Default for TlsBuilder {
+    fn default() -> Self {
+        Self {
+            ca_cert: Layered::new(None, Source::Default),
+            client_cert: Layered::new(None, Source::Default),
+            client_key: Layered::new(None, Source::Default),
+            server_name: Layered::new(None, Source::Default),
+        }
+    }
+}
+
+impl TlsBuilder {
+    /// One TLS setting from the environment or the file; an empty value
+    /// means none, so that a deployment can clear one a file sets.
+    fn apply(&mut self, raw: &RawSetting) {
+        let path = |text: &str| Ok((!text.is_empty()).then(|| PathBuf::from(text)));
+        match raw.key {
+            "tls_ca_cert" => self.ca_cert.parse_from(raw, path),
+            "tls_client_cert" => self.client_cert.parse_from(raw, path),
+            "tls_client_key" => self.client_key.parse_from(raw, path),
+            "tls_server_name" => self
+                .server_name
+                .parse_from(raw, |text| Ok((!text.is_empty()).then(|| text.to_owned()))),
+            other => unreachable!("{other:?} is not a TLS setting"),
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.ca_cert.value.is_some()
+            || self.client_cert.value.is_some()
+            || self.client_key.value.is_some()
+            || self.server_name.value.is_some()
+    }
+
+    /// Reads the files when a URI is `amqps` or a TLS setting is given
+    /// (so that a bad file is reported even before TLS is used).
+    fn validate(
+        &self,
+        uris: &[BrokerUri],
+        uri_setting: &Layered<Vec<String>>,
+    ) -> Result<Option<TlsSettings>> {
+        let amqps = uris
+            .iter()
+            .any(|uri| uri.expose().scheme == lapin::uri::AMQPScheme::AMQPS);
+        if !amqps && !self.is_set() {
+            return Ok(None);
+        }
+        let named = |(setting, reason): (TlsSetting, String)| match setting {
+            TlsSetting::CaCert => self.ca_cert.invalid(reason),
+            TlsSetting::ClientCert => self.client_cert.invalid(reason),
+            TlsSetting::ClientKey => self.client_key.invalid(reason),
+            TlsSetting::ServerName => self.server_name.invalid(reason),
+            TlsSetting::Roots if amqps => uri_setting.invalid(reason),
+            TlsSetting::Roots => self.ca_cert.invalid(reason),
+        };
+        let identity = match (&self.client_cert.value, &self.client_key.value) {
+            (Some(cert), Some(key)) => Some(Identity::read(cert, key).map_err(named)?),
+            (Some(_), None) => {
+                return Err(self.client_cert.invalid(
+                    "a client certificate needs its key: set HUTCH_TLS_CLIENT_KEY or tls_client_key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(self.client_key.invalid(
+                    "a client key needs its certificate: set HUTCH_TLS_CLIENT_CERT or tls_client_cert",
+                ));
+            }
+            (None, None) => None,
+        };
+        let settings = TlsSettings::new(
+            self.ca_cert.value.as_deref(),
+            identity,
+            self.server_name.value.as_deref(),
+        )
+        .map_err(named)?;
+        for uri in uris {
+            let uri = uri.expose();
+            if uri.scheme == lapin::uri::AMQPScheme::AMQPS {
+                settings.server_name(&uri.authority.host).map_err(|error| {
+                    uri_setting.invalid(format!(
+                        "{error}: name the one in the broker's certificate with \
+                         HUTCH_TLS_SERVER_NAME or tls_server_name"
+                    ))
+                })?;
+            }
+        }
+        Ok(Some(settings))
     }
 }
 
@@ -1055,6 +1211,77 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!(settings.request_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn tls_settings_from_the_environment_are_named_in_errors() {
+        let (setting, reason) = config_error(
+            HutchBuilder::defaults()
+                .overlay_env(env(&[("HUTCH_TLS_CA_CERT", "/nonexistent/ca.pem")])),
+        );
+        assert_eq!(setting, "HUTCH_TLS_CA_CERT (environment)");
+        assert!(reason.contains("/nonexistent/ca.pem"), "{reason}");
+        let (setting, reason) = config_error(
+            HutchBuilder::defaults()
+                .overlay_env(env(&[("HUTCH_TLS_CLIENT_CERT", "/nonexistent/client.pem")])),
+        );
+        assert_eq!(setting, "HUTCH_TLS_CLIENT_CERT (environment)");
+        assert!(reason.contains("needs its key"), "{reason}");
+        let (setting, reason) = config_error(
+            HutchBuilder::defaults()
+                .overlay_env(env(&[("HUTCH_TLS_CLIENT_KEY", "/nonexistent/client.key")])),
+        );
+        assert_eq!(setting, "HUTCH_TLS_CLIENT_KEY (environment)");
+        assert!(reason.contains("needs its certificate"), "{reason}");
+        let (setting, _) = config_error(HutchBuilder::defaults().overlay_env(env(&[
+            ("HUTCH_TLS_CLIENT_CERT", "/nonexistent/client.pem"),
+            ("HUTCH_TLS_CLIENT_KEY", "/nonexistent/client.key"),
+        ])));
+        assert_eq!(setting, "HUTCH_TLS_CLIENT_CERT (environment)");
+        let (setting, _) = config_error(
+            HutchBuilder::defaults().overlay_env(env(&[("HUTCH_TLS_SERVER_NAME", "not a name!")])),
+        );
+        assert_eq!(setting, "HUTCH_TLS_SERVER_NAME (environment)");
+        // A setter wins over the environment here too.
+        let (setting, _) = config_error(
+            HutchBuilder::defaults()
+                .overlay_env(env(&[("HUTCH_TLS_CA_CERT", "/nonexistent/ca.pem")]))
+                .tls_ca_cert("/nonexistent/other.pem"),
+        );
+        assert_eq!(setting, "HutchBuilder::tls_ca_cert");
+    }
+
+    #[test]
+    fn tls_settings_from_the_file_are_named_by_key_and_file() {
+        let (_dir, path) = config_file("tls_client_key = \"/nonexistent/client.key\"\n");
+        let (setting, reason) = config_error(
+            HutchBuilder::defaults().overlay_env(env_owned(vec![("HUTCH_CONFIG", path.clone())])),
+        );
+        assert_eq!(setting, format!("tls_client_key in {path} (HUTCH_CONFIG)"));
+        assert!(reason.contains("needs its certificate"), "{reason}");
+        // An empty variable clears what the file sets.
+        let settings = HutchBuilder::defaults()
+            .overlay_env(env_owned(vec![
+                ("HUTCH_CONFIG", path),
+                ("HUTCH_TLS_CLIENT_KEY", String::new()),
+            ]))
+            .validate()
+            .unwrap();
+        assert!(settings.tls.is_none());
+    }
+
+    #[test]
+    fn plain_uris_without_tls_settings_read_no_certificates() {
+        let settings = HutchBuilder::defaults()
+            .overlay_env(env(&[
+                ("HUTCH_TLS_CA_CERT", ""),
+                ("HUTCH_TLS_CLIENT_CERT", ""),
+                ("HUTCH_TLS_CLIENT_KEY", ""),
+                ("HUTCH_TLS_SERVER_NAME", ""),
+            ]))
+            .validate()
+            .unwrap();
+        assert!(settings.tls.is_none());
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub(super) const KEYS: &[(&str, &str)] = &[
     ("retry_max_delay", "HUTCH_RETRY_MAX_DELAY"),
     ("queue_type", "HUTCH_QUEUE_TYPE"),
     ("delivery_limit", "HUTCH_DELIVERY_LIMIT"),
+    ("tls_ca_cert", "HUTCH_TLS_CA_CERT"),
+    ("tls_client_cert", "HUTCH_TLS_CLIENT_CERT"),
+    ("tls_client_key", "HUTCH_TLS_CLIENT_KEY"),
+    ("tls_server_name", "HUTCH_TLS_SERVER_NAME"),
 ];
 
 /// The environment variable naming the TOML file.

@@ -47,6 +47,64 @@ pub(crate) fn is_fatal_connect_error(error: &Error) -> bool {
     }
 }
 
+/// What is wrong, when `error` is TLS failing with the broker: a rustls
+/// error, from the handshake or (with TLS 1.3, where the broker judges our
+/// client certificate after the handshake) from the first read after it.
+/// Retrying cannot fix any of them, so they are fatal; network failures
+/// during the handshake are plain I/O errors and stay retried.
+pub(crate) fn tls_problem(
+    error: &Error,
+    tls: Option<&crate::transport::tls::TlsSettings>,
+) -> Option<String> {
+    use rustls::{AlertDescription as Alert, Error as Tls};
+    let ErrorKind::IOError(io) = error.kind() else {
+        return None;
+    };
+    let tls_error = io.get_ref()?.downcast_ref::<Tls>()?;
+    let has_client_certificate = tls.is_some_and(|tls| tls.has_client_certificate());
+    let refused_client = |alert: &Alert| {
+        let given = if has_client_certificate {
+            "the client certificate given (HUTCH_TLS_CLIENT_CERT / tls_client_cert) is not one it trusts"
+        } else {
+            "it requires a client certificate and none was given (HUTCH_TLS_CLIENT_CERT and HUTCH_TLS_CLIENT_KEY, or tls_client_cert and tls_client_key)"
+        };
+        format!(
+            "certificate problem: the broker refused the client certificate (TLS alert {alert:?}): {given}"
+        )
+    };
+    Some(match tls_error {
+        Tls::InvalidCertificate(why) => format!(
+            "certificate problem: the broker's certificate is not trusted ({why}); check the CA file \
+             (HUTCH_TLS_CA_CERT / tls_ca_cert) and the name checked in it (the URI's host, \
+             or HUTCH_TLS_SERVER_NAME / tls_server_name)"
+        ),
+        Tls::AlertReceived(
+            alert @ (Alert::CertificateRequired
+            | Alert::BadCertificate
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired
+            | Alert::CertificateUnknown
+            | Alert::UnknownCA
+            | Alert::AccessDenied),
+        ) => refused_client(alert),
+        // What TLS 1.2 brokers (Erlang's ssl among them) answer a missing
+        // client certificate with; also a version or cipher mismatch.
+        Tls::AlertReceived(Alert::HandshakeFailure) => format!(
+            "certificate problem or TLS mismatch: the broker ended the handshake (handshake_failure); {}",
+            if has_client_certificate {
+                "it may not trust the client certificate, or shares no TLS version or cipher with hutch-rs"
+            } else {
+                "most often it requires a client certificate and none was given (HUTCH_TLS_CLIENT_CERT and HUTCH_TLS_CLIENT_KEY)"
+            }
+        ),
+        Tls::InvalidMessage(_) | Tls::InappropriateMessage { .. } => format!(
+            "the broker did not answer with TLS ({tls_error}): is the port its amqps listener?"
+        ),
+        other => format!("TLS failed: {other}"),
+    })
+}
+
 /// A refused declaration, binding or `basic.consume` that the user must fix
 /// (it would fail the same way on every retry).
 ///
@@ -73,7 +131,7 @@ pub(crate) fn is_internal_error(error: &Error) -> bool {
 pub(crate) fn is_fatal(error: &crate::Error) -> bool {
     use crate::Error as E;
     match error {
-        E::Config { .. } | E::DuplicateQueue { .. } => true,
+        E::Config { .. } | E::DuplicateQueue { .. } | E::Tls { .. } => true,
         E::Connect { source, .. } => is_fatal_connect_error(source),
         E::Declare { source, .. } | E::Publish { source, .. } => is_fatal_channel_error(source),
         _ => false,
@@ -144,6 +202,40 @@ mod tests {
         assert!(!is_fatal_connect_error(&Error::from(
             ErrorKind::MissingHeartbeatError
         )));
+    }
+
+    #[test]
+    fn tls_errors_are_fatal_certificate_problems_network_errors_are_not() {
+        let tls = |error: rustls::Error| {
+            Error::from(std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+        };
+        let untrusted = tls_problem(
+            &tls(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+            None,
+        )
+        .unwrap();
+        assert!(untrusted.starts_with("certificate problem"), "{untrusted}");
+        assert!(untrusted.contains("HUTCH_TLS_CA_CERT"), "{untrusted}");
+        let no_client_cert = tls_problem(
+            &tls(rustls::Error::AlertReceived(
+                rustls::AlertDescription::CertificateRequired,
+            )),
+            None,
+        )
+        .unwrap();
+        assert!(
+            no_client_cert.starts_with("certificate problem")
+                && no_client_cert.contains("none was given"),
+            "{no_client_cert}"
+        );
+        let reset = Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(tls_problem(&reset, None), None);
+        assert!(is_fatal(&crate::Error::Tls {
+            uri: "amqps://u:***@h:5671/%2f".to_owned(),
+            reason: untrusted,
+        }));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use async_rs::{Tokio, traits::Reactor};
 use lapin::{
     AsyncTcpStream, Connection, ConnectionProperties, ErrorKind,
     tcp::AMQPUriTcpExt,
@@ -13,7 +14,10 @@ use lapin::{
 use crate::{
     Error, Result,
     config::BrokerUri,
-    transport::{SanitizingRuntime, sanitizing_runtime},
+    supervisor::classify,
+    transport::{
+        SanitizingRuntime, SanitizingStream, Socket, sanitizing_runtime, tls::TlsSettings,
+    },
 };
 
 /// What a connection is for; shown in the broker's connection list so an
@@ -36,13 +40,17 @@ impl Purpose {
 /// Opens one connection. lapin's own recovery stays off (its default):
 /// hutch-rs is the single owner of recovery.
 ///
-/// The socket is a [`SanitizingStream`](crate::transport::SanitizingStream):
-/// message headers nested deeply enough to overflow lapin's I/O thread are
-/// replaced before lapin parses them.
+/// The socket is a [`SanitizingStream`]: message headers nested deeply
+/// enough to overflow lapin's I/O thread are replaced before lapin parses
+/// them. For `amqps` it wraps the TLS stream, so it reads decrypted bytes.
+///
+/// A TLS failure (an untrusted broker certificate, our client certificate
+/// refused) is [`Error::Tls`], which retrying cannot fix.
 pub(crate) async fn connect(
     uri: &BrokerUri,
     purpose: Purpose,
     heartbeat: Duration,
+    tls: Option<&TlsSettings>,
 ) -> Result<Connection> {
     let name = format!("hutch-rs {} ({})", purpose.as_str(), program_name());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
@@ -51,19 +59,38 @@ pub(crate) async fn connect(
     // is noticed even when the broker's default is off.
     amqp_uri.query.heartbeat = Some(u16::try_from(heartbeat.as_secs()).unwrap_or(u16::MAX));
     tracing::debug!(uri = %uri, connection = purpose.as_str(), "connecting");
-    let connection = match amqp_uri.scheme {
-        AMQPScheme::AMQP => {
+    let connection = match (&amqp_uri.scheme, tls) {
+        (AMQPScheme::AMQP, _) => {
             Connection::connector(amqp_uri, sanitizing_runtime(), open_socket, properties).await
         }
-        // TODO(tls): the sanitizer must read the decrypted bytes, so when
-        // hutch-rs supports amqps it has to sit above TLS (wrap the TLS
-        // stream), not below it as the reactor's TCP stream. Until then an
-        // amqps connection is opened as lapin does it, unprotected.
-        AMQPScheme::AMQPS => Connection::connect_uri(amqp_uri, properties).await,
+        (AMQPScheme::AMQPS, Some(tls)) => {
+            let tls = tls.clone();
+            let tokio = Tokio::current();
+            Connection::connector(
+                amqp_uri,
+                sanitizing_runtime(),
+                async move |uri, runtime| open_tls_socket(uri, runtime, &tokio, &tls).await,
+                properties,
+            )
+            .await
+        }
+        // build() makes the TLS settings whenever a URI is amqps.
+        (AMQPScheme::AMQPS, None) => {
+            return Err(Error::Tls {
+                uri: uri.to_string(),
+                reason: "no TLS settings for an amqps URI".to_owned(),
+            });
+        }
     };
-    connection.map_err(|source| Error::Connect {
-        uri: uri.to_string(),
-        source: Box::new(source),
+    connection.map_err(|source| match classify::tls_problem(&source, tls) {
+        Some(reason) => Error::Tls {
+            uri: uri.to_string(),
+            reason,
+        },
+        None => Error::Connect {
+            uri: uri.to_string(),
+            source: Box::new(source),
+        },
     })
 }
 
@@ -73,11 +100,11 @@ pub(crate) async fn connect(
 async fn open_socket(
     uri: AMQPUri,
     runtime: SanitizingRuntime,
-) -> lapin::Result<AsyncTcpStream<<SanitizingRuntime as async_rs::traits::Reactor>::TcpStream>> {
+) -> lapin::Result<AsyncTcpStream<<SanitizingRuntime as Reactor>::TcpStream>> {
     if uri.scheme != AMQPScheme::AMQP {
         // `connect_async` would put TLS on top of the sanitizer, which then
-        // would read ciphertext; `connect` never sends amqps here.
-        return Err(std::io::Error::other("amqps is not sanitized yet").into());
+        // would read ciphertext; `connect` sends amqps to open_tls_socket.
+        return Err(std::io::Error::other("amqps goes through open_tls_socket").into());
     }
     uri.connect_async(&runtime).await.map_err(|error| {
         // As lapin tells a socket error from its runtime shutting down.
@@ -87,6 +114,33 @@ async fn open_socket(
             error.into()
         }
     })
+}
+
+/// Opens the TCP socket, does the TLS handshake over it and wraps the TLS
+/// stream in the sanitizer. The TCP socket comes from tokio's own reactor:
+/// the sanitizing one would wrap it below TLS.
+async fn open_tls_socket(
+    uri: AMQPUri,
+    runtime: SanitizingRuntime,
+    tokio: &Tokio,
+    tls: &TlsSettings,
+) -> lapin::Result<AsyncTcpStream<<SanitizingRuntime as Reactor>::TcpStream>> {
+    let opened = async {
+        let host = uri.authority.host.clone();
+        let server_name = tls.server_name(&host)?;
+        let addresses = runtime.to_socket_addrs((host, uri.authority.port));
+        let tcp = tokio.tcp_connect(addresses).await?;
+        let stream = tls.handshake(tcp, server_name).await?;
+        Ok(SanitizingStream::new(Socket::Tls(Box::new(stream))))
+    };
+    match opened.await {
+        Ok(stream) => Ok(AsyncTcpStream::Plain(stream)),
+        Err(error) => Err(if runtime.is_runtime_shutdown_error(&error) {
+            ErrorKind::RuntimeShutdownError(Arc::new(error)).into()
+        } else {
+            error.into()
+        }),
+    }
 }
 
 fn program_name() -> String {

@@ -272,13 +272,17 @@ impl ConnectionManager {
 
     /// Why the manager ended, once it has: the fatal error it ended with
     /// (every caller gets it, e.g. [`Error::Connect`] for refused
-    /// credentials), or [`Error::Unavailable`] if it was shut down.
+    /// credentials, [`Error::Tls`] for a certificate problem), or [`Error::Unavailable`] if it was shut down.
     pub(crate) fn ended(&self) -> Error {
         let connection = self.shared.purpose.as_str();
         match self.shared.failure.get() {
             Some(Error::Connect { uri, source }) => Error::Connect {
                 uri: uri.clone(),
                 source: source.clone(),
+            },
+            Some(Error::Tls { uri, reason }) => Error::Tls {
+                uri: uri.clone(),
+                reason: reason.clone(),
             },
             Some(other) => Error::Unavailable {
                 connection,
@@ -309,7 +313,12 @@ impl ConnectionManager {
             node += 1;
             let connecting = tokio::time::timeout(
                 settings.connection_timeout,
-                connect(uri, shared.purpose, settings.heartbeat),
+                connect(
+                    uri,
+                    shared.purpose,
+                    settings.heartbeat,
+                    settings.tls.as_ref(),
+                ),
             );
             let connected = tokio::select! {
                 biased;
@@ -348,6 +357,15 @@ impl ConnectionManager {
                     });
                     self.end(ConnectionState::Failed);
                     return Err(Error::Connect { uri, source });
+                }
+                Err(Error::Tls { uri, reason }) => {
+                    tracing::error!(connection = purpose, %uri, %reason, "TLS with the broker failed; giving up");
+                    let _ = shared.failure.set(Error::Tls {
+                        uri: uri.clone(),
+                        reason: reason.clone(),
+                    });
+                    self.end(ConnectionState::Failed);
+                    return Err(Error::Tls { uri, reason });
                 }
                 Err(error) => {
                     attempts += 1;

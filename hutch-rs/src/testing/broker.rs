@@ -24,6 +24,7 @@ use super::{
     management::Management,
     ports::Ports,
     server::{NodeEvent, Server},
+    tls::{self, TlsNodeFiles},
     watchdog::Watchdog,
 };
 
@@ -67,6 +68,8 @@ static NODE_COUNTER: AtomicU32 = AtomicU32::new(0);
 pub struct Broker {
     node_name: String,
     ports: Ports,
+    /// The TLS listener's port, for nodes from [`Broker::start_tls`].
+    amqps_port: Option<u16>,
     ctl: Ctl,
     management: Management,
     server: Server,
@@ -101,10 +104,37 @@ impl Broker {
     /// Fails if RabbitMQ is not installed (the error says how to install
     /// it), or with the tail of the node's output if it does not boot.
     pub fn start() -> Result<Broker, BrokerError> {
+        Self::start_with(None)
+    }
+
+    /// Starts a new node as [`Broker::start`] does, with a TLS listener
+    /// besides the plain one: it uses `files`, requires a client
+    /// certificate signed by their CA, and accepts the EXTERNAL mechanism
+    /// (a certificate login as the user named by its common name; create
+    /// that user with [`Broker::rabbitmqctl`]). The files are copied into
+    /// the node's directory. See [`Broker::amqps_uri`].
+    ///
+    /// ```no_run
+    /// use hutch_rs::testing::{Broker, TlsNodeFiles};
+    ///
+    /// let broker = Broker::start_tls(&TlsNodeFiles {
+    ///     ca_cert: "ca.pem".into(),
+    ///     cert: "server.pem".into(),
+    ///     key: "server.key".into(),
+    /// })?;
+    /// let uri = broker.amqps_uri().expect("a TLS node"); // amqps://guest:guest@127.0.0.1:<port>/%2f
+    /// # let _ = uri;
+    /// # Ok::<(), hutch_rs::testing::BrokerError>(())
+    /// ```
+    pub fn start_tls(files: &TlsNodeFiles) -> Result<Broker, BrokerError> {
+        Self::start_with(Some(files))
+    }
+
+    fn start_with(tls: Option<&TlsNodeFiles>) -> Result<Broker, BrokerError> {
         let binaries = Binaries::locate()?;
         let mut attempt = 1;
         loop {
-            match Self::start_once(&binaries) {
+            match Self::start_once(&binaries, tls) {
                 Ok(broker) => return Ok(broker),
                 Err(Failure { error, retry: true }) if attempt < START_ATTEMPTS => {
                     tracing::debug!(%error, attempt, "port or node name taken; retrying");
@@ -148,6 +178,20 @@ impl Broker {
     /// default virtual host.
     pub fn amqp_uri(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.ports.amqp)
+    }
+
+    /// The TLS listener's port on 127.0.0.1, for a node from
+    /// [`Broker::start_tls`]; `None` otherwise.
+    pub fn amqps_port(&self) -> Option<u16> {
+        self.amqps_port
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:<port>/%2f` for a node from
+    /// [`Broker::start_tls`]; `None` otherwise. The broker's certificate
+    /// must name 127.0.0.1, and the client must present a certificate.
+    pub fn amqps_uri(&self) -> Option<String> {
+        self.amqps_port
+            .map(|port| format!("amqps://guest:guest@127.0.0.1:{port}/%2f"))
     }
 
     /// The management HTTP port on 127.0.0.1.
@@ -315,7 +359,7 @@ impl From<BrokerError> for Failure {
 }
 
 impl Broker {
-    fn start_once(binaries: &Binaries) -> Result<Broker, Failure> {
+    fn start_once(binaries: &Binaries, tls: Option<&TlsNodeFiles>) -> Result<Broker, Failure> {
         let node_name = format!(
             "hutch-test-{}-{}@localhost",
             std::process::id(),
@@ -326,6 +370,17 @@ impl Broker {
             source,
         })?;
         let layout = Layout::create(&node_name, ports)?;
+        let amqps_port = tls
+            .map(|files| {
+                let port = tls::pick_port(ports)?;
+                tls::configure(layout.root(), files, port)?;
+                Ok(port)
+            })
+            .transpose()
+            .map_err(|source| BrokerError::Setup {
+                what: "configuring the TLS listener".to_owned(),
+                source,
+            })?;
         tracing::debug!(
             node_name,
             ?ports,
@@ -352,6 +407,7 @@ impl Broker {
         let broker = Broker {
             node_name,
             ports,
+            amqps_port,
             management: Management::new(ports.management),
             server,
             events: Mutex::new(events),

@@ -7,6 +7,9 @@
 //! Dropping the [`Broker`] stops the node; [`Broker::shared`] gives one node
 //! per test binary, stopped by a watchdog process when the binary exits.
 //!
+//! [`Broker::start_tls`] adds a TLS listener that requires a client
+//! certificate and accepts the EXTERNAL mechanism (certificate logins).
+//!
 //! The API is blocking. Inspection goes through `rabbitmqctl` (exact at the
 //! moment of the call) and the management HTTP API.
 //!
@@ -56,8 +59,10 @@ mod layout;
 mod management;
 mod ports;
 mod server;
+mod tls;
 mod watchdog;
 
 pub use broker::Broker;
 pub use error::BrokerError;
 pub use info::{BindingInfo, ConsumerInfo, ExchangeInfo, QueueInfo};
+pub use tls::TlsNodeFiles;

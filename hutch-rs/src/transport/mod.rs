@@ -11,7 +11,9 @@
 //! - [`SanitizingStream`] finds content header frames in what the socket
 //!   delivers and runs them through it;
 //! - [`runtime`] gives lapin a tokio runtime whose sockets are such
-//!   streams.
+//!   streams;
+//! - [`tls`] does the TLS handshake of `amqps` connections, so that the
+//!   sanitizer sits above TLS and reads decrypted frames.
 //!
 //! A message whose headers were replaced carries only
 //! [`REJECTED_HEADERS`](crate::headers::REJECTED_HEADERS), and its consumer
@@ -20,6 +22,9 @@
 mod header_depth;
 mod runtime;
 mod sanitizing_stream;
+mod socket;
+pub(crate) mod tls;
 
 pub(crate) use runtime::{SanitizingRuntime, sanitizing_runtime};
 pub(crate) use sanitizing_stream::SanitizingStream;
+pub(crate) use socket::Socket;

@@ -1,5 +1,6 @@
 //! The async runtime hutch-rs hands lapin: tokio, with every TCP stream it
-//! connects wrapped in a [`SanitizingStream`].
+//! connects wrapped in a [`SanitizingStream`] (and, for `amqps`, every TLS
+//! stream hutch-rs opens itself: see [`Socket`]).
 //!
 //! lapin reads its socket on its own I/O thread through the runtime it was
 //! given ([`Connection::connector`](lapin::Connection::connector)); the
@@ -18,7 +19,7 @@ use async_rs::{Runtime, Tokio, traits::Reactor, util::RuntimeParts};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::Stream;
 
-use super::SanitizingStream;
+use super::{SanitizingStream, Socket};
 
 /// tokio's executor with a [`SanitizingReactor`].
 pub(crate) type SanitizingRuntime = Runtime<RuntimeParts<Tokio, SanitizingReactor>>;
@@ -33,14 +34,15 @@ pub(crate) fn sanitizing_runtime() -> SanitizingRuntime {
 }
 
 /// tokio's reactor, except that the TCP streams it connects are wrapped in
-/// a [`SanitizingStream`].
+/// a [`SanitizingStream`]. Its stream type also fits TLS streams, which
+/// [`connect`](crate::supervisor::connection) opens itself.
 #[derive(Debug, Clone)]
 pub(crate) struct SanitizingReactor(Tokio);
 
-type TokioStream = <Tokio as Reactor>::TcpStream;
+pub(crate) type TokioStream = <Tokio as Reactor>::TcpStream;
 
 impl Reactor for SanitizingReactor {
-    type TcpStream = SanitizingStream<TokioStream>;
+    type TcpStream = SanitizingStream<Socket>;
     type Sleep = <Tokio as Reactor>::Sleep;
 
     // async-rs bounds `H` by a trait it does not export (`AsSysFd`), which
@@ -86,6 +88,10 @@ impl Reactor for SanitizingReactor {
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<Self::TcpStream>> + Send + 'static {
         let connect = self.0.tcp_connect_addr(addr);
-        async move { connect.await.map(SanitizingStream::new) }
+        async move {
+            connect
+                .await
+                .map(|tcp| SanitizingStream::new(Socket::Tcp(tcp)))
+        }
     }
 }

@@ -357,6 +357,12 @@ async fn a_message_that_kills_its_process_on_every_delivery_ends_in_the_dead_let
     assert_eq!(dead.len(), 1);
     let body: Job = serde_json::from_slice(&dead[0].data).unwrap();
     assert_eq!(body.id, 1);
+    // The broker says why it dead-lettered: no handler failed, the
+    // process died on it each time.
+    assert_eq!(
+        header_text(&dead[0].properties, "x-first-death-reason"),
+        "delivery_limit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,14 @@ use crate::errors::Errors;
 /// | `timeout` | optional | How long one call of the function may run before it counts as a failure, such as `"30s"`. Defaults to the configuration's, 30s; must be shorter than RabbitMQ's consumer_timeout, 30 minutes. |
 /// | `prefetch` | optional | How many unacknowledged deliveries the broker sends this consumer ahead (the channel's `basic.qos` prefetch count): an integer from 1 to 65535. Defaults to the configuration's (`HutchBuilder::prefetch`) if set, otherwise 50 or twice the concurrency, whichever is more. |
 /// | `concurrency` | optional | How many calls of the function may be in flight at once on this consumer: an integer from 1 to 65535, at most the prefetch. Defaults to the configuration's (`HutchBuilder::concurrency`), 1. |
+/// | `queue_type` | optional | `"classic"` (default) or `"quorum"`: the type of the consumer's queue, delay queues and dead-letter queue. Wins over `HutchBuilder::queue_type` / `HUTCH_QUEUE_TYPE`. |
+/// | `delivery_limit` | optional | Quorum queues: how many deliveries without an ack the broker allows a message before dead-lettering it to `<queue>:dead` (default 10). |
+/// | `max_length`, `max_length_bytes` | optional | The queue holds at most this many messages (bytes of bodies). |
+/// | `overflow` | optional | What a full queue does: `"drop-head"`, `"reject-publish"`, `"reject-publish-dlx"` (classic only). |
+/// | `single_active_consumer` | optional | `true`: one consumer of the queue receives at a time. |
+/// | `max_priority` | optional | Classic queues: priorities 0 to this (1–255) take effect. |
+/// | `message_ttl` | optional | A duration (`"24h"`): older messages are dead-lettered to `<queue>:dead`. |
+/// | `arguments` | optional | Any other queue argument: `[("x-queue-version", 2), ("x-max-age", "7D")]` (string, integer or boolean literals; names start with `x-`). |
 ///
 /// Values are literals written in the attribute, so that they can be checked
 /// when the crate compiles: strings, and integers for `max_attempts`,

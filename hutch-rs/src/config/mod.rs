@@ -123,27 +123,45 @@ pub(crate) struct Settings {
     pub(crate) panic_in_run_loop: Option<String>,
 }
 
-/// Builds a [`Hutch`](crate::Hutch): defaults, overlaid with the environment,
+/// Builds a [`Hutch`](crate::Hutch): the defaults, overlaid with the TOML
+/// file that `HUTCH_CONFIG` names (if set), overlaid with the environment,
 /// overlaid with the setters called here.
 ///
-/// | setting   | environment       | default                                  |
-/// |-----------|-------------------|------------------------------------------|
-/// | uri(s)    | `HUTCH_URI`       | `amqp://guest:guest@127.0.0.1:5672/%2f`  |
-/// | exchange  | `HUTCH_EXCHANGE`  | `hutch`                                  |
-/// | namespace | `HUTCH_NAMESPACE` | none                                     |
-/// | group     | `HUTCH_GROUP`     | none: every consumer runs                |
-/// | request_timeout | `HUTCH_REQUEST_TIMEOUT` | 30 s ([`DEFAULT_REQUEST_TIMEOUT`]) |
-/// | tls_ca_cert | `HUTCH_TLS_CA_CERT` | the system's trusted roots |
-/// | tls_client_cert | `HUTCH_TLS_CLIENT_CERT` | none |
-/// | tls_client_key | `HUTCH_TLS_CLIENT_KEY` | none |
-/// | tls_server_name | `HUTCH_TLS_SERVER_NAME` | the URI's host |
+/// Every setting that is a value (not a hook, state or middleware) is read
+/// from the environment as `HUTCH_<KEY>` and from the file as `<key>`:
 ///
-/// `HUTCH_URI` may list several nodes of a cluster, separated by commas;
-/// they are tried in turn. An empty `HUTCH_NAMESPACE` or `HUTCH_GROUP`
-/// counts as unset. `HUTCH_REQUEST_TIMEOUT` is a duration written as
-/// `"500ms"`, `"30s"`, `"2m"` or `"1m 30s"`. Nothing is
-/// validated until [`build`](Self::build), which names the setting at fault
-/// (the environment variable or the setter it came from).
+/// | key | environment | setter | default |
+/// |-----|-------------|--------|---------|
+/// | `uri` | `HUTCH_URI` (comma-separated nodes) | [`uri`](Self::uri), [`uris`](Self::uris) | [`DEFAULT_URI`] |
+/// | `exchange` | `HUTCH_EXCHANGE` | [`exchange`](Self::exchange) | [`DEFAULT_EXCHANGE`] |
+/// | `namespace` | `HUTCH_NAMESPACE` | [`namespace`](Self::namespace) | none |
+/// | `group` | `HUTCH_GROUP` | [`group`](Self::group) | none: every consumer runs |
+/// | `prefetch` | `HUTCH_PREFETCH` | [`prefetch`](Self::prefetch) | [`DEFAULT_PREFETCH`] |
+/// | `concurrency` | `HUTCH_CONCURRENCY` | [`concurrency`](Self::concurrency) | [`DEFAULT_CONCURRENCY`] |
+/// | `confirm_timeout` | `HUTCH_CONFIRM_TIMEOUT` | [`confirm_timeout`](Self::confirm_timeout) | [`DEFAULT_CONFIRM_TIMEOUT`] |
+/// | `request_timeout` | `HUTCH_REQUEST_TIMEOUT` | [`request_timeout`](Self::request_timeout) | [`DEFAULT_REQUEST_TIMEOUT`] |
+/// | `shutdown_timeout` | `HUTCH_SHUTDOWN_TIMEOUT` | [`shutdown_timeout`](Self::shutdown_timeout) | [`DEFAULT_SHUTDOWN_TIMEOUT`] |
+/// | `handler_timeout` | `HUTCH_HANDLER_TIMEOUT` | [`handler_timeout`](Self::handler_timeout) | [`DEFAULT_HANDLER_TIMEOUT`] |
+/// | `heartbeat` | `HUTCH_HEARTBEAT` | [`heartbeat`](Self::heartbeat) | [`DEFAULT_HEARTBEAT`] |
+/// | `connection_timeout` | `HUTCH_CONNECTION_TIMEOUT` | [`connection_timeout`](Self::connection_timeout) | [`DEFAULT_CONNECTION_TIMEOUT`] |
+/// | `reconnect_min_delay`, `reconnect_max_delay` | `HUTCH_RECONNECT_MIN_DELAY`, `HUTCH_RECONNECT_MAX_DELAY` | [`reconnect_delay`](Self::reconnect_delay) | 200 ms, 30 s |
+/// | `max_restarts`, `restart_period` | `HUTCH_MAX_RESTARTS`, `HUTCH_RESTART_PERIOD` | [`restart_intensity`](Self::restart_intensity) | 10 within 60 s |
+/// | `max_attempts` | `HUTCH_MAX_ATTEMPTS` | [`max_attempts`](Self::max_attempts) | [`DEFAULT_MAX_ATTEMPTS`] |
+/// | `retry_min_delay`, `retry_max_delay` | `HUTCH_RETRY_MIN_DELAY`, `HUTCH_RETRY_MAX_DELAY` | [`retry_delay`](Self::retry_delay) | 1 s, 60 s |
+/// | `queue_type` | `HUTCH_QUEUE_TYPE` (`classic`, `quorum`) | [`queue_type`](Self::queue_type) | classic |
+/// | `delivery_limit` | `HUTCH_DELIVERY_LIMIT` | [`delivery_limit`](Self::delivery_limit) | [`DEFAULT_DELIVERY_LIMIT`](crate::DEFAULT_DELIVERY_LIMIT) |
+/// | `tls_ca_cert` | `HUTCH_TLS_CA_CERT` | [`tls_ca_cert`](Self::tls_ca_cert) | the system's trusted roots |
+/// | `tls_client_cert` | `HUTCH_TLS_CLIENT_CERT` | [`tls_client_cert`](Self::tls_client_cert) | none |
+/// | `tls_client_key` | `HUTCH_TLS_CLIENT_KEY` | [`tls_client_key`](Self::tls_client_key) | none |
+/// | `tls_server_name` | `HUTCH_TLS_SERVER_NAME` | [`tls_server_name`](Self::tls_server_name) | the URI's host |
+///
+/// Durations are written `"500ms"`, `"30s"`, `"2m"` or `"1m 30s"`; numbers
+/// as whole numbers. `HUTCH_URI` may list several nodes of a cluster,
+/// separated by commas (in the file, a list); they are tried in turn. An
+/// empty `HUTCH_NAMESPACE`, `HUTCH_GROUP` or TLS value counts as unset.
+/// Nothing is validated until [`build`](Self::build), which names the
+/// setting at fault: the environment variable, the file and key, or the
+/// setter it came from.
 ///
 /// ```
 /// let hutch = hutch_rs::Hutch::builder()

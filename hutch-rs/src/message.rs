@@ -138,8 +138,16 @@ impl<T> Message<T> {
     /// Which attempt at handling this message this is: 1 on the first
     /// delivery, 2 on the first retry, and so on up to the consumer's
     /// `max_attempts`. The count travels with the message (header
-    /// [`ATTEMPT`](crate::headers::ATTEMPT)); a redelivery by the broker
-    /// after a lost connection is the same attempt again.
+    /// [`ATTEMPT`](crate::headers::ATTEMPT)).
+    ///
+    /// A redelivery by the broker (the connection was lost, the process
+    /// died before the ack) counts too where the broker says how many
+    /// there were: a quorum queue writes
+    /// [`DELIVERY_COUNT`](crate::headers::DELIVERY_COUNT) on a redelivery,
+    /// and hutch-rs adds it (at most the queue's delivery limit; never
+    /// read from a first delivery, where a publisher could have written
+    /// it). A classic queue does not count: there a redelivery is the same
+    /// attempt again, flagged by [`redelivered`](Self::redelivered).
     #[must_use]
     pub fn attempt(&self) -> u32 {
         self.envelope.attempt

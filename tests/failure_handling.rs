@@ -12,29 +12,11 @@ use hutch_rs::{
     consumer, headers,
 };
 use hutch_rs_tests::{
-    JOURNAL, PATIENCE, Scope, Seen, broker, declare_queue, queue_depth, raw_channel, raw_publish,
-    take_all,
+    JOURNAL, Job, PATIENCE, Scope, Seen, broker, declare_queue, queue_depth, raw_channel,
+    raw_publish, take_all,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-
-/// A message whose handler fails until `succeed_on`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Job {
-    id: u64,
-    /// The attempt that succeeds (0: none does).
-    succeed_on: u32,
-}
-
-impl Job {
-    fn outcome(&self, attempt: u32) -> Result<(), BoxError> {
-        if self.succeed_on != 0 && attempt >= self.succeed_on {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!("the ledger is locked (attempt {attempt})")).into())
-        }
-    }
-}
 
 #[consumer(
     routing_key = "flaky.#",

@@ -13,28 +13,10 @@ use hutch_rs::{
     consumer, headers,
 };
 use hutch_rs_tests::{
-    JOURNAL, PATIENCE, Scope, Seen, await_consumer_count, await_depth, broker, declare_queue,
+    JOURNAL, Job, PATIENCE, Scope, Seen, await_consumer_count, await_depth, broker, declare_queue,
     header_text, take_all,
 };
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Job {
-    id: u64,
-    /// The attempt that succeeds (0: none does).
-    succeed_on: u32,
-}
-
-impl Job {
-    fn outcome(&self, attempt: u32) -> Result<(), BoxError> {
-        if self.succeed_on != 0 && attempt >= self.succeed_on {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!("the ledger is locked (attempt {attempt})")).into())
-        }
-    }
-}
 
 #[consumer(
     routing_key = "replicated.#",

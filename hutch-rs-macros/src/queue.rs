@@ -14,7 +14,9 @@ use crate::{attr::ConsumerArgs, check::positive_duration, errors::Errors};
 const MAX_TTL_MILLIS: u128 = u32::MAX as u128;
 
 /// The arguments hutch-rs sets itself or types, which `arguments = [...]`
-/// may not name, with the argument to use instead.
+/// may not name, with the argument to use instead. The same list as
+/// `hutch_rs::queue_arguments::MANAGED`, which checks the builder's
+/// arguments at start (this crate cannot depend on hutch-rs).
 const MANAGED: &[(&str, &str)] = &[
     ("x-queue-type", "`queue_type`"),
     (

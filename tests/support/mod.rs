@@ -539,3 +539,24 @@ pub fn spawn_run_until(
     });
     (stop, run)
 }
+
+/// A message whose handler fails until `succeed_on`: what the failure
+/// handling and queue type tests publish.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Job {
+    /// Tells the messages of one test apart.
+    pub id: u64,
+    /// The attempt that succeeds (0: none does).
+    pub succeed_on: u32,
+}
+
+impl Job {
+    /// The handler's result on `attempt`.
+    pub fn outcome(&self, attempt: u32) -> Result<(), hutch_rs::BoxError> {
+        if self.succeed_on != 0 && attempt >= self.succeed_on {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("the ledger is locked (attempt {attempt})")).into())
+        }
+    }
+}

@@ -42,10 +42,12 @@ const TREE_BIN_DIR: &str = "/usr/lib/rabbitmq/bin";
 /// Every deprecated feature of 4.0.5 is refused but one, so that a test
 /// fails where hutch-rs relies on one, rather than users finding out when a
 /// later release drops it: a transient non-exclusive queue is not declared,
-/// `basic.qos` with `global` fails, `x-queue-master-locator` is refused.
+/// `x-queue-master-locator` is refused. (A global `basic.qos` is still
+/// answered with `qos-ok` by 4.0.5; hutch-rs's prefetch is per consumer.)
 /// `management_metrics_collection` stays permitted because the tests read
-/// the management API's statistics. (`rabbitmqctl list_deprecated_features`
-/// lists them; a name RabbitMQ does not know here stops the node.)
+/// the management API's statistics. `rabbitmqctl list_deprecated_features`
+/// lists them. RabbitMQ 4.0.5 ignores a name it does not know, so the
+/// harness's tests check that the refusals act.
 const RABBITMQ4_CONFIG: &str = "\
 # RabbitMQ 4: deprecated features refused, so that tests reveal their use.\n\
 deprecated_features.permit.transient_nonexcl_queues = false\n\

@@ -138,21 +138,19 @@ fn rabbitmq_4_nodes_refuse_deprecated_features() {
         return;
     }
     // RabbitMQ ignores a misspelt `deprecated_features.permit.*` key, so
-    // the refusals are checked where they act.
+    // the refusal is checked where it acts.
     let error = broker
         .management_request(
             "PUT",
-            "queues/%2f/harness-transient",
-            Some(json!({"durable": false})),
+            "queues/%2f/harness-located",
+            Some(json!({"durable": true, "arguments": {"x-queue-master-locator": "client-local"}})),
         )
         .unwrap_err();
     assert!(
-        error.to_string().contains("transient_nonexcl_queues"),
+        error.to_string().contains("queue_master_locator"),
         "{error}"
     );
-    assert_eq!(broker.queue("harness-transient").unwrap(), None);
-    // (`global_qos = false` is not checkable this way: RabbitMQ 4.0.5 still
-    // answers a global `basic.qos` with `qos-ok`.)
+    assert_eq!(broker.queue("harness-located").unwrap(), None);
 }
 
 #[test]

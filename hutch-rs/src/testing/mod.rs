@@ -32,8 +32,9 @@
 //! node is as private as on the host (own name, ports, data, cookie;
 //! network, process ids and `epmd` are the host's). These nodes refuse
 //! RabbitMQ 4's deprecated features (`deprecated_features.permit.* =
-//! false`, all but `management_metrics_collection`), so that a test fails
-//! where hutch-rs would, say, declare a transient non-exclusive queue.
+//! false`; all but `management_metrics_collection` and
+//! `transient_nonexcl_queues`, which break the tests' broker restarts on
+//! 4.0.5), so that a test fails where hutch-rs would use one.
 //! [`Broker::version`] tells which RabbitMQ a node runs.
 //!
 //! # Example

@@ -67,6 +67,14 @@ fn a_node_starts_and_answers() {
     let status = broker.rabbitmqctl(&["status"]).unwrap();
     assert!(status.contains(broker.node_name()), "{status}");
 
+    // The RabbitMQ that HUTCH_TEST_RABBITMQ asks for.
+    let wanted = match std::env::var("HUTCH_TEST_RABBITMQ").as_deref() {
+        Ok("4") => 4,
+        _ => 3,
+    };
+    assert_eq!(broker.major_version(), wanted, "{}", broker.version());
+    assert_eq!(overview["rabbitmq_version"], broker.version());
+
     // Nothing in this binary declares anything on the shared node.
     assert_eq!(broker.queues().unwrap(), vec![]);
     let topic = broker
@@ -120,6 +128,29 @@ fn management_requests_change_the_broker() {
         .management_request("DELETE", "queues/%2f/harness-parked", None)
         .unwrap();
     assert_eq!(broker.queue("harness-parked").unwrap(), None);
+}
+
+#[test]
+fn rabbitmq_4_nodes_refuse_deprecated_features() {
+    init_logging();
+    let broker = Broker::shared();
+    if broker.major_version() < 4 {
+        return;
+    }
+    // RabbitMQ ignores a misspelt `deprecated_features.permit.*` key, so
+    // the refusal is checked where it acts.
+    let error = broker
+        .management_request(
+            "PUT",
+            "queues/%2f/harness-located",
+            Some(json!({"durable": true, "arguments": {"x-queue-master-locator": "client-local"}})),
+        )
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("queue_master_locator"),
+        "{error}"
+    );
+    assert_eq!(broker.queue("harness-located").unwrap(), None);
 }
 
 #[test]
@@ -259,9 +290,17 @@ fn drop_stops_the_node() {
 }
 
 /// Runs [`start_of_a_child_process`] with `HUTCH_RABBITMQ_BIN_DIR=bin_dir`
-/// and returns what `Broker::start` said. A child process, because changing
-/// the environment of this multi-threaded one is unsound.
+/// (and the machine's own RabbitMQ, which that variable is about, whatever
+/// `HUTCH_TEST_RABBITMQ` says) and returns what `Broker::start` said. A
+/// child process, because changing the environment of this multi-threaded
+/// one is unsound.
 fn start_in_child(bin_dir: &Path) -> String {
+    start_in_child_with(&[("HUTCH_RABBITMQ_BIN_DIR", bin_dir.as_os_str())])
+}
+
+/// Runs [`start_of_a_child_process`] with `vars` set, `HUTCH_TEST_RABBITMQ`
+/// unset unless among them, and returns what `Broker::start` said.
+fn start_in_child_with(vars: &[(&str, &std::ffi::OsStr)]) -> String {
     let output = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -270,7 +309,8 @@ fn start_in_child(bin_dir: &Path) -> String {
             "--test-threads=1",
         ])
         .env(CHILD_VAR, "start")
-        .env("HUTCH_RABBITMQ_BIN_DIR", bin_dir)
+        .env_remove("HUTCH_TEST_RABBITMQ")
+        .envs(vars.iter().copied())
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
@@ -286,6 +326,22 @@ fn a_missing_installation_says_how_to_install() {
             && said.contains("apt-get install rabbitmq-server"),
         "{said}"
     );
+}
+
+#[test]
+fn a_missing_rabbitmq4_tree_says_how_to_build_it() {
+    init_logging();
+    let said = start_in_child_with(&[
+        ("HUTCH_TEST_RABBITMQ", "4".as_ref()),
+        ("HUTCH_RABBITMQ4_ROOT", "/nonexistent/hutch-tree".as_ref()),
+    ]);
+    assert!(
+        said.contains("/nonexistent/hutch-tree/usr/lib/rabbitmq/bin/rabbitmq-server")
+            && said.contains("scripts/ensure-rabbitmq4"),
+        "{said}"
+    );
+    let said = start_in_child_with(&[("HUTCH_TEST_RABBITMQ", "5".as_ref())]);
+    assert!(said.contains("HUTCH_TEST_RABBITMQ=\"5\""), "{said}");
 }
 
 #[test]

@@ -354,10 +354,12 @@ async fn a_mandatory_publish_abandoned_before_its_answer_leaves_its_channel_behi
 }
 
 /// Lowers the node's `max_message_size` (128 MiB by default) to 1 KiB, for
-/// channels opened from now on.
+/// channels opened from now on. RabbitMQ 3.10's channels read the
+/// application environment; 4.0's read a persistent term set at boot.
 const SMALL_MAX_MESSAGE_SIZE: &[&str] = &[
     "eval",
-    "application:set_env(rabbit, max_message_size, 1024).",
+    "application:set_env(rabbit, max_message_size, 1024), \
+     persistent_term:put(max_message_size, 1024).",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

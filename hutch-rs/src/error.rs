@@ -152,7 +152,7 @@ pub enum Error {
     },
 
     /// The message is larger than the broker accepts (RabbitMQ's
-    /// `max_message_size`, 128 MiB by default). The broker refused it; the
+    /// `max_message_size`, 128 MiB by default in RabbitMQ 3.x, 16 MiB in 4.0). The broker refused it; the
     /// other messages published at the same time are not affected.
     #[error(
         "the message for routing key {routing_key:?} is {size} bytes, more than the broker's maximum message size of {max} bytes"

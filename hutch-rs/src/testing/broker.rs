@@ -16,13 +16,13 @@ use serde_json::Value;
 
 use super::{
     BindingInfo, BrokerError, ConsumerInfo, ExchangeInfo, QueueInfo,
-    binaries::Binaries,
     command::{self, TimedOut},
     ctl::Ctl,
     info::{self, BindingRow, ConsumerRow, ExchangeRow, QueueRow},
     layout::Layout,
     management::Management,
     ports::Ports,
+    runtime::Runtime,
     server::{NodeEvent, Server},
     tls::{self, TlsNodeFiles},
     watchdog::Watchdog,
@@ -78,6 +78,10 @@ pub struct Broker {
     /// Whether the `Exited` event has been seen.
     exited: AtomicBool,
     dir: PathBuf,
+    /// `dir` as the node sees it (its path inside the tree for RabbitMQ 4).
+    node_dir: PathBuf,
+    /// RabbitMQ's version, from the management API.
+    version: String,
     pid_file: PathBuf,
     /// `None` once stopped.
     watchdog: Option<Watchdog>,
@@ -93,6 +97,7 @@ impl fmt::Debug for Broker {
             .field("management_port", &self.ports.management)
             .field("dist_port", &self.ports.dist)
             .field("dir", &self.dir)
+            .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
@@ -131,10 +136,10 @@ impl Broker {
     }
 
     fn start_with(tls: Option<&TlsNodeFiles>) -> Result<Broker, BrokerError> {
-        let binaries = Binaries::locate()?;
+        let runtime = Runtime::from_env()?;
         let mut attempt = 1;
         loop {
-            match Self::start_once(&binaries, tls) {
+            match Self::start_once(&runtime, tls) {
                 Ok(broker) => return Ok(broker),
                 Err(Failure { error, retry: true }) if attempt < START_ATTEMPTS => {
                     tracing::debug!(%error, attempt, "port or node name taken; retrying");
@@ -167,6 +172,31 @@ impl Broker {
     /// The Erlang node name, e.g. `hutch-test-1234-0@localhost`.
     pub fn node_name(&self) -> &str {
         &self.node_name
+    }
+
+    /// The RabbitMQ version the node runs, e.g. `3.10.8` or `4.0.5`, as its
+    /// management API reports it (`rabbitmq_version` of `/api/overview`).
+    ///
+    /// Which RabbitMQ test nodes run is chosen by the environment variable
+    /// `HUTCH_TEST_RABBITMQ` (see [the module docs](crate::testing)); tests
+    /// that depend on a version-specific behaviour can branch on this:
+    ///
+    /// ```no_run
+    /// let broker = hutch_rs::testing::Broker::shared();
+    /// let rabbitmq_4 = broker.version().starts_with("4.");
+    /// # let _ = rabbitmq_4;
+    /// ```
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The major version of [`Broker::version`]: 3 or 4.
+    pub fn major_version(&self) -> u32 {
+        self.version
+            .split('.')
+            .next()
+            .and_then(|major| major.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The AMQP port on 127.0.0.1.
@@ -359,7 +389,7 @@ impl From<BrokerError> for Failure {
 }
 
 impl Broker {
-    fn start_once(binaries: &Binaries, tls: Option<&TlsNodeFiles>) -> Result<Broker, Failure> {
+    fn start_once(runtime: &Runtime, tls: Option<&TlsNodeFiles>) -> Result<Broker, Failure> {
         let node_name = format!(
             "hutch-test-{}-{}@localhost",
             std::process::id(),
@@ -369,11 +399,11 @@ impl Broker {
             what: "choosing free ports".to_owned(),
             source,
         })?;
-        let layout = Layout::create(&node_name, ports)?;
+        let layout = Layout::create_in(&node_name, ports, runtime)?;
         let amqps_port = tls
             .map(|files| {
                 let port = tls::pick_port(ports)?;
-                tls::configure(layout.root(), files, port)?;
+                tls::configure(layout.root(), layout.node_root(), files, port)?;
                 Ok(port)
             })
             .transpose()
@@ -391,7 +421,7 @@ impl Broker {
         // The watchdog first, so that no node ever runs unwatched.
         let mut watchdog = Watchdog::spawn(&layout)?;
         let (events_sender, events) = mpsc::channel();
-        let server = match Server::spawn(&binaries.server, &layout, events_sender.clone()) {
+        let server = match Server::spawn(runtime, &layout, events_sender.clone()) {
             Ok(server) => server,
             Err(error) => {
                 watchdog.finish(true);
@@ -399,12 +429,8 @@ impl Broker {
             }
         };
         watchdog.watch(server.pid());
-        let ctl = Ctl::new(
-            binaries.ctl.clone(),
-            node_name.clone(),
-            layout.env().clone(),
-        );
-        let broker = Broker {
+        let ctl = Ctl::new(runtime.clone(), node_name.clone(), layout.env().clone());
+        let mut broker = Broker {
             node_name,
             ports,
             amqps_port,
@@ -413,6 +439,8 @@ impl Broker {
             events: Mutex::new(events),
             exited: AtomicBool::new(false),
             dir: layout.root().to_owned(),
+            node_dir: layout.node_root().to_owned(),
+            version: String::new(),
             pid_file: layout.pid_file(),
             watchdog: Some(watchdog),
             ctl,
@@ -421,7 +449,7 @@ impl Broker {
         // From here on, an early return drops `broker`, which stops the
         // node and removes its directory.
         broker.await_boot(events_sender)?;
-        broker.await_management()?;
+        broker.version = broker.await_management()?;
         tracing::debug!(
             node_name = broker.node_name,
             amqp_port = broker.ports.amqp,
@@ -488,14 +516,22 @@ impl Broker {
         Err(self.start_failure(reason))
     }
 
-    /// Waits until `GET /api/overview` answers. The listener is started
-    /// during the boot that was just awaited, so the first request nearly
-    /// always succeeds; the short retries only cover a slow listener.
-    fn await_management(&self) -> Result<(), Failure> {
+    /// Waits until `GET /api/overview` answers and returns the RabbitMQ
+    /// version it names. The listener is started during the boot that was
+    /// just awaited, so the first request nearly always succeeds; the short
+    /// retries only cover a slow listener.
+    fn await_management(&self) -> Result<String, Failure> {
         let deadline = Instant::now() + MANAGEMENT_TIMEOUT;
         loop {
             match self.management.request("GET", "overview", None) {
-                Ok(Some(_)) => return Ok(()),
+                Ok(Some(overview)) => {
+                    return match overview["rabbitmq_version"].as_str() {
+                        Some(version) => Ok(version.to_owned()),
+                        None => Err(self.start_failure(format!(
+                            "/api/overview names no rabbitmq_version: {overview}"
+                        ))),
+                    };
+                }
                 Ok(None) => {
                     return Err(self.start_failure(
                         "the management API answered /api/overview with nothing".to_owned(),
@@ -584,7 +620,7 @@ impl Broker {
             return Some(pid);
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let needle = format!("-home\0{}\0", self.dir.display());
+        let needle = format!("-home\0{}\0", self.node_dir.display());
         let ours = cmdline
             .windows(needle.len())
             .any(|window| window == needle.as_bytes());

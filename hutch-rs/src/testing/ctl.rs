@@ -1,6 +1,6 @@
 //! Running `rabbitmqctl` against one node.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use serde::de::DeserializeOwned;
 
@@ -8,6 +8,7 @@ use super::{
     BrokerError,
     command::{self, Finished, TimedOut},
     layout::NodeEnv,
+    runtime::{Program, Runtime},
 };
 
 /// How long an ordinary `rabbitmqctl` call may take. Each call starts an
@@ -17,20 +18,19 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// `rabbitmqctl -n <node>` with the node's environment.
 #[derive(Debug, Clone)]
 pub(crate) struct Ctl {
-    program: PathBuf,
+    runtime: Runtime,
     node: String,
     env: NodeEnv,
 }
 
 impl Ctl {
-    pub(crate) fn new(program: PathBuf, node: String, env: NodeEnv) -> Self {
-        Self { program, node, env }
+    pub(crate) fn new(runtime: Runtime, node: String, env: NodeEnv) -> Self {
+        Self { runtime, node, env }
     }
 
     /// The command, ready to spawn.
     pub(crate) fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.program);
-        self.env.apply(&mut command);
+        let mut command = self.runtime.command(Program::Ctl, &self.env);
         command.arg("-n").arg(&self.node).args(args);
         command
     }
@@ -51,7 +51,7 @@ impl Ctl {
                 timeout,
             }),
             Err(source) => Err(BrokerError::Spawn {
-                program: self.program.display().to_string(),
+                program: self.runtime.describe(Program::Ctl),
                 source,
             }),
         }

@@ -22,6 +22,33 @@ pub enum BrokerError {
         path: PathBuf,
     },
 
+    /// `HUTCH_TEST_RABBITMQ=4` asks for RabbitMQ 4, whose Debian 13 tree is
+    /// not built (or not where `HUTCH_RABBITMQ4_ROOT` says).
+    #[error(
+        "RabbitMQ 4 is not set up ({} not found): run `scripts/ensure-rabbitmq4` as root, \
+         which builds a Debian 13 tree with RabbitMQ 4.0 in {}, or set {} to such a tree; \
+         unset {} to test against the machine's own RabbitMQ",
+        path.display(),
+        crate::testing::runtime::DEFAULT_TREE,
+        crate::testing::runtime::TREE_VAR,
+        crate::testing::runtime::VERSION_VAR
+    )]
+    TreeNotReady {
+        /// The program that is missing.
+        path: PathBuf,
+    },
+
+    /// `HUTCH_TEST_RABBITMQ` names no RabbitMQ the harness knows.
+    #[error(
+        "{}={value:?} is not a RabbitMQ version the harness runs: leave it unset (or `3`) for \
+         the machine's own RabbitMQ, or set it to `4` for RabbitMQ 4.0",
+        crate::testing::runtime::VERSION_VAR
+    )]
+    UnknownVersion {
+        /// The variable's value.
+        value: String,
+    },
+
     /// The node's temporary directory or one of its files could not be made.
     #[error(
         "could not prepare the test node ({what}): {source}; check that the temporary \

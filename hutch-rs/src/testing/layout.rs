@@ -12,7 +12,7 @@ use std::{
 
 use tempfile::TempDir;
 
-use super::{BrokerError, ports::Ports};
+use super::{BrokerError, ports::Ports, runtime::Runtime};
 
 /// Everything a node keeps on disk, inside one temporary directory.
 #[derive(Debug)]
@@ -20,22 +20,42 @@ pub(crate) struct Layout {
     /// Removes the directory when dropped, unless the watchdog already has.
     _dir: TempDir,
     root: PathBuf,
+    /// `root` as the node sees it (differs when it runs in a chroot).
+    node_root: PathBuf,
     env: NodeEnv,
 }
 
 impl Layout {
-    /// Creates the directory and writes the node's configuration.
+    /// Creates the directory and writes the node's configuration, for a
+    /// node of the machine's own RabbitMQ.
+    #[cfg(test)]
     pub(crate) fn create(node_name: &str, ports: Ports) -> Result<Self, BrokerError> {
+        let host = Runtime::Host(super::binaries::Binaries {
+            server: PathBuf::new(),
+            ctl: PathBuf::new(),
+        });
+        Self::create_in(node_name, ports, &host)
+    }
+
+    /// Creates the directory where `runtime`'s nodes can reach it and writes
+    /// the node's configuration, with every path as the node sees it.
+    pub(crate) fn create_in(
+        node_name: &str,
+        ports: Ports,
+        runtime: &Runtime,
+    ) -> Result<Self, BrokerError> {
         let setup = |what: &str| {
             let what = what.to_owned();
             move |source| BrokerError::Setup { what, source }
         };
         let dir = tempfile::Builder::new()
             .prefix("hutch-rabbitmq-")
-            .tempdir()
+            .tempdir_in(runtime.temp_parent())
             .map_err(setup("creating a temporary directory"))?;
         let root = dir.path().to_owned();
         let path = |name: &str| root.join(name);
+        let node_root = runtime.node_path(&root);
+        let node_path = |name: &str| node_root.join(name);
 
         write(
             &path("rabbitmq.conf"),
@@ -48,9 +68,11 @@ impl Layout {
                  # different default cannot block publishers.\n\
                  disk_free_limit.absolute = 50MB\n\
                  # Management counters refresh every second, not every five.\n\
-                 collect_statistics_interval = 1000\n",
+                 collect_statistics_interval = 1000\n\
+                 {extra}",
                 amqp = ports.amqp,
                 management = ports.management,
+                extra = runtime.extra_config(),
             ),
         )
         .map_err(setup("writing rabbitmq.conf"))?;
@@ -65,24 +87,27 @@ impl Layout {
         let vars: Vec<(&'static str, OsString)> = vec![
             // The Erlang cookie lives in $HOME; the node and every rabbitmqctl
             // call must agree on it.
-            ("HOME", root.clone().into()),
+            ("HOME", node_root.clone().into()),
             ("RABBITMQ_NODENAME", node_name.into()),
             ("RABBITMQ_NODE_IP_ADDRESS", ip.into()),
             ("RABBITMQ_NODE_PORT", ports.amqp.to_string().into()),
             ("RABBITMQ_DIST_PORT", ports.dist.to_string().into()),
-            ("RABBITMQ_MNESIA_BASE", path("mnesia").into()),
-            ("RABBITMQ_LOG_BASE", path("log").into()),
-            ("RABBITMQ_PID_FILE", path("node.pid").into()),
+            ("RABBITMQ_MNESIA_BASE", node_path("mnesia").into()),
+            ("RABBITMQ_LOG_BASE", node_path("log").into()),
+            ("RABBITMQ_PID_FILE", node_path("node.pid").into()),
             (
                 "RABBITMQ_ENABLED_PLUGINS_FILE",
-                path("enabled_plugins").into(),
+                node_path("enabled_plugins").into(),
             ),
-            ("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf").into()),
-            ("RABBITMQ_CONF_ENV_FILE", path("rabbitmq-env.conf").into()),
+            ("RABBITMQ_CONFIG_FILE", node_path("rabbitmq.conf").into()),
+            (
+                "RABBITMQ_CONF_ENV_FILE",
+                node_path("rabbitmq-env.conf").into(),
+            ),
             // Deliberately absent, so /etc/rabbitmq/advanced.config is not read.
             (
                 "RABBITMQ_ADVANCED_CONFIG_FILE",
-                path("advanced.config").into(),
+                node_path("advanced.config").into(),
             ),
             // Keep Erlang distribution on the loopback interface too.
             (
@@ -98,13 +123,24 @@ impl Layout {
         Ok(Self {
             _dir: dir,
             root: root.clone(),
-            env: NodeEnv { vars, root },
+            node_root: node_root.clone(),
+            env: NodeEnv {
+                vars,
+                root,
+                node_root,
+            },
         })
     }
 
     /// The directory.
     pub(crate) fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The directory as the node sees it: [`Layout::root`] on the host, its
+    /// path inside the tree for a node run through chroot.
+    pub(crate) fn node_root(&self) -> &Path {
+        &self.node_root
     }
 
     /// The environment every RabbitMQ program for this node runs with.
@@ -180,9 +216,15 @@ impl Layout {
 pub(crate) struct NodeEnv {
     vars: Vec<(&'static str, OsString)>,
     root: PathBuf,
+    node_root: PathBuf,
 }
 
 impl NodeEnv {
+    /// The node's directory as the node sees it.
+    pub(crate) fn node_dir(&self) -> &Path {
+        &self.node_root
+    }
+
     /// Sets this node's environment on `command` and runs it in the node's
     /// directory, so that crash dumps land there and not in the test's
     /// working directory.

@@ -22,6 +22,24 @@
 //! `rabbitmqctl`. A node needs about 150 MB of memory and takes 7–11 seconds
 //! to start.
 //!
+//! # RabbitMQ 4
+//!
+//! With `HUTCH_TEST_RABBITMQ=4` in the environment, every node ([`Broker::start`],
+//! [`Broker::shared`]) runs RabbitMQ 4.0 instead of the machine's own
+//! RabbitMQ (`3` or unset). RabbitMQ 4.0 comes from Debian 13: run
+//! `scripts/ensure-rabbitmq4` once as root; it builds a minimal Debian 13
+//! tree with Debian's `rabbitmq-server` in `/var/cache/hutch-rs/rabbitmq4-trixie`
+//! (or in `HUTCH_RABBITMQ4_ROOT`, which the harness reads too). The harness
+//! runs the node's programs through `chroot` into that tree, so it must run
+//! as root; the node's directory is made under the tree's `/tmp`, and the
+//! node is as private as on the host (own name, ports, data, cookie;
+//! network, process ids and `epmd` are the host's). These nodes refuse
+//! RabbitMQ 4's deprecated features (`deprecated_features.permit.* =
+//! false`; all but `management_metrics_collection` and
+//! `transient_nonexcl_queues`, which break the tests' broker restarts on
+//! 4.0.5), so that a test fails where hutch-rs would use one.
+//! [`Broker::version`] tells which RabbitMQ a node runs.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -58,6 +76,7 @@ mod info;
 mod layout;
 mod management;
 mod ports;
+mod runtime;
 mod server;
 mod tls;
 mod watchdog;

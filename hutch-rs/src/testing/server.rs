@@ -4,8 +4,7 @@ use std::{
     fs::File,
     io,
     os::unix::process::CommandExt,
-    path::Path,
-    process::{Command, ExitStatus, Stdio},
+    process::{ExitStatus, Stdio},
     sync::mpsc::Sender,
     thread,
 };
@@ -14,6 +13,7 @@ use super::{
     BrokerError,
     command::{Finished, TimedOut},
     layout::Layout,
+    runtime::{Program, Runtime},
 };
 
 /// Something that happened to a starting or running node, delivered on one
@@ -38,7 +38,7 @@ pub(crate) struct Server {
 impl Server {
     /// Starts the node and a thread that reports its exit on `events`.
     pub(crate) fn spawn(
-        program: &Path,
+        runtime: &Runtime,
         layout: &Layout,
         events: Sender<NodeEvent>,
     ) -> Result<Self, BrokerError> {
@@ -48,8 +48,7 @@ impl Server {
                 source,
             })
         };
-        let mut command = Command::new(program);
-        layout.env().apply(&mut command);
+        let mut command = runtime.command(Program::Server, layout.env());
         // Output to files, never the test's own stdout/stderr (cargo would
         // wait for those pipes to close). Its own process group, so that the
         // watchdog, not a Ctrl-C on the test, decides when it stops, and so
@@ -59,12 +58,13 @@ impl Server {
             .stdout(log(layout.stdout_log())?)
             .stderr(log(layout.stderr_log())?)
             .process_group(0);
+        let program = runtime.describe(Program::Server);
         let mut child = command.spawn().map_err(|source| BrokerError::Spawn {
-            program: program.display().to_string(),
+            program: program.clone(),
             source,
         })?;
         let pid = child.id();
-        tracing::debug!(pid, program = %program.display(), "started rabbitmq-server");
+        tracing::debug!(pid, program, "started rabbitmq-server");
         thread::Builder::new()
             .name(format!("rabbitmq-server-{pid}"))
             .spawn(move || {

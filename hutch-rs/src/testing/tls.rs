@@ -30,7 +30,12 @@ pub struct TlsNodeFiles {
 /// Copies the files into the node's directory (whatever the node can read,
 /// it reads there), adds the TLS listener on `port` to `rabbitmq.conf` and
 /// enables the plugin of the EXTERNAL mechanism.
-pub(crate) fn configure(root: &Path, files: &TlsNodeFiles, port: u16) -> io::Result<()> {
+pub(crate) fn configure(
+    root: &Path,
+    node_root: &Path,
+    files: &TlsNodeFiles,
+    port: u16,
+) -> io::Result<()> {
     let dir = root.join("tls");
     fs::create_dir_all(&dir)?;
     let copy = |from: &Path, name: &str| -> io::Result<PathBuf> {
@@ -38,7 +43,8 @@ pub(crate) fn configure(root: &Path, files: &TlsNodeFiles, port: u16) -> io::Res
         fs::copy(from, &to).map_err(|error| {
             io::Error::new(error.kind(), format!("copying {}: {error}", from.display()))
         })?;
-        Ok(to)
+        // Named as the node sees it (inside the tree of a RabbitMQ 4 node).
+        Ok(node_root.join("tls").join(name))
     };
     let ca_cert = copy(&files.ca_cert, "ca_certificate.pem")?;
     let cert = copy(&files.cert, "server_certificate.pem")?;

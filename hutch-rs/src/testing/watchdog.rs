@@ -17,7 +17,8 @@ use std::{
 use super::{BrokerError, layout::Layout};
 
 /// What the watchdog runs. Positional parameters: $1 the node's directory,
-/// $2 its pid file.
+/// $2 its pid file, $3 the node's directory as the node sees it (its path
+/// inside the tree for a node run through chroot, else $1).
 ///
 /// It reads lines: `server <pid>` names the `rabbitmq-server` script (whose
 /// pid is the node's process group id); `stopped` means the owner stopped
@@ -28,7 +29,7 @@ use super::{BrokerError, layout::Layout};
 /// belongs to this node (its command line or environment names the node's
 /// directory): a pid file can outlive its process, and pids are reused.
 const SCRIPT: &str = r#"
-dir=$1 pid_file=$2 server= verdict=
+dir=$1 pid_file=$2 node_dir=$3 server= verdict=
 while IFS= read -r line; do
     case $line in
         "server "*) server=${line#server } ;;
@@ -38,11 +39,11 @@ done
 if [ "$verdict" != stopped ]; then
     echo "owner gone: killing the node in $dir"
     vm=$(cat "$pid_file" 2>/dev/null)
-    if [ -n "$vm" ] && tr '\0' ' ' <"/proc/$vm/cmdline" 2>/dev/null | grep -qF -- "-home $dir "; then
+    if [ -n "$vm" ] && tr '\0' ' ' <"/proc/$vm/cmdline" 2>/dev/null | grep -qF -- "-home $node_dir "; then
         # Only the VM: the server script then reaps it and exits.
         echo "killing the Erlang VM $vm"
         kill -s KILL "$vm"
-    elif [ -n "$server" ] && tr '\0' '\n' <"/proc/$server/environ" 2>/dev/null | grep -qxF -- "HOME=$dir"; then
+    elif [ -n "$server" ] && tr '\0' '\n' <"/proc/$server/environ" 2>/dev/null | grep -qxF -- "HOME=$node_dir"; then
         # Still booting, no pid file yet: the whole process group.
         echo "killing the process group $server"
         kill -s KILL -- "-$server"
@@ -78,6 +79,7 @@ impl Watchdog {
             .arg("hutch-rabbitmq-watchdog")
             .arg(layout.root())
             .arg(layout.pid_file())
+            .arg(layout.node_root())
             // Not the node's directory, which it removes.
             .current_dir("/")
             // Its output goes to a file, so that it never holds the test's

@@ -31,25 +31,9 @@ async fn replicated(msg: Message<Job>) -> Result<(), BoxError> {
     msg.outcome(msg.attempt())
 }
 
-/// Environment variable: the file where [`crasher`] writes each attempt
-/// before it aborts the process. Set only in the child processes.
+/// Environment variable: the file where the crashing consumer
+/// (`tests/bin/crash_consumer.rs`) writes each attempt before it aborts.
 const ATTEMPTS_FILE: &str = "HUTCH_TEST_ATTEMPTS_FILE";
-
-#[consumer(
-    routing_key = "crash.#",
-    group = "crasher",
-    queue_type = "quorum",
-    delivery_limit = 2
-)]
-async fn crasher(msg: Message<Job>) -> Result<(), BoxError> {
-    let file = std::env::var(ATTEMPTS_FILE).expect("only child processes run the crasher");
-    let mut attempts = std::fs::read_to_string(&file).unwrap_or_default();
-    attempts.push_str(&format!("{}\n", msg.attempt()));
-    std::fs::write(&file, attempts).expect("record the attempt");
-    // What a segfault in a native library or an OOM kill does: no unwinding,
-    // no ack, the connection drops with the process.
-    std::process::abort();
-}
 
 #[consumer(
     routing_key = "capped.#",
@@ -192,22 +176,7 @@ async fn a_quorum_consumer_retries_and_dead_letters_through_quorum_queues() {
     hutch.close().await.unwrap();
 }
 
-/// Run as a child process by the test below: a consumer process that dies
-/// on its first delivery. Does nothing in a normal test run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a child process of a_message_that_kills_its_process_on_every_delivery_ends_in_the_dead_letter_queue"]
-async fn crash_child() {
-    if std::env::var_os(ATTEMPTS_FILE).is_none() {
-        return;
-    }
-    // Everything from the environment: HUTCH_URI, HUTCH_EXCHANGE,
-    // HUTCH_NAMESPACE, HUTCH_GROUP.
-    hutch_rs::run()
-        .await
-        .expect("runs until the handler aborts");
-}
-
-/// A child process of this test binary, killed if the test ends before it
+/// A child process (the crashing consumer), killed if the test ends before it
 /// does (a failing assertion must not leave a consumer running).
 struct Child(Option<std::process::Child>);
 
@@ -272,9 +241,8 @@ async fn a_message_that_kills_its_process_on_every_delivery_ends_in_the_dead_let
     let dir = tempfile::tempdir().unwrap();
     let attempts_file: PathBuf = dir.path().join("attempts");
     let spawn_child = || {
-        let mut command = Command::new(std::env::current_exe().unwrap());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_crash_consumer"));
         command
-            .args(["--exact", "crash_child", "--ignored", "--nocapture"])
             .env("HUTCH_URI", broker().amqp_uri())
             .env("HUTCH_EXCHANGE", &scope.exchange)
             .env("HUTCH_NAMESPACE", &scope.namespace)

@@ -109,7 +109,7 @@ impl Broker {
     /// Fails if RabbitMQ is not installed (the error says how to install
     /// it), or with the tail of the node's output if it does not boot.
     pub fn start() -> Result<Broker, BrokerError> {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
     /// Starts a new node as [`Broker::start`] does, with a TLS listener
@@ -132,14 +132,20 @@ impl Broker {
     /// # Ok::<(), hutch_rs::testing::BrokerError>(())
     /// ```
     pub fn start_tls(files: &TlsNodeFiles) -> Result<Broker, BrokerError> {
-        Self::start_with(Some(files))
+        Self::start_with(Some(files), None)
     }
 
-    fn start_with(tls: Option<&TlsNodeFiles>) -> Result<Broker, BrokerError> {
+    /// Starts a new node as [`Broker::start`] does, with `cookie` as its
+    /// Erlang cookie: nodes that share a cookie can form a cluster.
+    pub(crate) fn start_with_cookie(cookie: &str) -> Result<Broker, BrokerError> {
+        Self::start_with(None, Some(cookie))
+    }
+
+    fn start_with(tls: Option<&TlsNodeFiles>, cookie: Option<&str>) -> Result<Broker, BrokerError> {
         let runtime = Runtime::from_env()?;
         let mut attempt = 1;
         loop {
-            match Self::start_once(&runtime, tls) {
+            match Self::start_once(&runtime, tls, cookie) {
                 Ok(broker) => return Ok(broker),
                 Err(Failure { error, retry: true }) if attempt < START_ATTEMPTS => {
                     tracing::debug!(%error, attempt, "port or node name taken; retrying");
@@ -389,7 +395,11 @@ impl From<BrokerError> for Failure {
 }
 
 impl Broker {
-    fn start_once(runtime: &Runtime, tls: Option<&TlsNodeFiles>) -> Result<Broker, Failure> {
+    fn start_once(
+        runtime: &Runtime,
+        tls: Option<&TlsNodeFiles>,
+        cookie: Option<&str>,
+    ) -> Result<Broker, Failure> {
         let node_name = format!(
             "hutch-test-{}-{}@localhost",
             std::process::id(),
@@ -399,7 +409,7 @@ impl Broker {
             what: "choosing free ports".to_owned(),
             source,
         })?;
-        let layout = Layout::create_in(&node_name, ports, runtime)?;
+        let layout = Layout::create_in(&node_name, ports, runtime, cookie)?;
         let amqps_port = tls
             .map(|files| {
                 let port = tls::pick_port(ports)?;

@@ -69,6 +69,7 @@
 
 mod binaries;
 mod broker;
+mod cluster;
 mod command;
 mod ctl;
 mod error;
@@ -82,6 +83,7 @@ mod tls;
 mod watchdog;
 
 pub use broker::Broker;
+pub use cluster::{Cluster, QueuePlacement};
 pub use error::BrokerError;
 pub use info::{BindingInfo, ConsumerInfo, ExchangeInfo, QueueInfo};
 pub use tls::TlsNodeFiles;

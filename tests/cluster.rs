@@ -1,0 +1,122 @@
+//! Tests of the three-node test cluster (`hutch_rs::testing::Cluster`)
+//! itself, against real RabbitMQ nodes. The failover tests of hutch-rs
+//! build on it.
+//!
+//! One test, in steps: a cluster takes about 40 seconds to start, and the
+//! test machine has two cores.
+
+use std::{path::Path, time::Duration};
+
+use hutch_rs::testing::Cluster;
+use serde_json::json;
+
+/// How long a new leader may take to be elected, or a restarted replica to
+/// come back online.
+const ELECTION_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Shows the harness's own logs with `RUST_LOG=hutch_rs=debug`.
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+#[test]
+fn a_cluster_forms_replicates_fails_over_and_stops() {
+    init_logging();
+    let cluster = Cluster::start().expect("the cluster starts");
+
+    // The cluster forms: three private nodes, all running, all listed.
+    assert_eq!(cluster.nodes().len(), 3);
+    let names: Vec<&str> = (0..3).map(|i| cluster.node_name(i)).collect();
+    assert!(
+        names.iter().all(|name| name.ends_with("@localhost")),
+        "{names:?}"
+    );
+    assert_eq!(cluster.running_nodes().unwrap(), vec![0, 1, 2]);
+    let status = cluster.cluster_status().unwrap();
+    let mut running: Vec<&str> = status["running_nodes"]
+        .as_array()
+        .expect("running_nodes")
+        .iter()
+        .filter_map(|name| name.as_str())
+        .collect();
+    running.sort_unstable();
+    let mut expected = names.clone();
+    expected.sort_unstable();
+    assert_eq!(running, expected, "{status}");
+    let uris = cluster.uris();
+    assert_eq!(uris.len(), 3);
+    assert_eq!(uris[1], cluster.amqp_uri(1));
+    assert_eq!(
+        uris.iter().collect::<std::collections::HashSet<_>>().len(),
+        3,
+        "{uris:?}"
+    );
+
+    // A quorum queue declared through node 0 has a replica on every node.
+    let queue = "cluster-test:orders";
+    cluster
+        .node(0)
+        .management_request(
+            "PUT",
+            "queues/%2f/cluster-test%3Aorders",
+            Some(json!({"durable": true, "arguments": {"x-queue-type": "quorum"}})),
+        )
+        .unwrap();
+    let placement = cluster
+        .await_queue(queue, ELECTION_PATIENCE, |queue| {
+            queue.leader.is_some() && queue.online.len() == 3
+        })
+        .unwrap();
+    assert_eq!(placement.members, vec![0, 1, 2], "{placement:?}");
+
+    // Stopping the leader's node moves leadership to another node.
+    let leader = placement.leader.unwrap();
+    cluster.stop_node(leader).unwrap();
+    assert!(!cluster.is_running(leader));
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    assert_eq!(cluster.running_nodes().unwrap(), others);
+    let moved = cluster
+        .await_queue(queue, ELECTION_PATIENCE, |queue| {
+            queue.leader.is_some_and(|new| new != leader)
+        })
+        .unwrap();
+    assert!(!moved.online.contains(&leader), "{moved:?}");
+
+    // Starting it again brings it back into the cluster and its replica
+    // back online.
+    cluster.start_node(leader).unwrap();
+    assert!(cluster.is_running(leader));
+    assert_eq!(cluster.running_nodes().unwrap(), vec![0, 1, 2]);
+    let back = cluster
+        .await_queue(queue, ELECTION_PATIENCE, |queue| queue.online.len() == 3)
+        .unwrap();
+    assert_eq!(back.members, vec![0, 1, 2], "{back:?}");
+    assert!(cluster.node(leader).queue(queue).unwrap().is_some());
+
+    // Dropping the cluster stops all three nodes.
+    let pids: Vec<u32> = cluster
+        .nodes()
+        .iter()
+        .map(|node| node.os_pid().expect("a running node has a pid"))
+        .collect();
+    let dirs: Vec<_> = cluster
+        .nodes()
+        .iter()
+        .map(|node| node.dir().to_owned())
+        .collect();
+    drop(cluster);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the node's Erlang VM {pid} still runs"
+        );
+    }
+    for dir in dirs {
+        assert!(!dir.exists(), "{} was not removed", dir.display());
+    }
+}

@@ -27,7 +27,7 @@ fn init_logging() {
 #[test]
 fn a_cluster_forms_replicates_fails_over_and_stops() {
     init_logging();
-    let cluster = Cluster::start().expect("the cluster starts");
+    let mut cluster = Cluster::start().expect("the cluster starts");
 
     // The cluster forms: three private nodes, all running, all listed.
     assert_eq!(cluster.nodes().len(), 3);
@@ -97,6 +97,32 @@ fn a_cluster_forms_replicates_fails_over_and_stops() {
         .unwrap();
     assert_eq!(back.members, vec![0, 1, 2], "{back:?}");
     assert!(cluster.node(leader).queue(queue).unwrap().is_some());
+
+    // Killing a node's VM outright and restarting it: a new process with
+    // the same data rejoins, and its replica comes back.
+    let victim = (leader + 1) % 3;
+    let old_pid = cluster
+        .node(victim)
+        .os_pid()
+        .expect("a running node has a pid");
+    cluster.kill_node(victim).unwrap();
+    assert!(!Path::new(&format!("/proc/{old_pid}")).exists());
+    assert!(!cluster.is_running(victim));
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    assert_eq!(cluster.running_nodes().unwrap(), survivors);
+    cluster
+        .await_queue(queue, ELECTION_PATIENCE, |queue| {
+            queue.leader.is_some_and(|new| new != victim)
+        })
+        .unwrap();
+    cluster.restart_node(victim).unwrap();
+    assert!(cluster.is_running(victim));
+    assert_ne!(cluster.node(victim).os_pid(), Some(old_pid));
+    assert_eq!(cluster.running_nodes().unwrap(), vec![0, 1, 2]);
+    let back = cluster
+        .await_queue(queue, ELECTION_PATIENCE, |queue| queue.online.len() == 3)
+        .unwrap();
+    assert_eq!(back.members, vec![0, 1, 2], "{back:?}");
 
     // Dropping the cluster stops all three nodes.
     let pids: Vec<u32> = cluster

@@ -71,6 +71,8 @@ pub struct Broker {
     /// The TLS listener's port, for nodes from [`Broker::start_tls`].
     amqps_port: Option<u16>,
     ctl: Ctl,
+    /// How the node's programs run, for a restart.
+    runtime: Runtime,
     management: Management,
     server: Server,
     /// Events of the node process; only `Exited` arrives after startup.
@@ -454,6 +456,7 @@ impl Broker {
             pid_file: layout.pid_file(),
             watchdog: Some(watchdog),
             ctl,
+            runtime: runtime.clone(),
             layout: Some(layout),
         };
         // From here on, an early return drops `broker`, which stops the
@@ -658,6 +661,34 @@ impl Broker {
                 Err(RecvTimeoutError::Timeout) => return false,
             }
         }
+    }
+}
+
+impl Broker {
+    /// Kills the node's Erlang VM, as a crashed machine would lose it, and
+    /// waits for it to exit; its directory and watchdog stay, for
+    /// [`Broker::restart_process`]. Returns whether it is known to be gone.
+    pub(crate) fn kill_process(&self) -> bool {
+        self.stop_node()
+    }
+
+    /// Starts the node again, with the same name, ports and data, after
+    /// [`Broker::kill_process`], and blocks until it has booted.
+    pub(crate) fn restart_process(&mut self) -> Result<(), BrokerError> {
+        let Some(layout) = self.layout.as_ref() else {
+            return Err(BrokerError::NoRunningNode);
+        };
+        let (events_sender, events) = mpsc::channel();
+        let server = Server::spawn(&self.runtime, layout, events_sender.clone())?;
+        if let Some(watchdog) = self.watchdog.as_mut() {
+            watchdog.watch(server.pid());
+        }
+        self.server = server;
+        self.events = Mutex::new(events);
+        self.exited.store(false, Ordering::Relaxed);
+        tracing::debug!(node = self.node_name, "restarting RabbitMQ test node");
+        self.await_boot(events_sender)
+            .map_err(|failure| failure.error)
     }
 }
 

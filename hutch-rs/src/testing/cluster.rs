@@ -206,6 +206,44 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills node `index`'s Erlang VM (SIGKILL), as a crashed machine would
+    /// lose it, and waits for it to exit: unlike [`Cluster::stop_node`],
+    /// nothing of the node runs, and no client gets a connection close.
+    /// Its data directory stays, for [`Cluster::restart_node`].
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not 0, 1 or 2.
+    pub fn kill_node(&mut self, index: usize) -> Result<(), BrokerError> {
+        let node = &self.nodes[index];
+        tracing::debug!(node = node.node_name(), "killing the node");
+        self.set_running(index, false);
+        if node.kill_process() {
+            Ok(())
+        } else {
+            Err(BrokerError::StillRunning {
+                node: node.node_name().to_owned(),
+            })
+        }
+    }
+
+    /// Starts node `index` again after [`Cluster::kill_node`]: a new Erlang
+    /// VM with the same name, ports and data, which rejoins the cluster.
+    /// Returns once it has booted and the cluster sees all its running nodes.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not 0, 1 or 2.
+    pub fn restart_node(&mut self, index: usize) -> Result<(), BrokerError> {
+        self.nodes[index].restart_process()?;
+        self.set_running(index, true);
+        let node = &self.nodes[index];
+        node.rabbitmqctl(&["await_startup", "--timeout", AWAIT_SECONDS])?;
+        let running = self.running_count().to_string();
+        node.rabbitmqctl(&["await_online_nodes", &running, "--timeout", AWAIT_SECONDS])?;
+        Ok(())
+    }
+
     /// Whether node `index`'s application runs, as far as this `Cluster`
     /// stopped and started it.
     ///

@@ -164,4 +164,15 @@ pub enum BrokerError {
         /// The last placement seen, or that the queue did not exist.
         last: String,
     },
+
+    /// A node of a [`Cluster`](crate::testing::Cluster) was killed but its
+    /// process did not exit.
+    #[error(
+        "RabbitMQ test node {node} did not exit after being killed; the machine may be \
+         overloaded"
+    )]
+    StillRunning {
+        /// The node name.
+        node: String,
+    },
 }

@@ -2,10 +2,17 @@
 //! itself, against real RabbitMQ nodes. The failover tests of hutch-rs
 //! build on it.
 //!
-//! One test, in steps: a cluster takes about 40 seconds to start, and the
-//! test machine has two cores.
+//! The main test goes in steps: a cluster takes about 40 seconds to start,
+//! and the test machine has two cores, so one cluster serves them all and
+//! the tests take turns.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
 
 use hutch_rs::testing::Cluster;
 use serde_json::json;
@@ -13,6 +20,20 @@ use serde_json::json;
 /// How long a new leader may take to be elected, or a restarted replica to
 /// come back online.
 const ELECTION_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Set in the environment of the child process of
+/// [`process_exit_stops_the_cluster`].
+const CHILD_VAR: &str = "HUTCH_CLUSTER_CHILD";
+
+/// What the child prints before each node's pid and directory.
+const CHILD_MARKER: &str = "HUTCH_CLUSTER_NODE";
+
+/// How long the nodes may take to go away once their owner is gone; the
+/// watchdogs kill them within a second.
+const STOP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Two clusters at once would be six nodes on two cores.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Shows the harness's own logs with `RUST_LOG=hutch_rs=debug`.
 fn init_logging() {
@@ -27,6 +48,9 @@ fn init_logging() {
 #[test]
 fn a_cluster_forms_replicates_fails_over_and_stops() {
     init_logging();
+    let _turn = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
     let mut cluster = Cluster::start().expect("the cluster starts");
 
     // The cluster forms: three private nodes, all running, all listed.
@@ -145,4 +169,70 @@ fn a_cluster_forms_replicates_fails_over_and_stops() {
     for dir in dirs {
         assert!(!dir.exists(), "{} was not removed", dir.display());
     }
+}
+
+#[test]
+fn process_exit_stops_the_cluster() {
+    init_logging();
+    let _turn = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_of_a_child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_VAR, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let nodes: Vec<(u32, PathBuf)> = stdout
+        .lines()
+        .filter_map(|line| {
+            // The first report follows the test runner's `test … ... ` on
+            // the same line.
+            let (_, report) = line.split_once(CHILD_MARKER)?;
+            let mut words = report.split_whitespace();
+            Some((words.next()?.parse().ok()?, PathBuf::from(words.next()?)))
+        })
+        .collect();
+    assert!(
+        output.status.success() && nodes.len() == 3,
+        "the child did not report three nodes ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+
+    // Nothing signals the end of a process that is not our child; polling
+    // its /proc entry is the only way to see it go.
+    let deadline = Instant::now() + STOP_PATIENCE;
+    for (pid, dir) in nodes {
+        while Path::new(&format!("/proc/{pid}")).exists() || dir.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "node VM {pid} still runs or its directory {} remains after the child exited",
+                dir.display()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Not a test of its own: the child process of
+/// [`process_exit_stops_the_cluster`]. It starts a cluster, reports its
+/// nodes and exits without dropping anything.
+#[test]
+fn cluster_of_a_child_process() {
+    init_logging();
+    if std::env::var_os(CHILD_VAR).is_none() {
+        return;
+    }
+    let cluster = Cluster::start().expect("the cluster starts");
+    for node in cluster.nodes() {
+        let pid = node.os_pid().expect("a running node has a pid");
+        println!("{CHILD_MARKER} {pid} {}", node.dir().display());
+    }
+    std::process::exit(0);
 }

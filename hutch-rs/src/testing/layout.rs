@@ -335,4 +335,21 @@ mod tests {
         assert_eq!(mode & 0o777, 0o400);
         assert!(!layout.root().join("advanced.config").exists());
     }
+
+    #[test]
+    fn a_given_cookie_is_written() {
+        let host = Runtime::Host(crate::testing::binaries::Binaries {
+            server: PathBuf::new(),
+            ctl: PathBuf::new(),
+        });
+        let ports = Ports {
+            amqp: 1,
+            dist: 2,
+            management: 3,
+        };
+        let layout = Layout::create_in("n@localhost", ports, &host, Some("SHARED")).unwrap();
+        let cookie = fs::read_to_string(layout.root().join(".erlang.cookie")).unwrap();
+        assert_eq!(cookie, "SHARED");
+        assert_ne!(new_cookie(), new_cookie());
+    }
 }

@@ -10,6 +10,12 @@
 //! [`Broker::start_tls`] adds a TLS listener that requires a client
 //! certificate and accepts the EXTERNAL mechanism (certificate logins).
 //!
+//! [`Cluster::start`] starts three such nodes sharing one private Erlang
+//! cookie and joins them into a cluster, for failover tests: stop a node's
+//! broker ([`Cluster::stop_node`]) or kill its VM ([`Cluster::kill_node`]),
+//! bring it back, and see where a queue's leader and replicas are
+//! ([`Cluster::queue_placement`]).
+//!
 //! The API is blocking. Inspection goes through `rabbitmqctl` (exact at the
 //! moment of the call) and the management HTTP API.
 //!

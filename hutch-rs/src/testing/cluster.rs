@@ -209,7 +209,8 @@ impl Cluster {
     /// Kills node `index`'s Erlang VM (SIGKILL), as a crashed machine would
     /// lose it, and waits for it to exit: unlike [`Cluster::stop_node`],
     /// nothing of the node runs, and no client gets a connection close.
-    /// Its data directory stays, for [`Cluster::restart_node`].
+    /// Its data directory stays, for [`Cluster::restart_node`]. Returns once
+    /// the other nodes no longer list it as running.
     ///
     /// # Panics
     ///
@@ -218,13 +219,23 @@ impl Cluster {
         let node = &self.nodes[index];
         tracing::debug!(node = node.node_name(), "killing the node");
         self.set_running(index, false);
-        if node.kill_process() {
-            Ok(())
-        } else {
-            Err(BrokerError::StillRunning {
+        if !node.kill_process() {
+            return Err(BrokerError::StillRunning {
                 node: node.node_name().to_owned(),
-            })
+            });
         }
+        // The others learn of it when its distribution connections close,
+        // a moment after the kill; callers expect the cluster to know.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.running_nodes()?.contains(&index) {
+            if Instant::now() >= deadline {
+                return Err(BrokerError::StillRunning {
+                    node: self.nodes[index].node_name().to_owned(),
+                });
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+        Ok(())
     }
 
     /// Starts node `index` again after [`Cluster::kill_node`]: a new Erlang

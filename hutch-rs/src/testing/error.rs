@@ -166,10 +166,10 @@ pub enum BrokerError {
     },
 
     /// A node of a [`Cluster`](crate::testing::Cluster) was killed but its
-    /// process did not exit.
+    /// process did not exit, or the other nodes kept listing it as running.
     #[error(
-        "RabbitMQ test node {node} did not exit after being killed; the machine may be \
-         overloaded"
+        "RabbitMQ test node {node} did not exit after being killed, or the other nodes still \
+         list it as running; the machine may be overloaded"
     )]
     StillRunning {
         /// The node name.

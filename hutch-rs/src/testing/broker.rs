@@ -71,6 +71,8 @@ pub struct Broker {
     /// The TLS listener's port, for nodes from [`Broker::start_tls`].
     amqps_port: Option<u16>,
     ctl: Ctl,
+    /// How the node's programs run, for a restart.
+    runtime: Runtime,
     management: Management,
     server: Server,
     /// Events of the node process; only `Exited` arrives after startup.
@@ -109,7 +111,7 @@ impl Broker {
     /// Fails if RabbitMQ is not installed (the error says how to install
     /// it), or with the tail of the node's output if it does not boot.
     pub fn start() -> Result<Broker, BrokerError> {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
     /// Starts a new node as [`Broker::start`] does, with a TLS listener
@@ -132,14 +134,20 @@ impl Broker {
     /// # Ok::<(), hutch_rs::testing::BrokerError>(())
     /// ```
     pub fn start_tls(files: &TlsNodeFiles) -> Result<Broker, BrokerError> {
-        Self::start_with(Some(files))
+        Self::start_with(Some(files), None)
     }
 
-    fn start_with(tls: Option<&TlsNodeFiles>) -> Result<Broker, BrokerError> {
+    /// Starts a new node as [`Broker::start`] does, with `cookie` as its
+    /// Erlang cookie: nodes that share a cookie can form a cluster.
+    pub(crate) fn start_with_cookie(cookie: &str) -> Result<Broker, BrokerError> {
+        Self::start_with(None, Some(cookie))
+    }
+
+    fn start_with(tls: Option<&TlsNodeFiles>, cookie: Option<&str>) -> Result<Broker, BrokerError> {
         let runtime = Runtime::from_env()?;
         let mut attempt = 1;
         loop {
-            match Self::start_once(&runtime, tls) {
+            match Self::start_once(&runtime, tls, cookie) {
                 Ok(broker) => return Ok(broker),
                 Err(Failure { error, retry: true }) if attempt < START_ATTEMPTS => {
                     tracing::debug!(%error, attempt, "port or node name taken; retrying");
@@ -389,7 +397,11 @@ impl From<BrokerError> for Failure {
 }
 
 impl Broker {
-    fn start_once(runtime: &Runtime, tls: Option<&TlsNodeFiles>) -> Result<Broker, Failure> {
+    fn start_once(
+        runtime: &Runtime,
+        tls: Option<&TlsNodeFiles>,
+        cookie: Option<&str>,
+    ) -> Result<Broker, Failure> {
         let node_name = format!(
             "hutch-test-{}-{}@localhost",
             std::process::id(),
@@ -399,7 +411,7 @@ impl Broker {
             what: "choosing free ports".to_owned(),
             source,
         })?;
-        let layout = Layout::create_in(&node_name, ports, runtime)?;
+        let layout = Layout::create_in(&node_name, ports, runtime, cookie)?;
         let amqps_port = tls
             .map(|files| {
                 let port = tls::pick_port(ports)?;
@@ -444,6 +456,7 @@ impl Broker {
             pid_file: layout.pid_file(),
             watchdog: Some(watchdog),
             ctl,
+            runtime: runtime.clone(),
             layout: Some(layout),
         };
         // From here on, an early return drops `broker`, which stops the
@@ -648,6 +661,34 @@ impl Broker {
                 Err(RecvTimeoutError::Timeout) => return false,
             }
         }
+    }
+}
+
+impl Broker {
+    /// Kills the node's Erlang VM, as a crashed machine would lose it, and
+    /// waits for it to exit; its directory and watchdog stay, for
+    /// [`Broker::restart_process`]. Returns whether it is known to be gone.
+    pub(crate) fn kill_process(&self) -> bool {
+        self.stop_node()
+    }
+
+    /// Starts the node again, with the same name, ports and data, after
+    /// [`Broker::kill_process`], and blocks until it has booted.
+    pub(crate) fn restart_process(&mut self) -> Result<(), BrokerError> {
+        let Some(layout) = self.layout.as_ref() else {
+            return Err(BrokerError::NoRunningNode);
+        };
+        let (events_sender, events) = mpsc::channel();
+        let server = Server::spawn(&self.runtime, layout, events_sender.clone())?;
+        if let Some(watchdog) = self.watchdog.as_mut() {
+            watchdog.watch(server.pid());
+        }
+        self.server = server;
+        self.events = Mutex::new(events);
+        self.exited.store(false, Ordering::Relaxed);
+        tracing::debug!(node = self.node_name, "restarting RabbitMQ test node");
+        self.await_boot(events_sender)
+            .map_err(|failure| failure.error)
     }
 }
 

@@ -105,7 +105,7 @@ impl Ctl {
 
 /// Parses the JSON array `rabbitmqctl --formatter json` prints, skipping any
 /// warning lines printed before it (the CLI warns about non-UTF-8 locales).
-fn parse_json_rows<T: DeserializeOwned>(stdout: &str) -> Result<Vec<T>, String> {
+pub(crate) fn parse_json_rows<T: DeserializeOwned>(stdout: &str) -> Result<Vec<T>, String> {
     let mut start = 0;
     for line in stdout.split_inclusive('\n') {
         if line.trim_start().starts_with('[') {

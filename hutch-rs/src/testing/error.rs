@@ -141,4 +141,38 @@ pub enum BrokerError {
         /// What was wrong.
         detail: String,
     },
+
+    /// Every node of a [`Cluster`](crate::testing::Cluster) is stopped, so
+    /// there is none to ask.
+    #[error(
+        "every node of the test cluster is stopped; start one with Cluster::start_node before \
+         asking the cluster"
+    )]
+    NoRunningNode,
+
+    /// A queue of a [`Cluster`](crate::testing::Cluster) did not reach the
+    /// awaited placement in time.
+    #[error(
+        "queue {queue:?} did not reach the awaited placement within {timeout:?}; last seen: \
+         {last}"
+    )]
+    QueueNotReady {
+        /// The queue's name.
+        queue: String,
+        /// How long it was given.
+        timeout: Duration,
+        /// The last placement seen, or that the queue did not exist.
+        last: String,
+    },
+
+    /// A node of a [`Cluster`](crate::testing::Cluster) was killed but its
+    /// process did not exit, or the other nodes kept listing it as running.
+    #[error(
+        "RabbitMQ test node {node} did not exit after being killed, or the other nodes still \
+         list it as running; the machine may be overloaded"
+    )]
+    StillRunning {
+        /// The node name.
+        node: String,
+    },
 }

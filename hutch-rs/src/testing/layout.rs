@@ -34,15 +34,18 @@ impl Layout {
             server: PathBuf::new(),
             ctl: PathBuf::new(),
         });
-        Self::create_in(node_name, ports, &host)
+        Self::create_in(node_name, ports, &host, None)
     }
 
     /// Creates the directory where `runtime`'s nodes can reach it and writes
-    /// the node's configuration, with every path as the node sees it.
+    /// the node's configuration, with every path as the node sees it. The
+    /// node gets `cookie` as its Erlang cookie (nodes of one cluster share
+    /// one), or a random one of its own.
     pub(crate) fn create_in(
         node_name: &str,
         ports: Ports,
         runtime: &Runtime,
+        cookie: Option<&str>,
     ) -> Result<Self, BrokerError> {
         let setup = |what: &str| {
             let what = what.to_owned();
@@ -81,7 +84,8 @@ impl Layout {
         // Empty on purpose: it replaces /etc/rabbitmq/rabbitmq-env.conf, so
         // that nothing from the machine's own broker leaks in.
         write(&path("rabbitmq-env.conf"), "").map_err(setup("writing rabbitmq-env.conf"))?;
-        write_cookie(&path(".erlang.cookie")).map_err(setup("writing the Erlang cookie"))?;
+        write_cookie(&path(".erlang.cookie"), cookie)
+            .map_err(setup("writing the Erlang cookie"))?;
 
         let ip = "127.0.0.1";
         let vars: Vec<(&'static str, OsString)> = vec![
@@ -246,17 +250,23 @@ fn write(path: &Path, contents: &str) -> io::Result<()> {
     fs::write(path, contents)
 }
 
-/// Writes a random cookie readable only by us before anything starts: if the
-/// node and a concurrent `rabbitmqctl` both created it, they could end up with
-/// different ones. Erlang refuses a cookie file others can read.
-fn write_cookie(path: &Path) -> io::Result<()> {
-    let cookie = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
+/// Writes the cookie (`cookie`, or a random one) readable only by us before
+/// anything starts: if the node and a concurrent `rabbitmqctl` both created
+/// it, they could end up with different ones. Erlang refuses a cookie file
+/// others can read.
+fn write_cookie(path: &Path, cookie: Option<&str>) -> io::Result<()> {
+    let cookie = cookie.map_or_else(new_cookie, str::to_owned);
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o400)
         .open(path)?;
     file.write_all(cookie.as_bytes())
+}
+
+/// A random Erlang cookie.
+pub(crate) fn new_cookie() -> String {
+    uuid::Uuid::new_v4().simple().to_string().to_uppercase()
 }
 
 /// `lines`, each cut to a readable length (Erlang prints whole crash
@@ -324,5 +334,22 @@ mod tests {
         let mode = fs::metadata(cookie).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o400);
         assert!(!layout.root().join("advanced.config").exists());
+    }
+
+    #[test]
+    fn a_given_cookie_is_written() {
+        let host = Runtime::Host(crate::testing::binaries::Binaries {
+            server: PathBuf::new(),
+            ctl: PathBuf::new(),
+        });
+        let ports = Ports {
+            amqp: 1,
+            dist: 2,
+            management: 3,
+        };
+        let layout = Layout::create_in("n@localhost", ports, &host, Some("SHARED")).unwrap();
+        let cookie = fs::read_to_string(layout.root().join(".erlang.cookie")).unwrap();
+        assert_eq!(cookie, "SHARED");
+        assert_ne!(new_cookie(), new_cookie());
     }
 }

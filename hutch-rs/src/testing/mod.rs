@@ -10,6 +10,12 @@
 //! [`Broker::start_tls`] adds a TLS listener that requires a client
 //! certificate and accepts the EXTERNAL mechanism (certificate logins).
 //!
+//! [`Cluster::start`] starts three such nodes sharing one private Erlang
+//! cookie and joins them into a cluster, for failover tests: stop a node's
+//! broker ([`Cluster::stop_node`]) or kill its VM ([`Cluster::kill_node`]),
+//! bring it back, and see where a queue's leader and replicas are
+//! ([`Cluster::queue_placement`]).
+//!
 //! The API is blocking. Inspection goes through `rabbitmqctl` (exact at the
 //! moment of the call) and the management HTTP API.
 //!
@@ -69,6 +75,7 @@
 
 mod binaries;
 mod broker;
+mod cluster;
 mod command;
 mod ctl;
 mod error;
@@ -82,6 +89,7 @@ mod tls;
 mod watchdog;
 
 pub use broker::Broker;
+pub use cluster::{Cluster, QueuePlacement};
 pub use error::BrokerError;
 pub use info::{BindingInfo, ConsumerInfo, ExchangeInfo, QueueInfo};
 pub use tls::TlsNodeFiles;

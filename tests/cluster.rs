@@ -1,20 +1,33 @@
-//! Tests of the three-node test cluster (`hutch_rs::testing::Cluster`)
-//! itself, against real RabbitMQ nodes. The failover tests of hutch-rs
-//! build on it.
+//! hutch-rs on a three-node cluster (`hutch_rs::testing::Cluster`) with
+//! quorum queues: a stream of 10,000 confirmed publishes while the node the
+//! application is connected to stops, while the node leading the queue
+//! stops, and while the application's path to its node is cut by a proxy.
+//! Each test prints what it saw (confirmed, consumed, lost, duplicates, how
+//! long until consuming again) and fails if a confirmed message was lost.
 //!
-//! The main test goes in steps: a cluster takes about 40 seconds to start,
-//! and the test machine has two cores, so one cluster serves them all and
-//! the tests take turns.
+//! The cluster harness itself is tested here too. A cluster takes about 40
+//! seconds to start and the test machine has two cores, so one cluster
+//! serves every test, and they take turns; each leaves all three nodes
+//! running. The cluster is never dropped: the nodes' watchdogs stop them
+//! when the test process ends, which `process_exit_stops_the_cluster`
+//! checks.
 
 use std::{
+    collections::BTreeSet,
+    ops::{Deref, DerefMut},
     path::{Path, PathBuf},
     process::Command,
-    sync::Mutex,
+    sync::{LazyLock, Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
 
-use hutch_rs::testing::Cluster;
+use hutch_rs::{BoxError, Hutch, HutchBuilder, Message, consumer, testing::Cluster};
+use hutch_rs_tests::{
+    Scope,
+    failover::{Deliveries, FailoverReport, Stream, Tick},
+    proxy::BlackHoleProxy,
+};
 use serde_json::json;
 
 /// How long a new leader may take to be elected, or a restarted replica to
@@ -32,8 +45,48 @@ const CHILD_MARKER: &str = "HUTCH_CLUSTER_NODE";
 /// watchdogs kill them within a second.
 const STOP_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Two clusters at once would be six nodes on two cores.
-static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// How many confirmed publishes each failover stream sends.
+const STREAM_LENGTH: u64 = 10_000;
+
+/// How many were confirmed when the failure is caused.
+const FAIL_AT: u64 = 3_000;
+
+/// How many tasks publish the stream at once.
+const PUBLISHERS: usize = 16;
+
+/// The stream's pace: 500 messages a second, so that 7,000 publishes, 14
+/// seconds, follow the failure.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(2);
+
+/// How long a stream may take, failover included; reaching it means
+/// publishing did not recover.
+const STREAM_PATIENCE: Duration = Duration::from_secs(180);
+
+/// How long the consumer may take to get every confirmed message once the
+/// stream ended.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(120);
+
+/// The one cluster of this test binary, started by the first test that
+/// needs it. Two clusters at once would be six nodes on two cores, so the
+/// child process's cluster waits for this lock too.
+static CLUSTER: Mutex<Option<Cluster>> = Mutex::new(None);
+
+/// What the failover consumers received.
+static DELIVERIES: LazyLock<Deliveries> = LazyLock::new(Deliveries::default);
+
+/// Quorum queue, declared through the node the application is connected
+/// to: RabbitMQ 3.10 and 4.0 both place its leader there with
+/// `client-local`, which the tests rely on to know where it is.
+#[consumer(
+    routing_key = "ticks.#",
+    group = "failover",
+    queue_type = "quorum",
+    arguments = [("x-queue-leader-locator", "client-local")]
+)]
+async fn ticks(msg: Message<Tick>) -> Result<(), BoxError> {
+    DELIVERIES.record(&msg);
+    Ok(())
+}
 
 /// Shows the harness's own logs with `RUST_LOG=hutch_rs=debug`.
 fn init_logging() {
@@ -45,13 +98,173 @@ fn init_logging() {
         .try_init();
 }
 
-#[test]
-fn a_cluster_forms_replicates_fails_over_and_stops() {
+/// A test's turn with the shared cluster.
+struct Turn(MutexGuard<'static, Option<Cluster>>);
+
+impl Deref for Turn {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        self.0.as_ref().expect("a turn holds a cluster")
+    }
+}
+
+impl DerefMut for Turn {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        self.0.as_mut().expect("a turn holds a cluster")
+    }
+}
+
+/// Waits for the shared cluster, starting it first if needed. A test that
+/// failed half-way may have left a node down: then a fresh cluster
+/// replaces it, so that one failure does not fail the tests after it.
+fn turn() -> Turn {
     init_logging();
-    let _turn = ONE_CLUSTER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner());
-    let mut cluster = Cluster::start().expect("the cluster starts");
+    let (mut guard, poisoned) = match CLUSTER.lock() {
+        Ok(guard) => (guard, false),
+        Err(poison) => (poison.into_inner(), true),
+    };
+    let healthy = guard
+        .as_ref()
+        .is_some_and(|cluster| (0..3).all(|node| cluster.is_running(node)));
+    if poisoned || !healthy {
+        drop(guard.take());
+        *guard = Some(Cluster::start().expect("the cluster starts"));
+        CLUSTER.clear_poison();
+    }
+    Turn(guard)
+}
+
+/// A runtime for a test's application and publishers, which go on while
+/// the test thread stops and starts nodes.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// The failover consumer's application on `uris`, with timeouts short
+/// enough for a test: a silent connection is given up after 2 heartbeats
+/// of 2 seconds, and reconnecting waits at most half a second.
+fn application(uris: Vec<String>, scope: &Scope) -> HutchBuilder {
+    Hutch::builder()
+        .uris(uris)
+        .exchange(&scope.exchange)
+        .namespace(&scope.namespace)
+        .group("failover")
+        .heartbeat(Duration::from_secs(2))
+        .connection_timeout(Duration::from_secs(3))
+        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
+        .confirm_timeout(Duration::from_secs(30))
+}
+
+/// The nodes holding client connections (only the tests' applications
+/// connect).
+fn connected_nodes(cluster: &Cluster) -> BTreeSet<usize> {
+    cluster
+        .connection_nodes()
+        .expect("the cluster lists its connections")
+        .into_iter()
+        .collect()
+}
+
+/// Waits until the queue has a leader and all three replicas online.
+fn await_replicated(cluster: &Cluster, queue: &str) -> usize {
+    cluster
+        .await_queue(queue, ELECTION_PATIENCE, |queue| {
+            queue.leader.is_some() && queue.online.len() == 3
+        })
+        .unwrap_or_else(|error| panic!("{queue} is not replicated: {error}"))
+        .leader
+        .expect("a leader")
+}
+
+/// Sends the stream through `hutch`, causes the failure when
+/// [`FAIL_AT`] publishes were confirmed, and reports once every confirmed
+/// message was consumed (or the drain's patience ran out).
+fn stream_through_failure(
+    runtime: &tokio::runtime::Runtime,
+    hutch: &Hutch,
+    scope: &Scope,
+    cause_failure: impl FnOnce(),
+) -> FailoverReport {
+    let run = scope.namespace.clone();
+    let mut stream = runtime.block_on(async {
+        Stream::start(
+            hutch,
+            "ticks.new",
+            &run,
+            STREAM_LENGTH,
+            PUBLISHERS,
+            PUBLISH_INTERVAL,
+        )
+    });
+    runtime.block_on(stream.wait_confirmed(FAIL_AT, STREAM_PATIENCE));
+    let failure = Instant::now();
+    cause_failure();
+    let caused = Instant::now();
+    let published = runtime.block_on(stream.finish(STREAM_PATIENCE));
+    // Without publishes after it, the failure would prove nothing.
+    let after = published
+        .confirmed
+        .iter()
+        .filter(|(_, confirmed)| *confirmed > caused)
+        .count();
+    eprintln!(
+        "failure caused in {:.2} s, {after} publishes confirmed after it",
+        (caused - failure).as_secs_f64()
+    );
+    assert!(
+        after >= 1_000,
+        "only {after} publishes were confirmed after the failure"
+    );
+    let expected: BTreeSet<u64> = published.confirmed.iter().map(|(seq, _)| *seq).collect();
+    runtime.block_on(DELIVERIES.wait_for_all(&run, &expected, DRAIN_PATIENCE));
+    FailoverReport::new(&published, &DELIVERIES.of(&run), failure)
+}
+
+/// What every failover test requires of its report.
+fn assert_nothing_lost(scenario: &str, report: &FailoverReport) {
+    eprintln!("failover, {scenario}: {report}");
+    assert_eq!(report.confirmed as u64, STREAM_LENGTH, "{report}");
+    assert!(
+        report.lost.is_empty(),
+        "{scenario}: {} confirmed message(s) lost, e.g. {:?}",
+        report.lost.len(),
+        &report.lost[..report.lost.len().min(20)]
+    );
+    assert!(report.consumed >= report.confirmed, "{report}");
+}
+
+/// Stops the application and deletes the scope's queues, so that the
+/// cluster stays light for the next test.
+fn clean_up(
+    runtime: &tokio::runtime::Runtime,
+    running: hutch_rs::Running,
+    hutch: &Hutch,
+    cluster: &Cluster,
+    scope: &Scope,
+) {
+    runtime
+        .block_on(running.shutdown())
+        .expect("a clean shutdown");
+    runtime.block_on(hutch.close()).expect("close");
+    let node = cluster.node(0);
+    for queue in node.queues().expect("list queues") {
+        if queue.name.starts_with(&scope.namespace) {
+            let path = format!("queues/%2f/{}", queue.name.replace(':', "%3A"));
+            node.management_request("DELETE", &path, None)
+                .expect("delete a test queue");
+        }
+    }
+}
+
+#[test]
+fn a_cluster_forms_replicates_and_fails_over() {
+    init_logging();
+    let mut cluster = turn();
 
     // The cluster forms: three private nodes, all running, all listed.
     assert_eq!(cluster.nodes().len(), 3);
@@ -148,35 +361,19 @@ fn a_cluster_forms_replicates_fails_over_and_stops() {
         .unwrap();
     assert_eq!(back.members, vec![0, 1, 2], "{back:?}");
 
-    // Dropping the cluster stops all three nodes.
-    let pids: Vec<u32> = cluster
-        .nodes()
-        .iter()
-        .map(|node| node.os_pid().expect("a running node has a pid"))
-        .collect();
-    let dirs: Vec<_> = cluster
-        .nodes()
-        .iter()
-        .map(|node| node.dir().to_owned())
-        .collect();
-    drop(cluster);
-    for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "the node's Erlang VM {pid} still runs"
-        );
-    }
-    for dir in dirs {
-        assert!(!dir.exists(), "{} was not removed", dir.display());
-    }
+    // The queue goes, so that the cluster stays light for the next test.
+    cluster
+        .node(0)
+        .management_request("DELETE", "queues/%2f/cluster-test%3Aorders", None)
+        .unwrap();
+    assert_eq!(cluster.queue_placement(queue).unwrap(), None);
 }
 
 #[test]
 fn process_exit_stops_the_cluster() {
     init_logging();
-    let _turn = ONE_CLUSTER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner());
+    // Waits for the shared cluster's tests without starting it.
+    let _turn = CLUSTER.lock().unwrap_or_else(|poison| poison.into_inner());
     let output = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -235,4 +432,101 @@ fn cluster_of_a_child_process() {
         println!("{CHILD_MARKER} {pid} {}", node.dir().display());
     }
     std::process::exit(0);
+}
+
+#[test]
+fn nothing_is_lost_when_the_node_the_application_is_connected_to_stops() {
+    let cluster = turn();
+    let runtime = runtime();
+    let scope = Scope::new("stop-connected");
+    let hutch = application(cluster.uris(), &scope).build().unwrap();
+    let running = runtime.block_on(hutch.start()).expect("start");
+    // Connected to node 0, the first URI; the queue declared through it is
+    // led there too: the worst single failure, both move at once.
+    assert_eq!(connected_nodes(&cluster), BTreeSet::from([0]));
+    assert_eq!(await_replicated(&cluster, &scope.queue("ticks")), 0);
+
+    let report = stream_through_failure(&runtime, &hutch, &scope, || {
+        cluster.stop_node(0).expect("stop node 0");
+    });
+    assert_nothing_lost("the connected node (and queue leader) stops", &report);
+    assert!(
+        !connected_nodes(&cluster).contains(&0),
+        "the application moved to the other nodes"
+    );
+
+    cluster.start_node(0).expect("start node 0 again");
+    await_replicated(&cluster, &scope.queue("ticks"));
+    clean_up(&runtime, running, &hutch, &cluster, &scope);
+}
+
+#[test]
+fn nothing_is_lost_when_the_node_leading_the_queue_stops() {
+    let cluster = turn();
+    let runtime = runtime();
+    let scope = Scope::new("stop-leader");
+    // Declared through node 2 alone, the queue is led by node 2; the
+    // application then connects to node 0.
+    let declarer = application(vec![cluster.amqp_uri(2)], &scope)
+        .build()
+        .unwrap();
+    runtime
+        .block_on(declarer.declare())
+        .expect("declare through node 2");
+    runtime.block_on(declarer.close()).expect("close");
+    assert_eq!(await_replicated(&cluster, &scope.queue("ticks")), 2);
+    let hutch = application(cluster.uris(), &scope).build().unwrap();
+    let running = runtime.block_on(hutch.start()).expect("start");
+    assert_eq!(connected_nodes(&cluster), BTreeSet::from([0]));
+
+    let report = stream_through_failure(&runtime, &hutch, &scope, || {
+        cluster.stop_node(2).expect("stop node 2");
+    });
+    assert_nothing_lost("the queue's leader stops", &report);
+    let moved = cluster
+        .queue_leader(&scope.queue("ticks"))
+        .expect("the cluster answers");
+    assert!(matches!(moved, Some(0 | 1)), "new leader: {moved:?}");
+    assert_eq!(
+        connected_nodes(&cluster),
+        BTreeSet::from([0]),
+        "the application kept its connections"
+    );
+
+    cluster.start_node(2).expect("start node 2 again");
+    await_replicated(&cluster, &scope.queue("ticks"));
+    clean_up(&runtime, running, &hutch, &cluster, &scope);
+}
+
+#[test]
+fn nothing_is_lost_when_a_proxy_cuts_the_application_off_its_node() {
+    let cluster = turn();
+    let runtime = runtime();
+    let scope = Scope::new("cut-off");
+    // The application reaches node 0 through a proxy that can go silent,
+    // as a dead network path does: no close, no reset, only missed
+    // heartbeats tell.
+    let proxy = runtime.block_on(BlackHoleProxy::start(cluster.node(0).amqp_port()));
+    let uris = vec![proxy.amqp_uri(), cluster.amqp_uri(1), cluster.amqp_uri(2)];
+    let hutch = application(uris, &scope).build().unwrap();
+    let running = runtime.block_on(hutch.start()).expect("start");
+    assert_eq!(connected_nodes(&cluster), BTreeSet::from([0]));
+    assert_eq!(await_replicated(&cluster, &scope.queue("ticks")), 0);
+
+    let report = stream_through_failure(&runtime, &hutch, &scope, || proxy.black_hole());
+    assert_nothing_lost("the application's path to its node goes silent", &report);
+    // Node 0 closes the silent connections when their heartbeats are
+    // missed too; the application is on the other nodes by then.
+    let deadline = Instant::now() + ELECTION_PATIENCE;
+    while connected_nodes(&cluster).contains(&0) {
+        assert!(
+            Instant::now() < deadline,
+            "node 0 still lists the silent connections"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!connected_nodes(&cluster).is_empty());
+
+    proxy.heal();
+    clean_up(&runtime, running, &hutch, &cluster, &scope);
 }

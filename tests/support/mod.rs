@@ -2,6 +2,7 @@
 //! a journal that handlers write to and tests wait on, and raw lapin access
 //! for publishing what hutch-rs itself never would.
 
+pub mod failover;
 pub mod proxy;
 
 use std::{

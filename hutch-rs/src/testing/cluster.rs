@@ -318,7 +318,19 @@ impl Cluster {
                 online: self.indexes(row["online"].as_array().unwrap_or(&Vec::new())),
             }
         } else {
-            let node = row["pid"].as_str().and_then(|pid| self.index_of_pid(pid));
+            // The JSON formatter prints a pid without its node
+            // (`#PID<10986.1323.0>`); the table shows it.
+            let stdout = self.any_running()?.rabbitmqctl(&[
+                "-q",
+                "list_queues",
+                "--no-table-headers",
+                "name",
+                "pid",
+            ])?;
+            let node = stdout.lines().find_map(|line| {
+                let (queue, pid) = line.rsplit_once('\t')?;
+                (queue == name).then(|| self.index_of_pid(pid.trim()))?
+            });
             QueuePlacement {
                 name: name.to_owned(),
                 leader: node,
@@ -327,6 +339,24 @@ impl Cluster {
             }
         };
         Ok(Some(placement))
+    }
+
+    /// The node holding each client connection, one entry per connection,
+    /// sorted: where the applications under test are connected, as the
+    /// broker itself knows it (`rabbitmqctl list_connections`).
+    pub fn connection_nodes(&self) -> Result<Vec<usize>, BrokerError> {
+        let stdout = self.any_running()?.rabbitmqctl(&[
+            "-q",
+            "list_connections",
+            "--no-table-headers",
+            "pid",
+        ])?;
+        let mut nodes: Vec<usize> = stdout
+            .lines()
+            .filter_map(|pid| self.index_of_pid(pid.trim()))
+            .collect();
+        nodes.sort_unstable();
+        Ok(nodes)
     }
 
     /// The index of the node leading the queue `name`; `None` if there is

@@ -5,6 +5,10 @@
 //! Each test prints what it saw (confirmed, consumed, lost, duplicates, how
 //! long until consuming again) and fails if a confirmed message was lost.
 //!
+//! An operator's view comes last: a service configured from environment
+//! variables alone runs on the cluster over TLS, with quorum queues, and
+//! moves to another node when its own stops.
+//!
 //! The cluster harness itself is tested here too. A cluster takes about 40
 //! seconds to start and the test machine has two cores, so one cluster
 //! serves every test, and they take turns; each leaves all three nodes
@@ -26,9 +30,14 @@ use hutch_rs::{BoxError, Hutch, HutchBuilder, Message, consumer, testing::Cluste
 use hutch_rs_tests::{
     Scope,
     failover::{Deliveries, FailoverReport, Stream, Tick},
+    pki::{CERT_USER, Pki},
     proxy::BlackHoleProxy,
 };
-use serde_json::json;
+use serde_json::{Value, json};
+
+/// How long the operator's service may take to consume what was published
+/// to it.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 /// How long a new leader may take to be elected, or a restarted replica to
 /// come back online.
@@ -69,7 +78,26 @@ const DRAIN_PATIENCE: Duration = Duration::from_secs(120);
 /// The one cluster of this test binary, started by the first test that
 /// needs it. Two clusters at once would be six nodes on two cores, so the
 /// child process's cluster waits for this lock too.
-static CLUSTER: Mutex<Option<Cluster>> = Mutex::new(None);
+static CLUSTER: Mutex<Option<Shared>> = Mutex::new(None);
+
+/// The shared cluster, with a TLS listener on every node, and the
+/// certificates it was started with.
+struct Shared {
+    cluster: Cluster,
+    pki: Pki,
+}
+
+impl Shared {
+    /// Makes the certificates and starts the cluster with them. They are
+    /// kept in node 0's directory, which lives as long as the node.
+    fn start() -> Self {
+        let scratch = tempfile::tempdir().expect("a scratch directory");
+        let pki = Pki::make(scratch.path(), "hutch cluster test CA");
+        let cluster = Cluster::start_tls(&pki.node_files()).expect("the cluster starts");
+        let pki = pki.copy_to(&cluster.node(0).dir().join("test-pki"));
+        Self { cluster, pki }
+    }
+}
 
 /// What the failover consumers received.
 static DELIVERIES: LazyLock<Deliveries> = LazyLock::new(Deliveries::default);
@@ -99,19 +127,26 @@ fn init_logging() {
 }
 
 /// A test's turn with the shared cluster.
-struct Turn(MutexGuard<'static, Option<Cluster>>);
+struct Turn(MutexGuard<'static, Option<Shared>>);
+
+impl Turn {
+    /// The certificates the cluster's TLS listeners use and trust.
+    fn pki(&self) -> &Pki {
+        &self.0.as_ref().expect("a turn holds a cluster").pki
+    }
+}
 
 impl Deref for Turn {
     type Target = Cluster;
 
     fn deref(&self) -> &Cluster {
-        self.0.as_ref().expect("a turn holds a cluster")
+        &self.0.as_ref().expect("a turn holds a cluster").cluster
     }
 }
 
 impl DerefMut for Turn {
     fn deref_mut(&mut self) -> &mut Cluster {
-        self.0.as_mut().expect("a turn holds a cluster")
+        &mut self.0.as_mut().expect("a turn holds a cluster").cluster
     }
 }
 
@@ -126,10 +161,10 @@ fn turn() -> Turn {
     };
     let healthy = guard
         .as_ref()
-        .is_some_and(|cluster| (0..3).all(|node| cluster.is_running(node)));
+        .is_some_and(|shared| (0..3).all(|node| shared.cluster.is_running(node)));
     if poisoned || !healthy {
         drop(guard.take());
-        *guard = Some(Cluster::start().expect("the cluster starts"));
+        *guard = Some(Shared::start());
         CLUSTER.clear_poison();
     }
     Turn(guard)
@@ -251,6 +286,11 @@ fn clean_up(
         .block_on(running.shutdown())
         .expect("a clean shutdown");
     runtime.block_on(hutch.close()).expect("close");
+    delete_queues(cluster, scope);
+}
+
+/// Deletes the scope's queues.
+fn delete_queues(cluster: &Cluster, scope: &Scope) {
     let node = cluster.node(0);
     for queue in node.queues().expect("list queues") {
         if queue.name.starts_with(&scope.namespace) {
@@ -529,4 +569,212 @@ fn nothing_is_lost_when_a_proxy_cuts_the_application_off_its_node() {
 
     proxy.heal();
     clean_up(&runtime, running, &hutch, &cluster, &scope);
+}
+
+/// The consumer process of the operator's test, killed if the test ends
+/// before it does, and the messages it printed that it consumed.
+struct Service {
+    child: std::process::Child,
+    consumed: std::sync::mpsc::Receiver<u64>,
+}
+
+impl Service {
+    /// Starts `env_consumer` with exactly the `HUTCH_*` variables given
+    /// (none inherited from the test's environment).
+    fn start(variables: &[(&str, String)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_env_consumer"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("HUTCH_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .envs(variables.iter().map(|(name, value)| (*name, value)))
+            .stdout(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("start env_consumer");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, consumed) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(seq) = line.strip_prefix("consumed ") {
+                    let _ = sender.send(seq.parse().expect("a sequence number"));
+                }
+            }
+        });
+        Self { child, consumed }
+    }
+
+    /// Panics if the process has ended (its error is on the test's output).
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("poll the service") {
+            panic!("the service ended: {status}");
+        }
+    }
+
+    /// Waits until it consumed every message of `expected`; panics after
+    /// `patience` with what is missing.
+    fn await_consumed(&self, expected: std::ops::Range<u64>, patience: Duration) {
+        let mut missing: BTreeSet<u64> = expected.collect();
+        let deadline = Instant::now() + patience;
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.consumed.recv_timeout(left) {
+                Ok(seq) => {
+                    missing.remove(&seq);
+                }
+                Err(_) => panic!(
+                    "the service did not consume {} message(s), e.g. {:?}",
+                    missing.len(),
+                    missing.iter().take(10).collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cluster's client connections as rabbitmqctl sees them: TLS or not,
+/// login mechanism, user.
+fn connection_logins(cluster: &Cluster) -> Vec<Value> {
+    let running = cluster.running_nodes().expect("the cluster answers");
+    let stdout = cluster
+        .node(running[0])
+        .rabbitmqctl(&[
+            "-q",
+            "list_connections",
+            "--formatter",
+            "json",
+            "ssl",
+            "auth_mechanism",
+            "user",
+        ])
+        .expect("rabbitmqctl list_connections");
+    serde_json::from_str(&stdout).expect("a JSON list of connections")
+}
+
+#[test]
+fn an_operator_runs_a_service_on_a_tls_only_cluster_from_environment_variables_alone() {
+    let cluster = turn();
+    let pki = cluster.pki().clone();
+    let ctl = |args: &[&str]| {
+        cluster
+            .node(0)
+            .rabbitmqctl(args)
+            .unwrap_or_else(|error| panic!("rabbitmqctl {args:?}: {error}"))
+    };
+    // The certificate's user, without a password: users are cluster-wide.
+    if !ctl(&["-q", "list_users"]).contains(CERT_USER) {
+        ctl(&["add_user", CERT_USER, "unused-password"]);
+        ctl(&["clear_password", CERT_USER]);
+        ctl(&["set_permissions", "-p", "/", CERT_USER, ".*", ".*", ".*"]);
+    }
+    let amqps: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|node| {
+            let port = node.amqps_port().expect("a TLS listener");
+            format!("amqps://127.0.0.1:{port}/%2f?auth_mechanism=external")
+        })
+        .collect();
+    let scope = Scope::new("operator");
+    let path = |path: &std::path::Path| path.display().to_string();
+    let mut service = Service::start(&[
+        ("HUTCH_URI", amqps.join(",")),
+        ("HUTCH_TLS_CA_CERT", path(&pki.ca_cert)),
+        ("HUTCH_TLS_CLIENT_CERT", path(&pki.client_cert)),
+        ("HUTCH_TLS_CLIENT_KEY", path(&pki.client_key)),
+        ("HUTCH_QUEUE_TYPE", "quorum".to_owned()),
+        ("HUTCH_EXCHANGE", scope.exchange.clone()),
+        ("HUTCH_NAMESPACE", scope.namespace.clone()),
+        ("HUTCH_GROUP", "operator".to_owned()),
+        ("HUTCH_HEARTBEAT", "2s".to_owned()),
+    ]);
+    let queue = scope.queue("operator");
+    let deadline = Instant::now() + ELECTION_PATIENCE;
+    let placement = loop {
+        service.assert_running();
+        let waited = cluster.await_queue(&queue, Duration::from_secs(1), |queue| {
+            queue.online.len() == 3
+        });
+        match waited {
+            Ok(placement) => break placement,
+            Err(error) if Instant::now() >= deadline => {
+                panic!("the service did not declare its queue: {error}")
+            }
+            Err(_) => {}
+        }
+    };
+    assert_eq!(
+        placement.members,
+        vec![0, 1, 2],
+        "a quorum queue on every node"
+    );
+
+    // The test publishes through node 2 alone, over TLS too, so that node 0
+    // holds the service's connections only.
+    let runtime = runtime();
+    let publisher = Hutch::builder()
+        .uri(amqps[2].clone())
+        .tls_ca_cert(&pki.ca_cert)
+        .tls_client_cert(&pki.client_cert)
+        .tls_client_key(&pki.client_key)
+        .exchange(&scope.exchange)
+        .namespace(&scope.namespace)
+        .group("publisher-only")
+        .build()
+        .expect("valid TLS settings");
+    let publish = |seqs: std::ops::Range<u64>| {
+        runtime.block_on(async {
+            for seq in seqs {
+                let tick = Tick {
+                    run: scope.namespace.clone(),
+                    seq,
+                };
+                publisher
+                    .publish("operator.tick", &tick)
+                    .await
+                    .expect("a confirmed publish");
+            }
+        });
+    };
+    publish(0..100);
+    service.await_consumed(0..100, PATIENCE);
+    let service_nodes: BTreeSet<usize> = connected_nodes(&cluster);
+    assert_eq!(
+        service_nodes,
+        BTreeSet::from([0, 2]),
+        "service on 0, test on 2"
+    );
+    let logins = connection_logins(&cluster);
+    // The service's consuming connection and the test's publishing one (the
+    // service publishes nothing, so it opened no publishing connection).
+    assert_eq!(logins.len(), 2, "{logins:?}");
+    for login in &logins {
+        assert_eq!(login["ssl"], true, "{login}");
+        assert_eq!(login["auth_mechanism"], "EXTERNAL", "{login}");
+        assert_eq!(login["user"], CERT_USER, "{login}");
+    }
+
+    // Its node stops: the service moves on, over TLS, and loses nothing.
+    cluster.stop_node(0).expect("stop node 0");
+    publish(100..200);
+    service.await_consumed(100..200, PATIENCE);
+    assert!(!connected_nodes(&cluster).contains(&0));
+    for login in connection_logins(&cluster) {
+        assert_eq!(login["ssl"], true, "{login}");
+    }
+
+    cluster.start_node(0).expect("start node 0 again");
+    await_replicated(&cluster, &queue);
+    drop(service);
+    runtime.block_on(publisher.close()).expect("close");
+    delete_queues(&cluster, &scope);
 }

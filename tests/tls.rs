@@ -7,7 +7,6 @@
 //! serves the whole binary; its certificates are made here with rcgen.
 
 use std::{
-    path::{Path, PathBuf},
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -16,16 +15,12 @@ use hutch_rs::{
     BoxError, Error, Hutch, HutchBuilder, Message, consumer,
     testing::{Broker, TlsNodeFiles},
 };
-use hutch_rs_tests::{JOURNAL, Scope, Seen, init_logging, unique};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+use hutch_rs_tests::{
+    JOURNAL, Scope, Seen, init_logging,
+    pki::{CERT_USER, Pki},
+    unique,
 };
 use serde_json::Value;
-
-/// The common name of the client certificate, and so the user an EXTERNAL
-/// login is made as.
-const CERT_USER: &str = "hutch-tls-client";
 
 /// How long a certificate problem may take to end `start`: it is known
 /// after one handshake (and one read, with TLS 1.3), far below the retry
@@ -57,65 +52,6 @@ async fn never_connected(msg: Message<Value>) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// A CA, and a certificate with its key signed by it, as PEM files.
-struct Pki {
-    ca_cert: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-/// Makes a CA named `ca_name` in `dir`, a server certificate for 127.0.0.1
-/// and localhost, and a client certificate whose common name is
-/// [`CERT_USER`].
-fn make_pki(dir: &Path, ca_name: &str) -> Pki {
-    std::fs::create_dir_all(dir).unwrap();
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, ca_name);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let ca = Issuer::new(ca_params, ca_key);
-
-    let server_key = KeyPair::generate().unwrap();
-    let mut server_params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
-
-    let client_key = KeyPair::generate().unwrap();
-    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, CERT_USER);
-    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = client_params.signed_by(&client_key, &ca).unwrap();
-
-    Pki {
-        ca_cert: write("ca.pem", ca_cert.pem()),
-        server_cert: write("server.pem", server_cert.pem()),
-        server_key: write("server.key", server_key.serialize_pem()),
-        client_cert: write("client.pem", client_cert.pem()),
-        client_key: write("client.key", client_key.serialize_pem()),
-    }
-}
-
 /// The TLS node of this binary and the certificates around it: `trusted`
 /// is the node's own CA, `stranger` a CA that has nothing to do with it.
 struct TlsNode {
@@ -130,7 +66,7 @@ fn node() -> &'static TlsNode {
     static NODE: OnceLock<TlsNode> = OnceLock::new();
     NODE.get_or_init(|| {
         let scratch = tempfile::tempdir().unwrap();
-        let trusted = make_pki(&scratch.path().join("trusted"), "hutch test CA");
+        let trusted = Pki::make(&scratch.path().join("trusted"), "hutch test CA");
         let broker = Broker::start_tls(&TlsNodeFiles {
             ca_cert: trusted.ca_cert.clone(),
             cert: trusted.server_cert.clone(),
@@ -139,30 +75,14 @@ fn node() -> &'static TlsNode {
         .expect("start a node with a TLS listener");
         // Kept in the node's directory, which lives as long as the node.
         let keep = broker.dir().join("test-pki");
-        let trusted = make_pki_copy(&trusted, &keep.join("trusted"));
-        let stranger = make_pki(&keep.join("stranger"), "stranger CA");
+        let trusted = trusted.copy_to(&keep.join("trusted"));
+        let stranger = Pki::make(&keep.join("stranger"), "stranger CA");
         TlsNode {
             broker,
             trusted,
             stranger,
         }
     })
-}
-
-fn make_pki_copy(pki: &Pki, dir: &Path) -> Pki {
-    std::fs::create_dir_all(dir).unwrap();
-    let copy = |from: &Path| {
-        let to = dir.join(from.file_name().unwrap());
-        std::fs::copy(from, &to).unwrap();
-        to
-    };
-    Pki {
-        ca_cert: copy(&pki.ca_cert),
-        server_cert: copy(&pki.server_cert),
-        server_key: copy(&pki.server_key),
-        client_cert: copy(&pki.client_cert),
-        client_key: copy(&pki.client_key),
-    }
 }
 
 async fn tls_node() -> &'static TlsNode {

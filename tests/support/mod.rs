@@ -3,6 +3,7 @@
 //! for publishing what hutch-rs itself never would.
 
 pub mod failover;
+pub mod pki;
 pub mod proxy;
 
 use std::{

@@ -137,13 +137,13 @@ impl Broker {
         Self::start_with(Some(files), None)
     }
 
-    /// Starts a new node as [`Broker::start`] does, with `cookie` as its
-    /// Erlang cookie: nodes that share a cookie can form a cluster.
-    pub(crate) fn start_with_cookie(cookie: &str) -> Result<Broker, BrokerError> {
-        Self::start_with(None, Some(cookie))
-    }
-
-    fn start_with(tls: Option<&TlsNodeFiles>, cookie: Option<&str>) -> Result<Broker, BrokerError> {
+    /// Starts a new node as [`Broker::start`] does, with a TLS listener if
+    /// `tls` says so (see [`Broker::start_tls`]) and `cookie` as its Erlang
+    /// cookie if given: nodes that share a cookie can form a cluster.
+    pub(crate) fn start_with(
+        tls: Option<&TlsNodeFiles>,
+        cookie: Option<&str>,
+    ) -> Result<Broker, BrokerError> {
         let runtime = Runtime::from_env()?;
         let mut attempt = 1;
         loop {

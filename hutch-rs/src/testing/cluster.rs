@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{Broker, BrokerError, ctl, layout};
+use super::{Broker, BrokerError, TlsNodeFiles, ctl, layout};
 
 /// How many nodes a [`Cluster`] has.
 const NODES: usize = 3;
@@ -86,10 +86,24 @@ impl Cluster {
     /// Fails as [`Broker::start`] does, or with `rabbitmqctl`'s error if a
     /// node does not join; the nodes started so far are stopped.
     pub fn start() -> Result<Cluster, BrokerError> {
+        Self::start_with(None)
+    }
+
+    /// Starts a cluster as [`Cluster::start`] does, each node with a TLS
+    /// listener besides the plain one, as [`Broker::start_tls`] describes:
+    /// the three use the same `files` (a server certificate for `127.0.0.1`
+    /// and `localhost` serves them all), require a client certificate
+    /// signed by their CA and accept EXTERNAL logins. See
+    /// [`Cluster::amqps_uris`].
+    pub fn start_tls(files: &TlsNodeFiles) -> Result<Cluster, BrokerError> {
+        Self::start_with(Some(files))
+    }
+
+    fn start_with(tls: Option<&TlsNodeFiles>) -> Result<Cluster, BrokerError> {
         let cookie = layout::new_cookie();
         let mut nodes = Vec::with_capacity(NODES);
         for _ in 0..NODES {
-            nodes.push(Broker::start_with_cookie(&cookie)?);
+            nodes.push(Broker::start_with(tls, Some(&cookie))?);
         }
         let cluster = Cluster {
             nodes,
@@ -149,6 +163,12 @@ impl Cluster {
     /// a `HUTCH_URI` that lets hutch-rs fail over between the nodes.
     pub fn uris(&self) -> Vec<String> {
         self.nodes.iter().map(Broker::amqp_uri).collect()
+    }
+
+    /// Every node's `amqps` URI, in node order, for a cluster started with
+    /// [`Cluster::start_tls`] (see [`Broker::amqps_uri`]); `None` otherwise.
+    pub fn amqps_uris(&self) -> Option<Vec<String>> {
+        self.nodes.iter().map(Broker::amqps_uri).collect()
     }
 
     /// The index of the node called `node_name`, if it is one of ours.

@@ -22,7 +22,7 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::{
     Error,
-    child::{self, CONFIRMED, GO, MARKER, PAUSES_FROM, READY},
+    child::{self, CONFIRMED, FAILURE, GO, MARKER, READY},
     cli::ClientArgs,
     report::{Failover, Isolation, Latency, Meter, Throughput},
     scenario::Scenario,
@@ -503,7 +503,8 @@ fn failover_builder(args: &ClientArgs) -> HutchBuilder {
 /// `args.messages` confirmed publishes from [`FAILOVER_PUBLISHERS`] tasks,
 /// each as fast as its confirms come; says `CONFIRMED` at
 /// [`FAILOVER_AT`] (the orchestrator may stop a node then), and reports once
-/// every confirmed message was consumed.
+/// every confirmed message was consumed and the orchestrator said when the
+/// failure began.
 async fn stream_through_failover(args: &ClientArgs) -> Result<Failover, Error> {
     let hutch = failover_builder(args).build()?;
     let running = hutch.start().await?;
@@ -590,14 +591,18 @@ async fn stream_through_failover(args: &ClientArgs) -> Result<Failover, Error> {
     }
     let deliveries = std::mem::take(&mut *lock(&FAILOVER_DELIVERIES));
 
-    // Sent when the orchestrator heard `CONFIRMED`, long before now.
-    let pauses_from = match child::from_orchestrator().await {
-        Some(line) => line
-            .strip_prefix(PAUSES_FROM)
-            .ok_or_else(|| format!("expected {PAUSES_FROM}, got {line:?}"))?
-            .trim()
-            .parse()?,
-        None => return Err(format!("stdin closed before {PAUSES_FROM}").into()),
+    // Sent once the node is stopped, which may be after the stream ended.
+    let line = child::from_orchestrator()
+        .await
+        .ok_or_else(|| format!("stdin closed before {FAILURE}"))?;
+    let times: Vec<u64> = line
+        .strip_prefix(FAILURE)
+        .ok_or_else(|| format!("expected {FAILURE}, got {line:?}"))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [began, cut] = times[..] else {
+        return Err(format!("expected {FAILURE} <began> <cut>, got {line:?}").into());
     };
     running.shutdown().await?;
     hutch.close().await?;
@@ -606,7 +611,8 @@ async fn stream_through_failover(args: &ClientArgs) -> Result<Failover, Error> {
         &deliveries,
         failed.load(Ordering::Relaxed),
         started,
-        pauses_from,
+        began,
+        cut,
     ))
 }
 

@@ -90,23 +90,25 @@ pub(crate) struct Failover {
     /// From the first publish until every confirmed message was both
     /// confirmed and consumed.
     pub(crate) elapsed_ns: u64,
-    /// The longest time without a delivery from `pauses_from` on (the
-    /// start of the stop, or the same point of the stream without one).
+    /// The longest time without a delivery from the start of the stop on
+    /// (or the same point of the stream without one).
     pub(crate) longest_pause_ns: u64,
-    /// Publishes confirmed after `pauses_from`: a failure that the stream
-    /// had already outrun would prove nothing.
-    pub(crate) confirmed_after: u64,
+    /// Publishes confirmed after the stopped node's listener closed: a
+    /// failure that the stream had already outrun would prove nothing.
+    pub(crate) confirmed_after_cut: u64,
 }
 
 impl Failover {
     /// Compares what was confirmed with what was delivered, each a list of
-    /// `(seq, unix nanos)`; `started` is the first publish's time.
+    /// `(seq, unix nanos)`; `started` is the first publish's time, `began`
+    /// the start of the stop, `cut` when the node's listener closed.
     pub(crate) fn of(
         confirmed: &[(u64, u64)],
         deliveries: &[(u64, u64)],
         failed_publishes: u64,
         started: u64,
-        pauses_from: u64,
+        began: u64,
+        cut: u64,
     ) -> Self {
         // The first delivery of each message: later ones are duplicates.
         let mut first_delivery: HashMap<u64, u64> = HashMap::with_capacity(deliveries.len());
@@ -131,11 +133,8 @@ impl Failover {
             duplicates: (deliveries.len() - first_delivery.len()) as u64,
             failed_publishes,
             elapsed_ns: done - started,
-            longest_pause_ns: longest_pause(deliveries.iter().map(|&(_, at)| at), pauses_from),
-            confirmed_after: confirmed
-                .iter()
-                .filter(|&&(_, at)| at > pauses_from)
-                .count() as u64,
+            longest_pause_ns: longest_pause(deliveries.iter().map(|&(_, at)| at), began),
+            confirmed_after_cut: confirmed.iter().filter(|&&(_, at)| at > cut).count() as u64,
         }
     }
 }

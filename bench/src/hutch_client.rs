@@ -210,7 +210,7 @@ async fn recovery(msg: Message<Payload>) -> Result<(), BoxError> {
 static FAILOVER_DELIVERIES: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 
 /// Queue `bench:failover`, on the three-node cluster: a quorum queue, which
-/// RabbitMQ (3.10 as 4.x) places with its leader on the node the declaring
+/// RabbitMQ (3.10 and 4.0 alike) places with its leader on the node the declaring
 /// connection is on (`client-local`), so that the node the orchestrator
 /// stops is both the one the client is connected to and the queue's
 /// leader: the worst single failure, both move at once.

@@ -7,8 +7,9 @@
 //! the time until all 10,000 are both confirmed and consumed, and, in the
 //! failover run, the longest pause in consuming from the start of the stop.
 //! Every confirmed message must be consumed (by its seq); a loss ends the
-//! bench. Duplicates (redeliveries, which at-least-once allows) are counted
-//! and printed.
+//! bench. Duplicates (redeliveries, and publishes hutch-rs sent again after
+//! the cut whose first copies had reached the queue: at-least-once allows
+//! both) are counted and printed.
 //!
 //! Raw lapin has no failover to compare with: the failover run is compared
 //! with the baseline of the same round, as the cluster tests
@@ -184,10 +185,11 @@ fn stream(cluster: &Cluster, stop: bool) -> Result<Failover, Error> {
     Ok(report)
 }
 
-/// Stops node 0 (`rabbitmqctl stop_app`, several seconds, most of it the
-/// command's own start-up) and returns when that began and when the node's
-/// AMQP listener closed, which is about when its connections were cut: the
-/// stream must go on past that for the run to show a failover.
+/// Stops node 0 (`rabbitmqctl stop_app`: several seconds on a 2-core
+/// machine, of which the first two or three pass before the node closes
+/// anything) and returns when that began and when the node's AMQP listener
+/// closed, which is about when its connections were cut: the stream must go
+/// on past that for the run to show a failover.
 fn stop_node(cluster: &Cluster) -> Result<(u64, u64), Error> {
     let port = SocketAddr::from(([127, 0, 0, 1], cluster.node(STOPPED).amqp_port()));
     thread::scope(|scope| {

@@ -1,8 +1,9 @@
 //! Client runs as child processes (this binary, re-executed with `client
 //! ...`), so that each one's CPU time and memory are its own; and the line
-//! protocol between them: the child writes `READY`, `MARKER <unix nanos>`
-//! and `RESULT <json>` lines on its stdout, the orchestrator writes
-//! `MEASURE` on its stdin and closes stdin to stop it.
+//! protocol between them: the child writes `READY`, `MARKER <unix nanos>`,
+//! `CONFIRMED <count>` and `RESULT <json>` lines on its stdout, the
+//! orchestrator writes `MEASURE`, `GO` and `FAILURE <unix nanos> <unix nanos>` on its
+//! stdin and closes stdin to stop it.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -24,6 +25,18 @@ pub(crate) const MARKER: &str = "MARKER";
 pub(crate) const RESULT: &str = "RESULT";
 /// Asks an idle child to read its memory now.
 pub(crate) const MEASURE: &str = "MEASURE";
+/// Tells a failover child to start its stream, once the orchestrator has
+/// checked where its connections and its queue are.
+pub(crate) const GO: &str = "GO";
+/// The failover child's progress: `CONFIRMED <count>`, once, when
+/// [`FAILOVER_AT`](crate::workload::FAILOVER_AT) publishes were confirmed.
+pub(crate) const CONFIRMED: &str = "CONFIRMED";
+/// The orchestrator's answer to `CONFIRMED`, once the node is stopped:
+/// `FAILURE <began> <cut>`, when it began stopping the node (the time from
+/// which the child measures the longest pause in consuming) and when the
+/// node's AMQP listener closed, about when its connections were cut. Without
+/// a stop, both are when the orchestrator heard `CONFIRMED`.
+pub(crate) const FAILURE: &str = "FAILURE";
 
 /// How long a child may take to exit once asked to.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -21,7 +21,8 @@ pub(crate) struct Options {
     pub(crate) sweep: bool,
 }
 
-const USAGE: &str = "usage: hutch-rs-bench [--rounds N] [--only drain,publish,latency,idle,recovery,dead-letter,cpu-handlers,isolation] [--quick] [--sweep]";
+const USAGE: &str = "usage: hutch-rs-bench [--rounds N] [--only drain,publish,latency,idle,recovery,dead-letter,cpu-handlers,isolation,failover] [--quick] [--sweep]
+  failover (in the default list) starts a three-node RabbitMQ cluster besides the single node, about a minute more";
 
 impl Options {
     /// Parses the orchestrator's arguments (without the program name).

@@ -7,9 +7,10 @@
 //! through statics, as in the quickstart example.
 
 use std::{
+    collections::HashSet,
     sync::{
-        Mutex,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -21,14 +22,15 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::{
     Error,
-    child::{self, MARKER, READY},
+    child::{self, CONFIRMED, FAILURE, GO, MARKER, READY},
     cli::ClientArgs,
-    report::{Isolation, Latency, Meter, Throughput},
+    report::{Failover, Isolation, Latency, Meter, Throughput},
     scenario::Scenario,
     workload::{
-        CONFIRM_WINDOW, CPU_QUEUE, CPU_WORK, DEAD_LETTER_QUEUE, DRAIN_QUEUE, IDLE_CONSUMERS,
-        LATENCY_KEY, LATENCY_QUEUE, MARKER_SEQ, NAMESPACE, PUBLISH_KEY, Payload, RECOVERY_QUEUE,
-        STEADY_QUEUE, STORM_QUEUE, WARM_UP_SEQ, idle_queue, unix_nanos,
+        CONFIRM_WINDOW, CPU_QUEUE, CPU_WORK, DEAD_LETTER_QUEUE, DRAIN_QUEUE, FAILOVER_AT,
+        FAILOVER_KEY, FAILOVER_PUBLISHERS, FAILOVER_QUEUE, IDLE_CONSUMERS, LATENCY_KEY,
+        LATENCY_QUEUE, MARKER_SEQ, NAMESPACE, PUBLISH_KEY, Payload, RECOVERY_QUEUE, STEADY_QUEUE,
+        STORM_QUEUE, WARM_UP_SEQ, idle_queue, unix_nanos,
     },
 };
 
@@ -204,6 +206,30 @@ async fn recovery(msg: Message<Payload>) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Every delivery of the failover consumer: `(seq, unix nanos)`.
+static FAILOVER_DELIVERIES: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// Queue `bench:failover`, on the three-node cluster: a quorum queue, which
+/// RabbitMQ (3.10 and 4.0 alike) places with its leader on the node the declaring
+/// connection is on (`client-local`), so that the node the orchestrator
+/// stops is both the one the client is connected to and the queue's
+/// leader: the worst single failure, both move at once.
+#[consumer(
+    group = "failover",
+    queue = "failover",
+    routing_key = "bench.failover",
+    queue_type = "quorum",
+    arguments = [("x-queue-leader-locator", "client-local")]
+)]
+async fn failover(msg: Message<Payload>) -> Result<(), BoxError> {
+    // Before the lock, so that waiting for it is not part of the time.
+    let received = unix_nanos();
+    if msg.seq != WARM_UP_SEQ {
+        lock(&FAILOVER_DELIVERIES).push((msg.seq, received));
+    }
+    Ok(())
+}
+
 /// The baseline of the idle-memory scenario: one consumer, on the first of
 /// the idle queues.
 #[consumer(group = "idle_one", queue = "idle_0", routing_key = "idle.0")]
@@ -259,6 +285,7 @@ async fn play(args: ClientArgs) -> Result<(), Error> {
         Scenario::DeadLetter => child::emit_result(&dead_letter_all(&args).await?),
         Scenario::CpuHandlers => child::emit_result(&burn_all(&args).await?),
         Scenario::Isolation => child::emit_result(&drain_beside_storm(&args).await?),
+        Scenario::Failover => child::emit_result(&stream_through_failover(&args).await?),
     }
 }
 
@@ -452,11 +479,148 @@ async fn consume_through_outages(args: &ClientArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// How long the failover stream may take, failover included: reaching it
+/// means publishing did not recover.
+const FAILOVER_PATIENCE: Duration = Duration::from_secs(180);
+/// How long consuming may lag behind the last confirm; reaching it leaves
+/// messages lost, which the orchestrator reports.
+const FAILOVER_DRAIN_PATIENCE: Duration = Duration::from_secs(120);
+
+/// The failover consumer's application, on the cluster's nodes (the
+/// comma-separated `--uri`, node 0 first), with the cluster tests' settings:
+/// a silent connection is given up after two heartbeats of 2 s, and
+/// reconnecting waits at most half a second.
+fn failover_builder(args: &ClientArgs) -> HutchBuilder {
+    builder(args, "failover")
+        .uris(args.uri.split(','))
+        .heartbeat(Duration::from_secs(2))
+        .connection_timeout(Duration::from_secs(3))
+        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(500))
+        .confirm_timeout(Duration::from_secs(30))
+}
+
+/// Consumes the failover queue, says `READY`, and on `GO` sends
+/// `args.messages` confirmed publishes from [`FAILOVER_PUBLISHERS`] tasks,
+/// each as fast as its confirms come; says `CONFIRMED` at
+/// [`FAILOVER_AT`] (the orchestrator may stop a node then), and reports once
+/// every confirmed message was consumed and the orchestrator said when the
+/// failure began.
+async fn stream_through_failover(args: &ClientArgs) -> Result<Failover, Error> {
+    let hutch = failover_builder(args).build()?;
+    let running = hutch.start().await?;
+    // Opens the publishing connection before the stream, as the publish
+    // scenario does; the consumer ignores it.
+    hutch
+        .publish(FAILOVER_KEY, &Payload::new(WARM_UP_SEQ, 0))
+        .await?;
+    child::emit(READY, "consuming");
+    match child::from_orchestrator().await.as_deref() {
+        Some(GO) => {}
+        other => return Err(format!("expected {GO}, got {other:?}").into()),
+    }
+
+    let started = unix_nanos();
+    // Tickets, so that exactly `args.messages` publishes are confirmed: a
+    // failed publish hands its ticket back and is sent again as a new
+    // message (a new seq), since it may or may not have reached the queue.
+    let tickets = Arc::new(AtomicI64::new(i64::try_from(args.messages)?));
+    let next_seq = Arc::new(AtomicU64::new(0));
+    let confirmed = Arc::new(Mutex::new(Vec::with_capacity(usize::try_from(
+        args.messages,
+    )?)));
+    let failed = Arc::new(AtomicU64::new(0));
+    let publishers: Vec<_> = (0..FAILOVER_PUBLISHERS)
+        .map(|_| {
+            let (hutch, tickets, next_seq, confirmed, failed) = (
+                hutch.clone(),
+                tickets.clone(),
+                next_seq.clone(),
+                confirmed.clone(),
+                failed.clone(),
+            );
+            tokio::spawn(async move {
+                while tickets.fetch_sub(1, Ordering::AcqRel) > 0 {
+                    let seq = next_seq.fetch_add(1, Ordering::Relaxed);
+                    match hutch.publish(FAILOVER_KEY, &Payload::new(seq, 0)).await {
+                        Ok(()) => {
+                            let mut confirmed = lock(&confirmed);
+                            confirmed.push((seq, unix_nanos()));
+                            if confirmed.len() as u64 == FAILOVER_AT {
+                                child::emit(CONFIRMED, FAILOVER_AT);
+                            }
+                        }
+                        Err(error) => {
+                            // The first says why; the count says how many.
+                            if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                                eprintln!("failover: a publish failed, sent again: {error}");
+                            }
+                            tickets.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                }
+                // The last fetch_sub took no ticket.
+                tickets.fetch_add(1, Ordering::AcqRel);
+            })
+        })
+        .collect();
+    let all_published = async {
+        for publisher in publishers {
+            publisher.await?;
+        }
+        Ok::<(), Error>(())
+    };
+    tokio::time::timeout(FAILOVER_PATIENCE, all_published)
+        .await
+        .map_err(|_| {
+            format!("the failover stream did not finish within {FAILOVER_PATIENCE:?}")
+        })??;
+    let confirmed = std::mem::take(&mut *lock(&confirmed));
+
+    // Polled: the time measured is each delivery's own, not when this
+    // loop noticed it.
+    let deadline = Instant::now() + FAILOVER_DRAIN_PATIENCE;
+    while Instant::now() < deadline {
+        let delivered: HashSet<u64> = lock(&FAILOVER_DELIVERIES)
+            .iter()
+            .map(|&(seq, _)| seq)
+            .collect();
+        if confirmed.iter().all(|(seq, _)| delivered.contains(seq)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deliveries = std::mem::take(&mut *lock(&FAILOVER_DELIVERIES));
+
+    // Sent once the node is stopped, which may be after the stream ended.
+    let line = child::from_orchestrator()
+        .await
+        .ok_or_else(|| format!("stdin closed before {FAILURE}"))?;
+    let times: Vec<u64> = line
+        .strip_prefix(FAILURE)
+        .ok_or_else(|| format!("expected {FAILURE}, got {line:?}"))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [began, cut] = times[..] else {
+        return Err(format!("expected {FAILURE} <began> <cut>, got {line:?}").into());
+    };
+    running.shutdown().await?;
+    hutch.close().await?;
+    Ok(Failover::of(
+        &confirmed,
+        &deliveries,
+        failed.load(Ordering::Relaxed),
+        started,
+        began,
+        cut,
+    ))
+}
+
 /// Checks that the consumers' queues are the ones the raw clients and the
 /// orchestrator use, so that a renamed consumer fails here and not as an
 /// empty measurement.
 pub(crate) fn check_queue_names() -> Result<(), Error> {
-    let expected: [(&str, Vec<String>); 8] = [
+    let expected: [(&str, Vec<String>); 9] = [
         ("drain", vec![DRAIN_QUEUE.to_owned()]),
         ("dead_letter", vec![DEAD_LETTER_QUEUE.to_owned()]),
         ("cpu", vec![CPU_QUEUE.to_owned()]),
@@ -466,6 +630,7 @@ pub(crate) fn check_queue_names() -> Result<(), Error> {
         ),
         ("latency", vec![LATENCY_QUEUE.to_owned()]),
         ("recovery", vec![RECOVERY_QUEUE.to_owned()]),
+        ("failover", vec![FAILOVER_QUEUE.to_owned()]),
         ("idle_one", vec![idle_queue(0)]),
         ("idle", {
             let mut names: Vec<String> = (0..IDLE_CONSUMERS).map(idle_queue).collect();

@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! cargo run --release -p hutch-rs-bench -- [--rounds 5] [--only drain,publish,...] [--quick]
+//! cargo run --release -p hutch-rs-bench -- --only failover --rounds 3
 //! ```
 //!
 //! The orchestrator (this process) starts a private RabbitMQ node and, round
@@ -10,12 +11,18 @@
 //! current-thread runtime, raw lapin on the multi-thread runtime, and a
 //! hutch-rs application, in an order that rotates each round. The
 //! scenarios of what hutch-rs adds to lapin (dead-letter, cpu-handlers,
-//! isolation) run hutch-rs alone and compare it with itself, in the same
-//! round, against a target. Each client
+//! isolation, failover) run hutch-rs alone and compare it with itself, in
+//! the same round, against a target or a run without the failure. Each
+//! client
 //! is a child process (this binary again, `client ...`), so that its CPU
 //! time and memory are its own. Same broker, same queues, same settings:
 //! durable classic queues, persistent 1 KiB JSON messages, manual acks,
 //! prefetch 200, publisher confirms with a window of 200.
+//!
+//! The failover scenario needs three nodes: when it is selected (it is by
+//! default), the orchestrator also starts a private three-node cluster
+//! (`hutch_rs::testing::Cluster`, about a minute on two cores) for the
+//! whole run, and stops and starts its node 0 in every round.
 //!
 //! Progress goes to stderr; the markdown table of the results to stdout.
 
@@ -32,10 +39,12 @@ mod workload;
 
 use std::process::ExitCode;
 
+use hutch_rs::testing::Cluster;
+
 use crate::{
     broker::BenchBroker,
     cli::{ClientArgs, Impl, Options},
-    scenario::Bench,
+    scenario::{Bench, Scenario},
     stats::Results,
 };
 
@@ -72,15 +81,24 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
     eprintln!("starting a private RabbitMQ node...");
     let broker = BenchBroker::start()?;
     let version = broker.version()?;
+    // Only for the failover scenario: three more nodes on a small machine
+    // would slow every other scenario down for nothing.
+    let cluster = if !options.sweep && options.scenarios.contains(&Scenario::Failover) {
+        eprintln!("starting a private three-node RabbitMQ cluster for the failover scenario...");
+        Some(Cluster::start()?)
+    } else {
+        None
+    };
     let bench = |round| Bench {
         broker: &broker,
+        cluster: cluster.as_ref(),
         options,
         round,
     };
     if options.sweep {
         let table = scenario::sweep::run(&bench(0), options.rounds)?;
         println!("# hutch-rs drain by prefetch and concurrency\n");
-        print_header(options, &version);
+        print_header(options, &version, false);
         print!("{table}");
         return Ok(());
     }
@@ -104,7 +122,7 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
     }
 
     println!("# hutch-rs vs raw lapin\n");
-    print_header(options, &version);
+    print_header(options, &version, cluster.is_some());
     print!("{}", results.table());
     let verdicts = results.verdicts();
     if !verdicts.is_empty() {
@@ -113,12 +131,17 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
     Ok(())
 }
 
-/// The machine, the broker and the command line, above a table.
-fn print_header(options: &Options, version: &str) {
+/// The machine, the broker(s) and the command line, above a table.
+fn print_header(options: &Options, version: &str, cluster: bool) {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let command: Vec<String> = std::env::args().collect();
     println!("- machine: {cpus} CPUs (nproc)");
     println!("- RabbitMQ {version}, private node");
+    if cluster {
+        println!(
+            "- failover: a private three-node cluster of the same RabbitMQ, besides that node"
+        );
+    }
     println!("- command: `{}`", command.join(" "));
     println!(
         "- {} round(s); {} messages per drain/publish run; latency runs of {:?}",

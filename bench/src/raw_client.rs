@@ -53,7 +53,10 @@ pub(crate) fn run(args: &ClientArgs) -> Result<(), Error> {
             Scenario::Latency => child::emit_result(&latency(args).await?),
             Scenario::Idle => idle(args).await,
             Scenario::Recovery => recovery(args).await,
-            Scenario::DeadLetter | Scenario::CpuHandlers | Scenario::Isolation => {
+            Scenario::DeadLetter
+            | Scenario::CpuHandlers
+            | Scenario::Isolation
+            | Scenario::Failover => {
                 Err(format!("{} is played by hutch-rs alone", args.scenario).into())
             }
         }

@@ -1,7 +1,10 @@
 //! What a client child measures and hands to the orchestrator: one
 //! `RESULT <json>` line on its stdout.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +68,89 @@ impl Latency {
             p99_ns: at(0.99),
         }
     }
+}
+
+/// One failover run: a stream of confirmed publishes to a quorum queue's
+/// consumer, with or without the connected node stopped during it. Times
+/// are Unix-epoch nanoseconds of this machine's clock, which the
+/// orchestrator's time of the stop is comparable with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Failover {
+    /// Publishes confirmed (the stream's length, unless it stalled).
+    pub(crate) confirmed: u64,
+    /// Distinct messages consumed.
+    pub(crate) consumed: u64,
+    /// Confirmed messages never consumed: a broken promise, must be 0.
+    pub(crate) lost: u64,
+    /// Deliveries beyond the first of a message (redeliveries after the
+    /// failure; at-least-once allows them).
+    pub(crate) duplicates: u64,
+    /// Publishes that returned an error, and were sent again as new ones.
+    pub(crate) failed_publishes: u64,
+    /// From the first publish until every confirmed message was both
+    /// confirmed and consumed.
+    pub(crate) elapsed_ns: u64,
+    /// The longest time without a delivery from the start of the stop on
+    /// (or the same point of the stream without one).
+    pub(crate) longest_pause_ns: u64,
+    /// Publishes confirmed after the stopped node's listener closed: a
+    /// failure that the stream had already outrun would prove nothing.
+    pub(crate) confirmed_after_cut: u64,
+}
+
+impl Failover {
+    /// Compares what was confirmed with what was delivered, each a list of
+    /// `(seq, unix nanos)`; `started` is the first publish's time, `began`
+    /// the start of the stop, `cut` when the node's listener closed.
+    pub(crate) fn of(
+        confirmed: &[(u64, u64)],
+        deliveries: &[(u64, u64)],
+        failed_publishes: u64,
+        started: u64,
+        began: u64,
+        cut: u64,
+    ) -> Self {
+        // The first delivery of each message: later ones are duplicates.
+        let mut first_delivery: HashMap<u64, u64> = HashMap::with_capacity(deliveries.len());
+        for &(seq, at) in deliveries {
+            first_delivery
+                .entry(seq)
+                .and_modify(|first| *first = (*first).min(at))
+                .or_insert(at);
+        }
+        let mut lost = 0;
+        let mut done = started;
+        for &(seq, confirmed_at) in confirmed {
+            match first_delivery.get(&seq) {
+                Some(&delivered_at) => done = done.max(confirmed_at).max(delivered_at),
+                None => lost += 1,
+            }
+        }
+        Self {
+            confirmed: confirmed.len() as u64,
+            consumed: first_delivery.len() as u64,
+            lost,
+            duplicates: (deliveries.len() - first_delivery.len()) as u64,
+            failed_publishes,
+            elapsed_ns: done - started,
+            longest_pause_ns: longest_pause(deliveries.iter().map(|&(_, at)| at), began),
+            confirmed_after_cut: confirmed.iter().filter(|&&(_, at)| at > cut).count() as u64,
+        }
+    }
+}
+
+/// The longest gap between `since` and the first event after it, or
+/// between two events after it.
+fn longest_pause(events: impl Iterator<Item = u64>, since: u64) -> u64 {
+    let mut after: Vec<u64> = events.filter(|&at| at >= since).collect();
+    after.sort_unstable();
+    let mut previous = since;
+    let mut longest = 0;
+    for at in after {
+        longest = longest.max(at - previous);
+        previous = at;
+    }
+    longest
 }
 
 /// The resident memory of a client with its consumers idle.

@@ -58,6 +58,19 @@ pub(crate) const STORM_KEY: &str = "bench.storm";
 pub(crate) const STEADY_QUEUE: &str = "bench:steady";
 /// Routes to [`STEADY_QUEUE`].
 pub(crate) const STEADY_KEY: &str = "bench.steady";
+/// The failover scenario's queue, on the three-node cluster: consumer
+/// `failover`, a quorum queue led by the node it is declared through.
+pub(crate) const FAILOVER_QUEUE: &str = "bench:failover";
+/// Routes to [`FAILOVER_QUEUE`].
+pub(crate) const FAILOVER_KEY: &str = "bench.failover";
+/// Confirmed publishes in each failover run: as many as the cluster tests'
+/// failover streams (`tests/cluster.rs`), so that the two can be compared.
+pub(crate) const FAILOVER_STREAM: u64 = 10_000;
+/// How many were confirmed when the failover run stops the connected node.
+pub(crate) const FAILOVER_AT: u64 = 3_000;
+/// Tasks publishing the failover stream, each awaiting its confirm before
+/// the next publish: as in the cluster tests.
+pub(crate) const FAILOVER_PUBLISHERS: usize = 16;
 /// How many consumers the idle-memory scenario runs; `build.rs` generates
 /// as many `#[consumer]` functions.
 pub(crate) const IDLE_CONSUMERS: usize = 1_000;

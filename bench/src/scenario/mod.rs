@@ -4,6 +4,7 @@
 mod cpu_handlers;
 mod dead_letter;
 mod drain;
+mod failover;
 mod idle;
 mod isolation;
 mod latency;
@@ -12,6 +13,8 @@ mod recovery;
 pub(crate) mod sweep;
 
 use std::{fmt, str::FromStr};
+
+use hutch_rs::testing::Cluster;
 
 use crate::{
     Error,
@@ -40,11 +43,15 @@ pub(crate) enum Scenario {
     CpuHandlers,
     /// hutch-rs alone: one consumer drains while another fails every message.
     Isolation,
+    /// hutch-rs alone, on a three-node cluster: a stream of confirmed
+    /// publishes to a quorum queue, without and with the connected node
+    /// stopped during it.
+    Failover,
 }
 
 impl Scenario {
     /// Every scenario, in the default order.
-    pub(crate) const ALL: [Scenario; 8] = [
+    pub(crate) const ALL: [Scenario; 9] = [
         Scenario::Drain,
         Scenario::Publish,
         Scenario::Latency,
@@ -53,6 +60,7 @@ impl Scenario {
         Scenario::DeadLetter,
         Scenario::CpuHandlers,
         Scenario::Isolation,
+        Scenario::Failover,
     ];
 
     fn name(self) -> &'static str {
@@ -65,18 +73,21 @@ impl Scenario {
             Scenario::DeadLetter => "dead-letter",
             Scenario::CpuHandlers => "cpu-handlers",
             Scenario::Isolation => "isolation",
+            Scenario::Failover => "failover",
         }
     }
 
     /// Whether `implementation` plays the scenario. Forwarding failed
-    /// messages, concurrent handler calls and isolation between consumers
-    /// are what hutch-rs adds to lapin: the raw clients have nothing to
-    /// compare there, and those scenarios compare hutch-rs with itself.
+    /// messages, concurrent handler calls, isolation between consumers and
+    /// failing over to another node are what hutch-rs adds to lapin: the
+    /// raw clients have nothing to compare there, and those scenarios
+    /// compare hutch-rs with itself.
     pub(crate) fn played_by(self, implementation: Impl) -> bool {
         match self {
-            Scenario::DeadLetter | Scenario::CpuHandlers | Scenario::Isolation => {
-                implementation == Impl::Hutch
-            }
+            Scenario::DeadLetter
+            | Scenario::CpuHandlers
+            | Scenario::Isolation
+            | Scenario::Failover => implementation == Impl::Hutch,
             _ => true,
         }
     }
@@ -97,6 +108,7 @@ impl Scenario {
             Scenario::DeadLetter => dead_letter::run(bench, results),
             Scenario::CpuHandlers => cpu_handlers::run(bench, results),
             Scenario::Isolation => isolation::run(bench, results),
+            Scenario::Failover => failover::run(bench, results),
         }
     }
 }
@@ -126,6 +138,9 @@ impl FromStr for Scenario {
 pub(crate) struct Bench<'a> {
     /// The broker node.
     pub(crate) broker: &'a BenchBroker,
+    /// The three-node cluster of the failover scenario, started only when
+    /// that scenario is selected (it takes about a minute).
+    pub(crate) cluster: Option<&'a Cluster>,
     /// The run's options.
     pub(crate) options: &'a Options,
     /// The round, from 0: scenarios that measure two settings alternate

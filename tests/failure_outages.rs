@@ -14,12 +14,10 @@ use hutch_rs::{
     BoxError, Decision, Failure, Hutch, HutchBuilder, Message, Outcome, consumer, testing::Broker,
 };
 use hutch_rs_tests::{
-    ALARM_OFF, ALARM_ON, JOURNAL, PATIENCE, Scope, Seen, init_logging, own_broker, rabbitmqctl,
+    ALARM_OFF, ALARM_ON, JOURNAL, NodeTurn, PATIENCE, Scope, Seen, init_logging, rabbitmqctl,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {
@@ -118,9 +116,9 @@ fn builder(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_message_stays_unacknowledged_while_a_broker_alarm_blocks_its_copy() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let turn = NodeTurn::take().await;
     init_logging();
-    let broker = own_broker().await;
+    let broker = turn.broker();
     let scope = Scope::new("blocked");
     let queue = scope.queue("fails_while_blocked");
     let (builder, mut failures) = builder(&broker, &scope, "blocked");
@@ -179,10 +177,10 @@ async fn a_failed_message_stays_unacknowledged_while_a_broker_alarm_blocks_its_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_messages_reach_the_dead_letter_queue_through_forced_closes() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let turn = NodeTurn::take().await;
     init_logging();
     const COUNT: u64 = 300;
-    let broker = own_broker().await;
+    let broker = turn.broker();
     let scope = Scope::new("outage");
     let queue = scope.queue("fails_through_outages");
     let (builder, mut failures) = builder(&broker, &scope, "outage");
@@ -267,9 +265,9 @@ async fn failing_messages_reach_the_dead_letter_queue_through_forced_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_in_a_delay_queue_survives_all_connections_being_closed() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let turn = NodeTurn::take().await;
     init_logging();
-    let broker = own_broker().await;
+    let broker = turn.broker();
     let scope = Scope::new("patient");
     let queue = scope.queue("patient");
     let (builder, mut failures) = builder(&broker, &scope, "patient");

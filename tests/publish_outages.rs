@@ -16,12 +16,10 @@ use hutch_rs::{
     testing::Broker,
 };
 use hutch_rs_tests::{
-    ALARM_OFF, ALARM_ON, PATIENCE, Scope, TALLY, bound_queue_on, init_logging, own_broker,
-    proxy::BlackHoleProxy, rabbitmqctl,
+    ALARM_OFF, ALARM_ON, NodeTurn, PATIENCE, Scope, TALLY, bound_queue_on, init_logging,
+    own_broker, proxy::BlackHoleProxy, rabbitmqctl,
 };
 use serde::{Deserialize, Serialize};
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Tagged {
@@ -48,9 +46,9 @@ fn builder(broker: &hutch_rs::testing::Broker, scope: &Scope) -> HutchBuilder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_publish_that_returned_ok_is_consumed_through_forced_closes() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let turn = NodeTurn::take().await;
     init_logging();
-    let broker = own_broker().await;
+    let broker = turn.broker();
     let scope = Scope::new("forced");
     let hutch = builder(&broker, &scope)
         .confirm_timeout(Duration::from_secs(10))
@@ -145,9 +143,9 @@ async fn every_publish_that_returned_ok_is_consumed_through_forced_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_alarm_fails_publishes_as_blocked_while_consumers_go_on() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let turn = NodeTurn::take().await;
     init_logging();
-    let broker = own_broker().await;
+    let broker = turn.broker();
     let scope = Scope::new("alarm");
     let hutch = builder(&broker, &scope)
         .confirm_timeout(Duration::from_secs(2))
@@ -286,9 +284,9 @@ async fn channel_numbers(broker: &Arc<Broker>) -> BTreeSet<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mandatory_publish_abandoned_before_its_answer_leaves_its_channel_behind() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let turn = NodeTurn::take().await;
     init_logging();
-    let broker = own_broker().await;
+    let broker = turn.broker();
     let scope = Scope::new("abandoned");
     let queue = bound_queue_on(&broker, &scope, "held", "held.#", Default::default()).await;
     // Through a proxy that can hold the broker's answers back.
@@ -364,7 +362,7 @@ const SMALL_MAX_MESSAGE_SIZE: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_fails_alone_and_the_rest_of_its_batch_is_confirmed() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = NodeTurn::alone().await;
     init_logging();
     let broker = own_broker().await;
     rabbitmqctl(&broker, SMALL_MAX_MESSAGE_SIZE).await;

@@ -22,13 +22,11 @@ use hutch_rs::{
     Status, consumer, testing::Broker,
 };
 use hutch_rs_tests::{
-    ALARM_OFF, ALARM_ON, PATIENCE, Scope, TALLY, init_logging, own_broker, proxy::BlackHoleProxy,
-    rabbitmqctl, raw_channel_to, spawn_run_until,
+    ALARM_OFF, ALARM_ON, NodeTurn, PATIENCE, Scope, TALLY, init_logging, own_broker,
+    proxy::BlackHoleProxy, rabbitmqctl, raw_channel_to, spawn_run_until,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The attempt on which `flaky_sink` handled each of the messages that
 /// panic once, by publish id.
@@ -117,21 +115,21 @@ async fn pair_second(_msg: Message<Numbered>) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// A test's own node and names. Tests take turns, so the node's connection
-/// and channel counts are the test's alone; the turn ends when this drops.
+/// A test's turn on the node of the disturbing tests, and its names. Tests
+/// take turns, so the node's connection and channel counts are the test's
+/// alone; the turn ends when `_turn` drops.
 struct OwnNode {
     broker: Arc<Broker>,
     scope: Scope,
-    _turn: tokio::sync::MutexGuard<'static, ()>,
+    _turn: NodeTurn,
 }
 
 impl OwnNode {
-    /// Waits for this test's turn, then starts its node.
+    /// Waits for this test's turn.
     async fn take(test: &str) -> Self {
-        let turn = ONE_AT_A_TIME.lock().await;
-        init_logging();
+        let turn = NodeTurn::take().await;
         Self {
-            broker: own_broker().await,
+            broker: turn.broker(),
             scope: Scope::new(test),
             _turn: turn,
         }
@@ -952,7 +950,7 @@ async fn the_nodes_of_a_cluster_are_tried_in_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_closed_by_the_broker_restarts_the_consumer_and_the_stale_ack_is_not_sent() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = NodeTurn::alone().await;
     init_logging();
     let broker = own_broker().await;
     // The broker closes a channel with 406 when a delivery stays
@@ -1133,7 +1131,7 @@ async fn a_channel_refused_on_a_live_connection_is_fatal_not_a_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_until_gives_up_waiting_for_an_unreachable_broker_on_its_signal() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = NodeTurn::alone().await;
     init_logging();
     let scope = Scope::new("unreachable");
     let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -503,8 +503,83 @@ impl Tally {
 /// The tally of this test binary.
 pub static TALLY: LazyLock<Tally> = LazyLock::new(Tally::default);
 
+/// The node of [`NodeTurn`], once started.
+static TURN_NODE: tokio::sync::Mutex<Option<std::sync::Arc<Broker>>> =
+    tokio::sync::Mutex::const_new(None);
+
+/// A test's turn on the private node of the tests that disturb their node
+/// (forced closes, alarms, a stopped application, a stalled path), which
+/// would disturb the others on the shared one. Those tests take turns, so
+/// each has the node (and its connection and channel counts) to itself,
+/// and each puts the node back as it found it (application running, no
+/// alarm). One node for all of them instead of one each saves a node start
+/// (7–11 seconds) per test. A test that panics may leave the node in any
+/// state, so the next turn gets a new node.
+#[derive(Debug)]
+pub struct NodeTurn {
+    node: tokio::sync::MutexGuard<'static, Option<std::sync::Arc<Broker>>>,
+}
+
+impl NodeTurn {
+    /// Waits for the turn, starts the node if there is none, and waits until
+    /// the connections of the test before are gone.
+    pub async fn take() -> Self {
+        let mut node = TURN_NODE.lock().await;
+        init_logging();
+        if node.is_none() {
+            *node = Some(own_broker().await);
+        }
+        let turn = Self { node };
+        let broker = turn.broker();
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while broker
+                .connection_count()
+                .expect("rabbitmqctl list_connections")
+                > 0
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the connections of the test before are still open"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+        .expect("the wait does not panic");
+        turn
+    }
+
+    /// Waits for the turn without the shared node, for a test that needs a
+    /// node configured differently ([`own_broker`]): it still runs alone.
+    pub async fn alone() -> Self {
+        Self {
+            node: TURN_NODE.lock().await,
+        }
+    }
+
+    /// The node.
+    ///
+    /// # Panics
+    ///
+    /// On a turn taken with [`NodeTurn::alone`].
+    pub fn broker(&self) -> std::sync::Arc<Broker> {
+        self.node.clone().expect("a turn taken with a node")
+    }
+}
+
+impl Drop for NodeTurn {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Killed once the failing test drops its own handle too.
+            self.node.take();
+        }
+    }
+}
+
 /// A private node for one test, for what would disturb the others on a
-/// shared one (forced closes, alarms, stops).
+/// shared one and cannot be undone (a changed node setting); see also
+/// [`NodeTurn`].
 pub async fn own_broker() -> std::sync::Arc<Broker> {
     let broker = tokio::task::spawn_blocking(Broker::start)
         .await

@@ -53,11 +53,14 @@ fn application(role: &str) -> Command {
     command
         .args([
             "--exact",
-            "application_entry_point",
+            "run_from_env::application_entry_point",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(ROLE, role);
+        .env(ROLE, role)
+        // The application is this group's consumers (the binary holds
+        // every integration test's).
+        .env("HUTCH_GROUP", "from_env");
     command
 }
 
@@ -91,7 +94,6 @@ fn run_and_publish_use_the_environment_and_stop_on_sigterm() {
         .env("HUTCH_URI", broker().amqp_uri())
         .env("HUTCH_EXCHANGE", &scope.exchange)
         .env("HUTCH_NAMESPACE", &scope.namespace)
-        .env("HUTCH_GROUP", "from_env")
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the application");

@@ -399,7 +399,10 @@ async fn after_the_last_attempt_exactly_one_copy_is_dead_lettered_with_why() {
         }
     );
     assert_eq!(failures[2].attempt(), 3);
-    assert_eq!(failures[2].consumer(), "failure_handling::doomed");
+    assert_eq!(
+        failures[2].consumer(),
+        "integration::failure_handling::doomed"
+    );
 
     // The consumer goes on after its hooks failed and panicked.
     publish_job(
@@ -442,7 +445,7 @@ async fn after_the_last_attempt_exactly_one_copy_is_dead_lettered_with_why() {
     assert_eq!(header(copy, headers::ATTEMPTS), &AMQPValue::LongLongInt(3));
     assert_eq!(
         header_text(copy, headers::CONSUMER),
-        "failure_handling::doomed"
+        "integration::failure_handling::doomed"
     );
     assert_eq!(header_text(copy, headers::QUEUE), queue);
     assert_eq!(header_text(copy, headers::REASON), "attempts-exhausted");

@@ -295,7 +295,7 @@ async fn an_unset_prefetch_follows_the_concurrency_and_a_smaller_one_is_refused(
         .map(|_| ());
     match refused {
         Err(Error::Config { setting, reason }) => {
-            assert_eq!(setting, "#[consumer] on concurrency::wide");
+            assert_eq!(setting, "#[consumer] on integration::concurrency::wide");
             assert!(
                 reason.contains(
                     "concurrency 40 (its own argument) exceeds prefetch 32 (HutchBuilder::prefetch)"

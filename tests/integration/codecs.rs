@@ -21,7 +21,7 @@ struct Order {
 
 #[consumer(routing_key = "typed.#", group = "codecs", max_attempts = 1)]
 async fn typed(msg: Message<Order>) -> Result<(), BoxError> {
-    JOURNAL.record(Seen::of("typed", &msg));
+    JOURNAL.record(Seen::of("codecs_typed", &msg));
     Ok(())
 }
 
@@ -97,7 +97,7 @@ async fn each_codec_is_decoded_by_content_type_and_raw_bodies_arrive_as_sent() {
         .await
         .unwrap();
 
-    let seen = JOURNAL.wait_for("typed", 5).await;
+    let seen = JOURNAL.wait_for("codecs_typed", 5).await;
     let mut by_id: Vec<(u64, Option<String>)> = seen
         .iter()
         .map(|seen| {
@@ -214,7 +214,7 @@ async fn a_content_type_a_typed_handler_cannot_read_is_dead_lettered_with_the_re
     );
     assert!(
         JOURNAL
-            .by("typed")
+            .by("codecs_typed")
             .iter()
             .all(|seen| seen.routing_key != "typed.bad"),
         "the handler never ran"

@@ -94,7 +94,7 @@ async fn receipt(msg: Message<u64>, ctx: Context) -> Result<(), BoxError> {
 
 #[consumer(routing_key = "orders.audit", group = "state")]
 async fn audit(msg: Message<u64>) -> Result<(), BoxError> {
-    JOURNAL.record(Seen::of("audit", &msg));
+    JOURNAL.record(Seen::of("handlers_audit", &msg));
     Ok(())
 }
 
@@ -124,7 +124,7 @@ async fn state_context_and_extractors_reach_the_handler_and_follow_ups_use_the_b
     // an instance built from the environment would have published them to
     // another exchange, on another broker.
     let receipts = JOURNAL.wait_for("receipt", 3).await;
-    let audits = JOURNAL.wait_for("audit", 3).await;
+    let audits = JOURNAL.wait_for("handlers_audit", 3).await;
     for seen in receipts.iter().chain(&audits) {
         assert!(seen.attempt == 1, "{seen:?}");
     }

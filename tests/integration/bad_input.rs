@@ -233,7 +233,10 @@ async fn two_consumers_on_one_queue_fail_startup_naming_both() {
     names.sort_unstable();
     assert_eq!(
         names,
-        ["bad_input::first_claimant", "bad_input::second_claimant"]
+        [
+            "integration::bad_input::first_claimant",
+            "integration::bad_input::second_claimant",
+        ]
     );
     assert!(
         error.to_string().contains("first_claimant")

@@ -70,7 +70,7 @@ async fn stream_sink(msg: Message<Numbered>) -> Result<(), BoxError> {
 }
 
 /// Every 100th message panics on its first attempt.
-#[consumer(routing_key = "flaky.#", group = "flaky")]
+#[consumer(routing_key = "flaky.#", group = "supervision_flaky")]
 async fn flaky_sink(msg: Message<Numbered>) -> Result<(), BoxError> {
     if msg.n % 100 == 99 {
         if msg.attempt() == 1 {
@@ -87,7 +87,7 @@ async fn flaky_sink(msg: Message<Numbered>) -> Result<(), BoxError> {
 }
 
 /// Its queue is deleted under it again and again in the test below.
-#[consumer(routing_key = "doomed.#", group = "doomed")]
+#[consumer(routing_key = "doomed.#", group = "supervision_doomed")]
 async fn doomed_sink(_msg: Message<Numbered>) -> Result<(), BoxError> {
     Ok(())
 }
@@ -494,7 +494,7 @@ async fn panics_are_failures_of_their_messages_and_never_stop_the_consumer() {
     } = OwnNode::take("flaky").await;
     // The default intensity (10 in 60 s): fifty panics would use it up five
     // times over if a panic restarted the consumer.
-    let hutch = builder(broker.amqp_uri(), &scope, "flaky")
+    let hutch = builder(broker.amqp_uri(), &scope, "supervision_flaky")
         .retry_delay(Duration::from_millis(50), Duration::from_millis(200))
         .build()
         .unwrap();
@@ -619,7 +619,7 @@ async fn a_queue_deleted_while_consuming_is_declared_again_and_consumed() {
         while starts < 2 {
             match events.recv().await {
                 Some(Event::ConsumerStarted { consumer, .. })
-                    if consumer == "supervision::stream_sink" =>
+                    if consumer == "integration::supervision::stream_sink" =>
                 {
                     starts += 1
                 }
@@ -748,7 +748,7 @@ async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
         scope,
         _turn,
     } = OwnNode::take("doomed").await;
-    let hutch = builder(broker.amqp_uri(), &scope, "doomed")
+    let hutch = builder(broker.amqp_uri(), &scope, "supervision_doomed")
         .restart_intensity(2, Duration::from_secs(60))
         .build()
         .unwrap();
@@ -769,11 +769,15 @@ async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
     else {
         panic!("expected ConsumerFailed, got {error:?}");
     };
-    assert_eq!(consumer, "supervision::doomed_sink");
+    assert_eq!(consumer, "integration::supervision::doomed_sink");
     assert_eq!(failed_queue, &queue);
     assert_eq!(*restarts, 2);
     assert!(reason.contains("cancelled the consumer"), "{reason}");
-    assert!(error.to_string().contains("supervision::doomed_sink"));
+    assert!(
+        error
+            .to_string()
+            .contains("integration::supervision::doomed_sink")
+    );
     assert_eq!(
         hutch.status().consumer(&queue).unwrap().state,
         hutch_rs::ConsumerState::Failed
@@ -1124,7 +1128,7 @@ async fn a_channel_refused_on_a_live_connection_is_fatal_not_a_wait() {
     assert!(
         error
             .to_string()
-            .contains("a channel for consumer supervision::pair_"),
+            .contains("a channel for consumer integration::supervision::pair_"),
         "{error}"
     );
 }
@@ -1150,7 +1154,7 @@ async fn run_until_gives_up_waiting_for_an_unreachable_broker_on_its_signal() {
     let deadline = Instant::now() + PATIENCE;
     while !hutch
         .status()
-        .consumer("supervision::stream_sink")
+        .consumer("integration::supervision::stream_sink")
         .is_some_and(|sink| sink.state == hutch_rs::ConsumerState::WaitingForChannel)
     {
         assert!(

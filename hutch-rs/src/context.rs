@@ -93,6 +93,7 @@ impl Context {
             delivery: Arc::new(Incoming {
                 body: Vec::new(),
                 envelope: message.envelope().clone(),
+                span: tracing::Span::none(),
             }),
             scope: Arc::new(ConsumerScope {
                 hutch: hutch.clone(),

@@ -687,6 +687,7 @@ fn check(case: Case) -> Reached {
     let incoming = Incoming {
         body,
         envelope: Arc::new(envelope),
+        span: tracing::Span::none(),
     };
     let envelope = &incoming.envelope;
 
@@ -726,6 +727,7 @@ fn check(case: Case) -> Reached {
         Incoming {
             body: incoming.body.clone(),
             envelope: incoming.envelope.clone(),
+            span: tracing::Span::none(),
         },
         hutch(),
     );

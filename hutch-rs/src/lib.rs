@@ -121,6 +121,7 @@ mod request;
 mod retry;
 mod status;
 mod supervisor;
+mod telemetry;
 mod topology;
 mod transport;
 

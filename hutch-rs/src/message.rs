@@ -470,6 +470,9 @@ const SHORT_STRING_MAX: usize = 255;
 pub struct Incoming {
     pub(crate) body: Vec<u8>,
     pub(crate) envelope: Arc<Envelope>,
+    /// The delivery's `process` span (see `telemetry::spans`); it ends when
+    /// the last holder of the delivery lets go, once it is settled.
+    pub(crate) span: tracing::Span,
 }
 
 impl Incoming {
@@ -487,6 +490,7 @@ impl Incoming {
                 properties,
                 "",
             )),
+            span: tracing::Span::none(),
         }
     }
 }

@@ -39,6 +39,7 @@ use crate::{
         observer::Observer,
         tree::Root,
     },
+    telemetry::spans,
     topology,
 };
 
@@ -255,7 +256,8 @@ impl Publisher {
         // lapin future alone is over 1 KiB). A publish future stays a few
         // hundred bytes, cheap to move into a `FuturesUnordered` or a task,
         // and its state is allocated once, in place, when it first runs.
-        Box::pin(self.confirmed(Publish {
+        let span = spans::publish(exchange, draft.routing_key, &message_id);
+        let confirmed = Box::pin(self.confirmed(Publish {
             exchange,
             routing_key: draft.routing_key,
             body: draft.body,
@@ -264,7 +266,10 @@ impl Publisher {
             timestamp,
             mandatory: draft.options.is_mandatory(),
         }))
-        .await?;
+        .instrument(span.clone())
+        .await;
+        spans::record_published(&span, confirmed.as_ref().map(|_| ()));
+        confirmed?;
         Ok(Published::new(message_id))
     }
 

@@ -29,5 +29,6 @@ mod queue_types;
 mod request_reply;
 mod run_from_env;
 mod shutdown;
+mod spans;
 mod supervision;
 mod tree;

@@ -5,6 +5,7 @@
 pub mod failover;
 pub mod pki;
 pub mod proxy;
+pub mod spans;
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -369,16 +370,25 @@ pub fn header_text(properties: &BasicProperties, name: &str) -> String {
     }
 }
 
-/// Installs a log subscriber once per test binary, so `RUST_LOG=debug`
-/// shows what hutch-rs did.
+/// Installs a log subscriber once per test binary, so that `RUST_LOG=debug`
+/// shows what hutch-rs did, with the capture of hutch-rs's message spans
+/// ([`spans`]) beside it.
 pub fn init_logging() {
     static INIT: LazyLock<()> = LazyLock::new(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
+        use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
+        let logs = tracing_subscriber::fmt::layer()
+            .with_test_writer()
+            .with_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
+            );
+        let spans = spans::SpanCapture.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(spans::TARGET, tracing::Level::INFO),
+        );
+        let _ = tracing_subscriber::registry()
+            .with(logs)
+            .with(spans)
             .try_init();
     });
     LazyLock::force(&INIT);

@@ -32,6 +32,19 @@ pub enum HandlerError {
     Undecodable(DecodeError),
 }
 
+impl HandlerError {
+    /// The failure's kind, as spans record it in `error.type`:
+    /// `handler_error`, `panicked`, `timed_out` or `undecodable`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            HandlerError::Failed(_) => "handler_error",
+            HandlerError::Panicked(_) => "panicked",
+            HandlerError::TimedOut(_) => "timed_out",
+            HandlerError::Undecodable(_) => "undecodable",
+        }
+    }
+}
+
 /// What became of a message whose handling failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

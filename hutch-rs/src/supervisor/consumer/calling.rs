@@ -8,6 +8,7 @@ use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Durati
 use futures_util::FutureExt;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::time::{DelayQueue, delay_queue};
+use tracing::Instrument;
 
 use crate::{
     context::{ConsumerScope, with_running_hutch},
@@ -78,13 +79,17 @@ impl Calls {
         // while decoding is caught as well as one in the handler's body.
         // `hutch_rs::publish` called from the handler publishes through the
         // instance running it.
+        // The handler's own logs and spans fall inside the delivery's span.
+        let span = incoming.span.clone();
         let abort = if self.middleware.is_empty() {
             let call = async move { handler(delivered).await.into_result() };
-            self.tasks.spawn(guarded(with_running_hutch(hutch, call)))
+            self.tasks
+                .spawn(guarded(with_running_hutch(hutch, call)).instrument(span))
         } else {
             let middleware = self.middleware.clone();
             let call = async move { middleware.run(handler, delivered).await };
-            self.tasks.spawn(guarded(with_running_hutch(hutch, call)))
+            self.tasks
+                .spawn(guarded(with_running_hutch(hutch, call)).instrument(span))
         };
         let id = abort.id();
         let deadline = self.deadlines.insert(id, self.timeout);

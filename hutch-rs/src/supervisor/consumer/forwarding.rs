@@ -34,6 +34,7 @@ use crate::{
         connection_manager::ConnectionManager,
         consumer::{Ended, Setup, receiving::Run},
     },
+    telemetry::spans,
 };
 
 /// Where a copy goes.
@@ -109,6 +110,18 @@ impl Run<'_> {
             .zip(&numbers)
             .map(|(job, number)| numbered(&job.properties, *number, capacity))
             .collect();
+        let spans: Vec<tracing::Span> = jobs
+            .iter()
+            .zip(&queues)
+            .map(|(job, queue)| {
+                let copy = match job.target {
+                    Target::Delay(_) => "retry",
+                    Target::Dead => "dead_letter",
+                };
+                let message_id = job.incoming.envelope.message_id().unwrap_or_default();
+                spans::forward(&job.incoming.span, queue, message_id, copy)
+            })
+            .collect();
         // Queued in order by the first poll of each; then every confirm.
         let published = join_all(jobs.iter().zip(&queues).zip(copies).map(
             |((job, queue), properties)| {
@@ -140,6 +153,9 @@ impl Run<'_> {
             () = manager.until_ended() => None,
         };
         let Some(answers) = answers else {
+            for span in &spans {
+                spans::record_forwarded(span, "timed_out");
+            }
             // Nothing of this round may be credited to the next: the channel
             // goes, with whatever answers are still due on it.
             tracing::warn!(copies = jobs.len(), timeout = ?settings.confirm_timeout, "no confirm for forwarded copies in time; sending them again on a new channel");
@@ -164,9 +180,20 @@ impl Run<'_> {
         }
         let mut fatal = None;
         let mut channel_failed = false;
-        for (((job, queue), number), outcome) in
-            jobs.into_iter().zip(queues).zip(numbers).zip(outcomes)
+        for ((((job, queue), number), outcome), span) in jobs
+            .into_iter()
+            .zip(queues)
+            .zip(numbers)
+            .zip(outcomes)
+            .zip(spans)
         {
+            let recorded = match &outcome {
+                _ if returned.contains(&number) => "returned",
+                Ok(true) => "confirmed",
+                Ok(false) => "nacked",
+                Err(_) => "failed",
+            };
+            spans::record_forwarded(&span, recorded);
             match outcome {
                 _ if returned.contains(&number) => round.again_now.push(job),
                 Ok(true) => round.done.push((job, queue)),

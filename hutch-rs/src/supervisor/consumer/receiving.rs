@@ -39,6 +39,7 @@ use crate::{
             verdict::{Verdict, verdict},
         },
     },
+    telemetry::spans::{self, Settled},
 };
 
 /// At most this many copies go out in one forwarding round.
@@ -256,18 +257,24 @@ impl<'a> Run<'a> {
             return;
         }
         settler.delivered(delivery_tag);
+        let envelope = Envelope::of_delivery(
+            exchange.as_str(),
+            routing_key.as_str(),
+            redelivered,
+            properties,
+            &self.consumer.plan.queue,
+        )
+        .with_broker_redeliveries(self.consumer.plan.declaration.delivery_limit());
+        let span = spans::process(
+            &self.consumer.name,
+            &self.consumer.plan.queue,
+            &envelope,
+            delivery_tag,
+        );
         let incoming = Incoming {
             body: data,
-            envelope: Arc::new(
-                Envelope::of_delivery(
-                    exchange.as_str(),
-                    routing_key.as_str(),
-                    redelivered,
-                    properties,
-                    &self.consumer.plan.queue,
-                )
-                .with_broker_redeliveries(self.consumer.plan.declaration.delivery_limit()),
-            ),
+            envelope: Arc::new(envelope),
+            span,
         };
         calls.start(delivery_tag, Arc::new(incoming));
     }
@@ -293,10 +300,12 @@ impl<'a> Run<'a> {
                 |error| format!("failed: {error}"),
             );
             tracing::warn!(message_id = %message_id(&incoming), delivery_tag = tag, %outcome, "the delivery's channel closed while it was handled; not settled, the broker redelivers it");
+            spans::record_settled(&incoming.span, Settled::Redelivered, None);
             return;
         }
         let Some(error) = failure else {
             settler.ack_later(tag);
+            spans::record_settled(&incoming.span, Settled::Acked, None);
             return;
         };
         // A panic is one message's failure, like an `Err`: it was caught
@@ -312,6 +321,7 @@ impl<'a> Run<'a> {
                 if let Some(unwritten) = settler.requeue(tag) {
                     self.unwritten(unwritten);
                 }
+                spans::record_settled(&incoming.span, Settled::Requeued, Some(error.kind()));
                 self.notify(&incoming, error, Outcome::Requeued, failed_at);
                 return;
             }
@@ -369,6 +379,11 @@ impl<'a> Run<'a> {
             settler.ack_later(job.tag);
             let attempt = job.incoming.envelope.attempt;
             let message_id = message_id(&job.incoming).to_owned();
+            let settled = match job.target {
+                Target::Delay(_) => Settled::Retried,
+                Target::Dead => Settled::DeadLettered,
+            };
+            spans::record_settled(&job.incoming.span, settled, Some(job.error.kind()));
             let outcome = match job.target {
                 Target::Delay(delay) => {
                     tracing::warn!(%message_id, attempt, ?delay, %queue, error = %job.error_text, "handler failed; the message is retried after a delay");

@@ -1,0 +1,4 @@
+//! What hutch-rs tells observability tools: the spans of publishes and
+//! deliveries.
+
+pub(crate) mod spans;

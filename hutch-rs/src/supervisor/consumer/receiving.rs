@@ -439,6 +439,13 @@ impl<'a> Run<'a> {
     fn put_back_all(&self, settler: &mut Settler<Channel>, jobs: &mut VecDeque<Job>) {
         let open = self.channel.status().connected();
         for job in jobs.drain(..) {
+            // Not forwarded: the broker delivers it again, as the same
+            // attempt.
+            spans::record_settled(
+                &job.incoming.span,
+                Settled::Redelivered,
+                Some(job.error.kind()),
+            );
             if open {
                 if let Some(unwritten) = settler.requeue(job.tag) {
                     self.unwritten(unwritten);

@@ -41,6 +41,13 @@
 //! `HUTCH_TLS_CLIENT_CERT`, `HUTCH_TLS_CLIENT_KEY`; see
 //! [`HutchBuilder::tls_ca_cert`]).
 //!
+//! Each publish and each delivery is a `tracing` span under the target
+//! `hutch_rs::messaging`, named and filled in after OpenTelemetry's
+//! messaging conventions for RabbitMQ (`messaging.system`,
+//! `messaging.destination.name`, `messaging.rabbitmq.destination.routing_key`,
+//! `messaging.message.id`, …, with the consumer, the attempt and the
+//! outcome); see the guide's Observability chapter.
+//!
 //! # Conventions
 //!
 //! - One durable topic exchange (default `hutch`).

@@ -716,7 +716,10 @@ impl Publisher {
             self.observer.clone(),
             self.token.child_token(),
         );
-        let span = tracing::info_span!("connection", purpose = Purpose::Publish.as_str());
+        // A root: the connection outlives the publish that happened to start
+        // it, whose span it would otherwise keep open.
+        let span =
+            tracing::info_span!(parent: None, "connection", purpose = Purpose::Publish.as_str());
         let task = self.tracker.spawn(manager.clone().run().instrument(span));
         *link = Some(Link {
             manager: manager.clone(),

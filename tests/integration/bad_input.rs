@@ -4,13 +4,10 @@
 //! `failure_handling.rs`; refused credentials and declarations in
 //! `supervision.rs`.)
 
-use std::{
-    io::Write,
-    sync::{Arc, LazyLock, Mutex},
-};
-
 use hutch_rs::{BoxError, Error, Message, consumer};
-use hutch_rs_tests::{JOURNAL, Scope, Seen, broker, queue_depth, raw_publish};
+use hutch_rs_tests::{
+    JOURNAL, Scope, Seen, broker, init_logging, log_lines_with, queue_depth, raw_publish,
+};
 use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 
@@ -48,45 +45,9 @@ async fn second_claimant(_msg: Message<serde_json::Value>) -> Result<(), BoxErro
     Ok(())
 }
 
-/// Everything hutch-rs logs in this test binary, to check what an operator
-/// would read.
-static LOGS: LazyLock<Arc<Mutex<Vec<u8>>>> = LazyLock::new(|| {
-    let buffer = Arc::new(Mutex::new(Vec::new()));
-    let writer = LogWriter(buffer.clone());
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter("hutch_rs=info")
-        .with_writer(move || writer.clone())
-        .init();
-    buffer
-});
-
-#[derive(Clone)]
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log_lines_with(needle: &str) -> Vec<String> {
-    let logs = LOGS.lock().unwrap();
-    String::from_utf8_lossy(&logs)
-        .lines()
-        .filter(|line| line.contains(needle))
-        .map(str::to_owned)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_messages_are_logged_and_dead_lettered_once_without_calling_the_handler() {
-    LazyLock::force(&LOGS);
+    init_logging();
     let scope = Scope::new("bad-body");
     let hutch = scope.hutch("bad_body");
     let running = hutch.start().await.expect("start");
@@ -157,7 +118,7 @@ async fn undecodable_messages_are_logged_and_dead_lettered_once_without_calling_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_error_is_logged_on_each_attempt_then_dead_lettered_never_looping() {
-    LazyLock::force(&LOGS);
+    init_logging();
     let scope = Scope::new("failing");
     let (dead_lettered, mut dead_letters) = tokio::sync::mpsc::unbounded_channel();
     let hutch = scope

@@ -370,9 +370,10 @@ pub fn header_text(properties: &BasicProperties, name: &str) -> String {
     }
 }
 
-/// Installs a log subscriber once per test binary, so that `RUST_LOG=debug`
-/// shows what hutch-rs did, with the capture of hutch-rs's message spans
-/// ([`spans`]) beside it.
+/// Installs the one subscriber of a test binary, once: `RUST_LOG=debug`
+/// shows what hutch-rs did; beside it, the capture of hutch-rs's message
+/// spans ([`spans`]) and of its logs ([`log_lines_with`]). Every test calls
+/// this, and none installs a subscriber of its own: the first would win.
 pub fn init_logging() {
     static INIT: LazyLock<()> = LazyLock::new(|| {
         use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
@@ -386,12 +387,55 @@ pub fn init_logging() {
             tracing_subscriber::filter::Targets::new()
                 .with_target(spans::TARGET, tracing::Level::INFO),
         );
-        let _ = tracing_subscriber::registry()
+        // What an operator would read: hutch-rs's own logs at INFO. (Leaving
+        // the message spans out with a `LevelFilter::OFF` directive for
+        // their target kept the capture layer from seeing `publish` spans,
+        // tracing-subscriber 0.3's per-layer filters being what they are.)
+        let writer = LogWriter(CAPTURED_LOGS.clone());
+        let captured = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("hutch_rs", tracing::Level::INFO),
+            );
+        tracing_subscriber::registry()
             .with(logs)
             .with(spans)
-            .try_init();
+            .with(captured)
+            .init();
     });
     LazyLock::force(&INIT);
+}
+
+/// Everything hutch-rs logged at INFO and above in this test binary, as
+/// text, to check what an operator would read (see [`log_lines_with`]).
+static CAPTURED_LOGS: LazyLock<std::sync::Arc<Mutex<Vec<u8>>>> = LazyLock::new(Default::default);
+
+/// Writes into [`CAPTURED_LOGS`].
+#[derive(Clone)]
+struct LogWriter(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The lines hutch-rs logged at INFO and above that contain `needle`
+/// (after [`init_logging`]).
+pub fn log_lines_with(needle: &str) -> Vec<String> {
+    let logs = CAPTURED_LOGS.lock().unwrap();
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Waits until `queue` exists and has `consumers` consumers. The broker's

@@ -128,5 +128,12 @@ pub async fn await_spans(
         }
     })
     .await;
-    waited.unwrap_or_else(|_| panic!("{n} spans expected, saw {:#?}", matching()))
+    waited.unwrap_or_else(|_| {
+        let closed = CLOSED.lock().unwrap();
+        let last = &closed[closed.len().saturating_sub(5)..];
+        panic!(
+            "{n} spans expected, saw {:#?}; the last spans closed: {last:#?}",
+            matching()
+        )
+    })
 }

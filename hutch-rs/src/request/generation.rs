@@ -107,7 +107,8 @@ impl Generation {
             manager,
             shutdown: setup.shutdown.clone(),
         };
-        let span = tracing::debug_span!("requests", channel = channel.id());
+        // A root: it outlives the request that started it.
+        let span = tracing::debug_span!(parent: None, "requests", channel = channel.id());
         setup.tracker.spawn(dispatch.run().instrument(span));
         Self {
             channel,

@@ -174,7 +174,8 @@ impl HookQueues {
         let progress = Arc::new(Notify::new());
         let hook = lane.hook.clone();
         let token = self.token.clone();
-        let span = tracing::info_span!("error_hook", hook = lane.index);
+        // A root: the lane outlives the failure that started it.
+        let span = tracing::info_span!(parent: None, "error_hook", hook = lane.index);
         let task = self.tracker.spawn(
             {
                 let pending = pending.clone();

@@ -94,7 +94,9 @@ impl Running {
             token.child_token(),
         );
         let (failure_sender, failures) = mpsc::unbounded_channel();
-        let span = tracing::info_span!("connection", purpose = Purpose::Consume.as_str());
+        // A root: a long-lived task is no part of whatever span started it.
+        let span =
+            tracing::info_span!(parent: None, "connection", purpose = Purpose::Consume.as_str());
         tracker.spawn(
             {
                 let manager = manager.clone();

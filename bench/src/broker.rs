@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use hutch_rs::testing::Broker;
 use lapin::{
-    Channel, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
     options::{
         BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
         QueueDeclareOptions, QueuePurgeOptions,
@@ -139,6 +139,17 @@ impl BenchBroker {
     /// Publishes `count` persistent messages straight to `queue` (default
     /// exchange), each confirmed, up to [`CONFIRM_WINDOW`] at once.
     pub(crate) fn fill(&self, queue: &str, count: u64) -> Result<(), Error> {
+        self.fill_with(queue, count, persistent_json())
+    }
+
+    /// Fills `queue` as [`fill`](Self::fill) does, every message published
+    /// with `properties`.
+    pub(crate) fn fill_with(
+        &self,
+        queue: &str,
+        count: u64,
+        properties: BasicProperties,
+    ) -> Result<(), Error> {
         self.with_channel(async |channel| {
             channel
                 .confirm_select(ConfirmSelectOptions::default())
@@ -155,7 +166,7 @@ impl BenchBroker {
                         queue.into(),
                         BasicPublishOptions::default(),
                         &body,
-                        persistent_json(),
+                        properties.clone(),
                     )
                     .await?;
                 confirms.push(confirm);

@@ -3,7 +3,7 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
-use crate::{Error, scenario::Scenario, workload::PREFETCH};
+use crate::{Error, scenario::Scenario, telemetry::Telemetry, workload::PREFETCH};
 
 /// What a run of the benchmark measures.
 #[derive(Debug, Clone)]
@@ -21,8 +21,9 @@ pub(crate) struct Options {
     pub(crate) sweep: bool,
 }
 
-const USAGE: &str = "usage: hutch-rs-bench [--rounds N] [--only drain,publish,latency,idle,recovery,dead-letter,cpu-handlers,isolation,failover] [--quick] [--sweep]
-  failover (in the default list) starts a three-node RabbitMQ cluster besides the single node, about a minute more";
+const USAGE: &str = "usage: hutch-rs-bench [--rounds N] [--only drain,publish,latency,idle,recovery,dead-letter,cpu-handlers,isolation,failover,telemetry] [--quick] [--sweep]
+  failover (in the default list) starts a three-node RabbitMQ cluster besides the single node, about a minute more
+  telemetry (not in the default list) needs `--features telemetry`: hutch-rs with traces and metrics exported, against itself without";
 
 impl Options {
     /// Parses the orchestrator's arguments (without the program name).
@@ -151,6 +152,8 @@ pub(crate) struct ClientArgs {
     /// hutch-rs drain: how long each handler call waits, as if on a
     /// database or an HTTP call (0: it returns at once).
     pub(crate) work: Duration,
+    /// hutch-rs: the traces and metrics it is observed with.
+    pub(crate) telemetry: Telemetry,
 }
 
 impl ClientArgs {
@@ -174,6 +177,7 @@ impl ClientArgs {
             prefetch: PREFETCH,
             concurrency: 1,
             work: Duration::ZERO,
+            telemetry: Telemetry::Off,
         }
     }
 
@@ -204,6 +208,8 @@ impl ClientArgs {
             self.concurrency.to_string(),
             "--work-us".to_owned(),
             self.work.as_micros().to_string(),
+            "--telemetry".to_owned(),
+            self.telemetry.to_string(),
         ]
     }
 
@@ -227,6 +233,7 @@ impl ClientArgs {
                 "--prefetch" => client.prefetch = parse(flag, value)?,
                 "--concurrency" => client.concurrency = parse(flag, value)?,
                 "--work-us" => client.work = Duration::from_micros(parse(flag, value)?),
+                "--telemetry" => client.telemetry = value.parse()?,
                 other => return Err(format!("client: unknown argument {other:?}").into()),
             }
         }

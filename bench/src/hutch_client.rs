@@ -26,6 +26,7 @@ use crate::{
     cli::ClientArgs,
     report::{Failover, Isolation, Latency, Meter, Throughput},
     scenario::Scenario,
+    telemetry,
     workload::{
         CONFIRM_WINDOW, CPU_QUEUE, CPU_WORK, DEAD_LETTER_QUEUE, DRAIN_QUEUE, FAILOVER_AT,
         FAILOVER_KEY, FAILOVER_PUBLISHERS, FAILOVER_QUEUE, IDLE_CONSUMERS, LATENCY_KEY,
@@ -268,15 +269,9 @@ async fn play(args: ClientArgs) -> Result<(), Error> {
     } else {
         BoxMakeWriter::new(std::io::stderr)
     };
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "hutch_rs=warn".into()),
-        )
-        .init();
+    let installed = telemetry::install(args.telemetry, writer)?;
     BROKER_PID.store(args.broker_pid, Ordering::Relaxed);
-    match args.scenario {
+    let played = match args.scenario {
         Scenario::Drain => child::emit_result(&drain_all(&args).await?),
         Scenario::Publish => child::emit_result(&publish_all(&args).await?),
         Scenario::Latency => child::emit_result(&open_loop(&args).await?),
@@ -286,7 +281,15 @@ async fn play(args: ClientArgs) -> Result<(), Error> {
         Scenario::CpuHandlers => child::emit_result(&burn_all(&args).await?),
         Scenario::Isolation => child::emit_result(&drain_beside_storm(&args).await?),
         Scenario::Failover => child::emit_result(&stream_through_failover(&args).await?),
+        Scenario::Telemetry => {
+            Err("the telemetry scenario runs the drain and publish clients".into())
+        }
+    };
+    let exported = installed.finish()?;
+    if !exported.is_empty() {
+        eprintln!("    {} with {}: {exported}", args.scenario, args.telemetry);
     }
+    played
 }
 
 /// The settings every scenario shares.

@@ -35,6 +35,7 @@ mod raw_client;
 mod report;
 mod scenario;
 mod stats;
+mod telemetry;
 mod workload;
 
 use std::process::ExitCode;

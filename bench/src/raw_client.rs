@@ -56,7 +56,8 @@ pub(crate) fn run(args: &ClientArgs) -> Result<(), Error> {
             Scenario::DeadLetter
             | Scenario::CpuHandlers
             | Scenario::Isolation
-            | Scenario::Failover => {
+            | Scenario::Failover
+            | Scenario::Telemetry => {
                 Err(format!("{} is played by hutch-rs alone", args.scenario).into())
             }
         }

@@ -1,15 +1,17 @@
 //! Drain: the orchestrator fills the queue, the client consumes all of it;
 //! afterwards the queue must be empty, nothing unacknowledged.
 
+use lapin::BasicProperties;
+
 use crate::{
     Error,
     broker::PATIENCE,
     child::ClientProcess,
-    cli::Impl,
+    cli::{ClientArgs, Impl},
     report::Throughput,
     scenario::{Bench, Scenario, record_throughput},
     stats::Results,
-    workload::DRAIN_QUEUE,
+    workload::{DRAIN_QUEUE, persistent_json},
 };
 
 pub(super) fn run(
@@ -17,10 +19,24 @@ pub(super) fn run(
     implementation: Impl,
     results: &mut Results,
 ) -> Result<(), Error> {
+    let args = bench.client(Scenario::Drain, implementation)?;
+    let report = measure(bench, args, persistent_json())?;
+    record_throughput(results, "drain", implementation, &report);
+    Ok(())
+}
+
+/// One drain by the client of `args`, of messages published with
+/// `properties`, checked through the broker.
+pub(super) fn measure(
+    bench: &Bench<'_>,
+    mut args: ClientArgs,
+    properties: BasicProperties,
+) -> Result<Throughput, Error> {
+    let implementation = args.implementation;
     let broker = bench.broker;
     let messages = bench.options.messages;
     broker.purge(DRAIN_QUEUE)?;
-    broker.fill(DRAIN_QUEUE, messages)?;
+    broker.fill_with(DRAIN_QUEUE, messages, properties)?;
     let filled = broker.messages_in(DRAIN_QUEUE)?;
     if filled != messages {
         return Err(
@@ -28,7 +44,6 @@ pub(super) fn run(
         );
     }
 
-    let mut args = bench.client(Scenario::Drain, implementation)?;
     args.messages = messages;
     let report: Throughput = ClientProcess::run(&args, PATIENCE)?;
 
@@ -47,6 +62,5 @@ pub(super) fn run(
             return Err(format!("drain by hutch-rs dead-lettered {dead} messages").into());
         }
     }
-    record_throughput(results, "drain", implementation, &report);
-    Ok(())
+    Ok(report)
 }

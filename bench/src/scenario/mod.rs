@@ -11,6 +11,7 @@ mod latency;
 mod publish;
 mod recovery;
 pub(crate) mod sweep;
+mod telemetry;
 
 use std::{fmt, str::FromStr};
 
@@ -47,6 +48,10 @@ pub(crate) enum Scenario {
     /// publishes to a quorum queue, without and with the connected node
     /// stopped during it.
     Failover,
+    /// hutch-rs alone: drain and publish with traces and metrics exported,
+    /// against the same without. Not in the default list: it needs the
+    /// `telemetry` feature.
+    Telemetry,
 }
 
 impl Scenario {
@@ -74,6 +79,7 @@ impl Scenario {
             Scenario::CpuHandlers => "cpu-handlers",
             Scenario::Isolation => "isolation",
             Scenario::Failover => "failover",
+            Scenario::Telemetry => "telemetry",
         }
     }
 
@@ -87,7 +93,8 @@ impl Scenario {
             Scenario::DeadLetter
             | Scenario::CpuHandlers
             | Scenario::Isolation
-            | Scenario::Failover => implementation == Impl::Hutch,
+            | Scenario::Failover
+            | Scenario::Telemetry => implementation == Impl::Hutch,
             _ => true,
         }
     }
@@ -109,6 +116,7 @@ impl Scenario {
             Scenario::CpuHandlers => cpu_handlers::run(bench, results),
             Scenario::Isolation => isolation::run(bench, results),
             Scenario::Failover => failover::run(bench, results),
+            Scenario::Telemetry => telemetry::run(bench, results),
         }
     }
 }
@@ -125,6 +133,7 @@ impl FromStr for Scenario {
     fn from_str(name: &str) -> Result<Self, Error> {
         Self::ALL
             .into_iter()
+            .chain([Scenario::Telemetry])
             .find(|scenario| scenario.name() == name)
             .ok_or_else(|| {
                 let names: Vec<&str> = Self::ALL.iter().map(|scenario| scenario.name()).collect();

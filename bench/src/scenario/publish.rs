@@ -5,7 +5,7 @@ use crate::{
     Error,
     broker::PATIENCE,
     child::ClientProcess,
-    cli::Impl,
+    cli::{ClientArgs, Impl},
     report::Throughput,
     scenario::{Bench, Scenario, record_throughput},
     stats::Results,
@@ -24,11 +24,16 @@ pub(super) fn run(
 
 /// One run of `implementation`'s publish client, checked through the broker.
 pub(super) fn measure(bench: &Bench<'_>, implementation: Impl) -> Result<Throughput, Error> {
+    measure_by(bench, bench.client(Scenario::Publish, implementation)?)
+}
+
+/// One run of the publish client of `args`, checked through the broker.
+pub(super) fn measure_by(bench: &Bench<'_>, mut args: ClientArgs) -> Result<Throughput, Error> {
+    let implementation = args.implementation;
     let broker = bench.broker;
     let messages = bench.options.messages;
     broker.purge(PUBLISH_QUEUE)?;
 
-    let mut args = bench.client(Scenario::Publish, implementation)?;
     args.messages = messages;
     let report: Throughput = ClientProcess::run(&args, PATIENCE)?;
 

@@ -28,7 +28,7 @@ use std::{
 
 use hutch_rs::{BoxError, Hutch, HutchBuilder, Message, consumer, testing::Cluster};
 use hutch_rs_tests::{
-    Scope,
+    Scope, init_logging,
     failover::{Deliveries, FailoverReport, Stream, Tick},
     pki::{CERT_USER, Pki},
     proxy::BlackHoleProxy,
@@ -114,16 +114,6 @@ static DELIVERIES: LazyLock<Deliveries> = LazyLock::new(Deliveries::default);
 async fn ticks(msg: Message<Tick>) -> Result<(), BoxError> {
     DELIVERIES.record(&msg);
     Ok(())
-}
-
-/// Shows the harness's own logs with `RUST_LOG=hutch_rs=debug`.
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
 }
 
 /// A test's turn with the shared cluster.

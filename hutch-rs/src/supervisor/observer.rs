@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use crate::{
     event::{Event, EventStream},
     status::{ConnectionState, ConnectionStatus, ConsumerState, ConsumerStatus, Status},
+    telemetry::metrics,
 };
 
 /// How many events a slow subscriber may fall behind before it skips some.
@@ -88,7 +89,13 @@ impl Observer {
                 connects: 0,
                 last_error: None,
             });
+        let was_up = connection.state == ConnectionState::Connected;
         update(connection);
+        metrics::connection_state(
+            purpose,
+            was_up,
+            connection.state == ConnectionState::Connected,
+        );
     }
 
     pub(crate) fn connecting(&self, purpose: &'static str) {
@@ -105,6 +112,9 @@ impl Observer {
             connection.broker = Some(broker.clone());
             connection.blocked = false;
             connection.connects += 1;
+            if connection.connects > 1 {
+                metrics::reconnect(purpose);
+            }
             connection.last_error = None;
         });
         self.emit(Event::Connected {
@@ -211,6 +221,7 @@ impl Observer {
     }
 
     pub(crate) fn consumer_restarted(&self, consumer: &str, restarts: u32, reason: String) {
+        metrics::consumer_restart(consumer);
         self.with_consumer(consumer, |status| {
             status.state = ConsumerState::Starting;
             status.restarts = restarts;
@@ -249,6 +260,7 @@ impl Observer {
     }
 
     pub(crate) fn stale_ack(&self, consumer: &str) {
+        metrics::stale_ack(consumer);
         self.with_consumer(consumer, |status| status.stale_acks += 1);
     }
 }

@@ -1,4 +1,6 @@
 //! What hutch-rs tells observability tools: the spans of publishes and
-//! deliveries.
+//! deliveries, and (feature `metrics`) the metrics of deliveries, publishes
+//! and connections.
 
+pub(crate) mod metrics;
 pub(crate) mod spans;

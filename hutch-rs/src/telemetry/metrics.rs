@@ -14,7 +14,7 @@
 //! |---|---|---|---|
 //! | `hutch_messages_handled_total` | counter | `consumer`, `outcome` | Deliveries settled, by outcome: `acked`, `retried`, `dead_lettered`, `requeued`, `redelivered` (the `hutch.outcome` of the process span) |
 //! | `hutch_handler_duration_seconds` | histogram | `consumer` | Handler calls, decoding and middleware included, until they returned, failed or timed out |
-//! | `hutch_messages_in_flight` | gauge | `consumer` | Handler calls running |
+//! | `hutch_messages_in_flight` | gauge | `consumer` | Handler calls whose outcome is still to come (one stopped at its timeout leaves at once) |
 //! | `hutch_publishes_total` | counter | `exchange`, `outcome` | Publishes by outcome: `confirmed`, `nacked`, `timed_out`, `unroutable`, `blocked`, `failed` |
 //! | `hutch_publish_confirm_duration_seconds` | histogram | `exchange` | From a publish's call until the broker's confirm, of confirmed publishes |
 //! | `hutch_connection_up` | gauge | `purpose` | Open connections, `consume` or `publish` (1 or 0 with one `Hutch`) |
@@ -46,7 +46,7 @@ mod on {
     pub(crate) const MESSAGES_HANDLED: &str = "hutch_messages_handled_total";
     /// How long handler calls took, by consumer.
     pub(crate) const HANDLER_DURATION: &str = "hutch_handler_duration_seconds";
-    /// Handler calls running, by consumer.
+    /// Handler calls whose outcome is still to come, by consumer.
     pub(crate) const MESSAGES_IN_FLIGHT: &str = "hutch_messages_in_flight";
     /// Publishes, by exchange and outcome.
     pub(crate) const PUBLISHES: &str = "hutch_publishes_total";
@@ -75,7 +75,11 @@ mod on {
             Unit::Seconds,
             "How long handler calls took, decoding and middleware included, until they returned, failed or timed out."
         );
-        describe_gauge!(MESSAGES_IN_FLIGHT, Unit::Count, "Handler calls running.");
+        describe_gauge!(
+            MESSAGES_IN_FLIGHT,
+            Unit::Count,
+            "Handler calls whose outcome is still to come."
+        );
         describe_counter!(
             PUBLISHES,
             Unit::Count,

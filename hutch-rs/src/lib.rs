@@ -108,6 +108,8 @@
 //! # Features
 //!
 //! - `testing`: [`testing::Broker`], a private RabbitMQ node for your tests.
+//! - `metrics`: metrics through the `metrics` facade (see above), for any
+//!   exporter.
 
 extern crate self as hutch_rs;
 

@@ -1,7 +1,7 @@
 //! The metrics hutch-rs records (feature `metrics`), read back from the
 //! Prometheus exporter after a known workload: counts by outcome, the
 //! handler and confirm histograms, the in-flight gauge back at zero, the
-//! connection gauge, reconnects and consumer restarts.
+//! connection gauge, reconnects, consumer restarts and stale acknowledgements.
 //!
 //! One recorder serves the whole binary, and the other tests' hutches
 //! record into it too: the assertions read the series of this module's own
@@ -9,15 +9,23 @@
 //! differences of the series shared by every `Hutch` (connections, by
 //! purpose).
 
-use std::{collections::BTreeMap, sync::OnceLock, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use hutch_rs::{BoxError, ConsumerState, Error, Event, Hutch, Message, PublishOptions, consumer};
 use hutch_rs_tests::{Job, NodeTurn, PATIENCE, Scope, init_logging, raw_channel_to, raw_publish};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::Notify;
 
 /// The consumer of the workload test, as the `consumer` label names it.
 const METERED: &str = "integration::metrics::metered";
-/// The consumer of the restart test.
+/// The consumer of the restart, reconnect and stale-ack test.
 const RESTARTED: &str = "integration::metrics::restarted";
 
 #[consumer(
@@ -31,8 +39,21 @@ async fn metered(msg: Message<Job>) -> Result<(), BoxError> {
     msg.outcome(msg.attempt())
 }
 
+/// Told when the held delivery's handler has started.
+static HELD_STARTED: Notify = Notify::const_new();
+/// Lets the held delivery's handler return.
+static HELD_RELEASE: Notify = Notify::const_new();
+/// Whether the next delivery is held (the first one is).
+static HOLD_NEXT: AtomicBool = AtomicBool::new(true);
+
+/// Holds its first delivery until the test releases it: its connection is
+/// closed meanwhile, so that its acknowledgement is stale.
 #[consumer(routing_key = "restarted.#", group = "metrics-restart")]
 async fn restarted(_msg: Message<Job>) -> Result<(), BoxError> {
+    if HOLD_NEXT.swap(false, Ordering::SeqCst) {
+        HELD_STARTED.notify_one();
+        HELD_RELEASE.notified().await;
+    }
     Ok(())
 }
 
@@ -246,7 +267,7 @@ async fn a_known_workload_is_counted_by_outcome() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnects_and_restarts_are_counted() {
+async fn reconnects_restarts_and_stale_acks_are_counted() {
     prometheus();
     let turn = NodeTurn::take().await;
     let broker = turn.broker();
@@ -299,7 +320,23 @@ async fn reconnects_and_restarts_are_counted() {
         scrape.text
     );
 
-    // Every connection force-closed: the consume connection opens again.
+    // A delivery held in its handler while every connection is
+    // force-closed: the consume connection opens again, the handler's
+    // acknowledgement is stale (its channel is gone), the broker delivers
+    // the message again.
+    hutch
+        .publish(
+            "restarted.held",
+            &Job {
+                id: 1,
+                succeed_on: 1,
+            },
+        )
+        .await
+        .expect("publish");
+    tokio::time::timeout(PATIENCE, HELD_STARTED.notified())
+        .await
+        .expect("the held delivery reached its handler");
     let closing = broker.clone();
     tokio::task::spawn_blocking(move || closing.close_all_connections("hutch-rs metrics test"))
         .await
@@ -315,6 +352,7 @@ async fn reconnects_and_restarts_are_counted() {
         |event| matches!(event, Event::Connected { connection, .. } if *connection == "consume"),
     )
     .await;
+    HELD_RELEASE.notify_one();
     let scrape = Scrape::now();
     assert!(
         reconnects(&scrape) > reconnects(&before),
@@ -332,7 +370,24 @@ async fn reconnects_and_restarts_are_counted() {
         hutch.status().consumer(&queue).map(|status| status.state),
         Some(ConsumerState::Consuming)
     );
-    let scrape = Scrape::now();
+    let handled = |scrape: &Scrape, outcome: &str| {
+        scrape.value(
+            "hutch_messages_handled_total",
+            &[("consumer", RESTARTED), ("outcome", outcome)],
+        )
+    };
+    let scrape = scrape_until("the held delivery handled again", |scrape| {
+        handled(scrape, "acked") >= 1.0
+    })
+    .await;
+    assert_eq!(handled(&scrape, "redelivered"), 1.0, "{}", scrape.text);
+    assert_eq!(handled(&scrape, "acked"), 1.0, "{}", scrape.text);
+    assert_eq!(
+        scrape.value("hutch_stale_acks_total", &[("consumer", RESTARTED)]),
+        1.0,
+        "{}",
+        scrape.text
+    );
     assert_eq!(
         scrape.value("hutch_consumer_restarts_total", &[("consumer", RESTARTED)]),
         1.0,

@@ -48,6 +48,23 @@ impl Default for Observer {
     }
 }
 
+/// A `Hutch` dropped without closing its connections: they are gone with
+/// the last task that held the observer, and no longer counted open.
+#[cfg(feature = "metrics")]
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for connection in state.connections.values() {
+            if connection.state == ConnectionState::Connected {
+                metrics::connection_state(connection.purpose, true, false);
+            }
+        }
+    }
+}
+
 impl Observer {
     fn state(&self) -> MutexGuard<'_, Observed> {
         // A panic while holding this lock leaves plain data behind; keep going.

@@ -262,3 +262,141 @@ mod off {
 
     pub(crate) fn stale_ack(_consumer: &str) {}
 }
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        sync::{Arc, Mutex},
+    };
+
+    use ::metrics::{
+        Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata,
+        Recorder, SharedString, Unit,
+    };
+
+    use super::*;
+    use crate::supervisor::observer::Observer;
+
+    /// Every series as `name{label=value,...}`, a histogram by its count
+    /// (`name_count{...}`).
+    #[derive(Debug, Default)]
+    struct Values(Mutex<BTreeMap<String, f64>>);
+
+    impl Values {
+        fn add(&self, series: &str, delta: f64) {
+            *self.0.lock().unwrap().entry(series.to_owned()).or_default() += delta;
+        }
+
+        fn get(&self, series: &str) -> f64 {
+            self.0.lock().unwrap().get(series).copied().unwrap_or(0.0)
+        }
+    }
+
+    /// A handle writing into [`Values`] under one series.
+    #[derive(Debug)]
+    struct Series(Arc<Values>, String);
+
+    impl CounterFn for Series {
+        fn increment(&self, value: u64) {
+            self.0.add(&self.1, value as f64);
+        }
+
+        fn absolute(&self, _value: u64) {
+            unimplemented!("hutch-rs only increments counters")
+        }
+    }
+
+    impl GaugeFn for Series {
+        fn increment(&self, value: f64) {
+            self.0.add(&self.1, value);
+        }
+
+        fn decrement(&self, value: f64) {
+            self.0.add(&self.1, -value);
+        }
+
+        fn set(&self, _value: f64) {
+            unimplemented!("hutch-rs counts its gauges up and down")
+        }
+    }
+
+    impl HistogramFn for Series {
+        fn record(&self, _value: f64) {
+            self.0.add(&self.1, 1.0);
+        }
+    }
+
+    /// The recorder of one test, on its thread alone.
+    #[derive(Debug, Default)]
+    struct TestRecorder(Arc<Values>);
+
+    impl TestRecorder {
+        fn series(&self, key: &Key, suffix: &str) -> Arc<Series> {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|label| format!("{}={}", label.key(), label.value()))
+                .collect();
+            let name = format!("{}{suffix}{{{}}}", key.name(), labels.join(","));
+            Arc::new(Series(self.0.clone(), name))
+        }
+    }
+
+    impl Recorder for TestRecorder {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(self.series(key, ""))
+        }
+
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(self.series(key, ""))
+        }
+
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(self.series(key, "_count"))
+        }
+    }
+
+    #[test]
+    fn a_connection_is_counted_up_while_open_and_its_reopenings_as_reconnects() {
+        let recorder = TestRecorder::default();
+        let values = recorder.0.clone();
+        let up = "hutch_connection_up{purpose=consume}";
+        let reconnects = "hutch_connection_reconnects_total{purpose=consume}";
+        ::metrics::with_local_recorder(&recorder, || {
+            let observer = Observer::default();
+            observer.connecting("consume");
+            assert_eq!(values.get(up), 0.0);
+            observer.connected("consume", "node".to_owned());
+            assert_eq!((values.get(up), values.get(reconnects)), (1.0, 0.0));
+            observer.disconnected("consume", "lost".to_owned());
+            assert_eq!(values.get(up), 0.0);
+            observer.connected("consume", "node".to_owned());
+            assert_eq!((values.get(up), values.get(reconnects)), (1.0, 1.0));
+            // A `Hutch` dropped without closing: its connection went with it.
+            drop(observer);
+            assert_eq!(values.get(up), 0.0);
+        });
+    }
+
+    #[test]
+    fn a_handler_call_is_in_flight_until_decided_or_dropped() {
+        let recorder = TestRecorder::default();
+        let values = recorder.0.clone();
+        let in_flight = "hutch_messages_in_flight{consumer=app::handle}";
+        let durations = "hutch_handler_duration_seconds_count{consumer=app::handle}";
+        ::metrics::with_local_recorder(&recorder, || {
+            let finished = HandlerCall::start("app::handle");
+            let dropped = HandlerCall::start("app::handle");
+            assert_eq!(values.get(in_flight), 2.0);
+            finished.finished();
+            assert_eq!((values.get(in_flight), values.get(durations)), (1.0, 1.0));
+            // The run ended with the call unfinished: not a duration.
+            drop(dropped);
+            assert_eq!((values.get(in_flight), values.get(durations)), (0.0, 1.0));
+        });
+    }
+}

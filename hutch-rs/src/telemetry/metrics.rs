@@ -2,8 +2,8 @@
 //! histograms of deliveries, publishes, connections and consumers, through
 //! the [`metrics`](https://docs.rs/metrics) facade, into whichever recorder
 //! the application installed (Prometheus, StatsD, OpenTelemetry, ...). With
-//! no recorder installed, a record builds its labels and drops them: no
-//! more than the process span of the same delivery costs.
+//! no recorder installed, a record still builds its labels (a small string
+//! copy each) and drops them.
 //!
 //! The names follow Prometheus's conventions: a `hutch_` prefix, the unit in
 //! the name, `_total` on counters. They and their labels are part of the

@@ -79,6 +79,7 @@ impl Hutch {
     }
 
     pub(crate) fn from_settings(settings: Settings) -> Self {
+        crate::telemetry::metrics::describe();
         let settings = Arc::new(settings);
         let observer = Observer::default();
         let root = Arc::new(Root::default());

@@ -48,6 +48,16 @@
 //! `messaging.message.id`, …, with the consumer, the attempt and the
 //! outcome); see the guide's Observability chapter.
 //!
+//! With the `metrics` feature, hutch-rs also records metrics through the
+//! [`metrics`](https://docs.rs/metrics) facade, into whatever recorder the
+//! application installed (`metrics-exporter-prometheus`, or any other
+//! exporter): deliveries by consumer and outcome
+//! (`hutch_messages_handled_total`), handler durations, handler calls in
+//! flight, publishes by outcome and their confirm latency, open connections,
+//! reconnects, consumer restarts and stale acknowledgements. The names and
+//! labels, stable and after Prometheus's conventions, are in the guide's
+//! Observability chapter; `examples/metrics.rs` serves them on `/metrics`.
+//!
 //! # Conventions
 //!
 //! - One durable topic exchange (default `hutch`).
@@ -106,6 +116,8 @@
 //!   `tracing-opentelemetry`'s layer installed, one trace runs from the
 //!   publishing request through the broker to every handler call. Use the
 //!   versions of the OpenTelemetry crates that `hutch_rs::otel` re-exports.
+//! - `metrics`: metrics through the `metrics` facade (see above), for any
+//!   exporter.
 //! - `msgpack`, `cbor`: MessagePack and CBOR bodies ([`Codec`]).
 //! - `tls-rustls-ring` (default) or `tls-rustls-aws-lc-rs`: the crypto
 //!   provider of `amqps` connections.

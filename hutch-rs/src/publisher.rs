@@ -252,6 +252,7 @@ impl Publisher {
         topology::check_publish_routing_key(draft.routing_key)?;
         let message_id = draft.message_id();
         let timestamp = unix_seconds(SystemTime::now());
+        let started = crate::telemetry::metrics::stopwatch();
         // A property AMQP cannot carry fails the publish before anything
         // waits for a connection.
         draft.validate(&message_id)?;
@@ -274,6 +275,7 @@ impl Publisher {
         .instrument(span.clone())
         .await;
         spans::record_published(&span, confirmed.as_ref().map(|_| ()));
+        crate::telemetry::metrics::published(exchange, confirmed.as_ref().map(|_| ()), started);
         confirmed?;
         Ok(Published::new(message_id))
     }

@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use crate::{
     event::{Event, EventStream},
     status::{ConnectionState, ConnectionStatus, ConsumerState, ConsumerStatus, Status},
+    telemetry::metrics,
 };
 
 /// How many events a slow subscriber may fall behind before it skips some.
@@ -43,6 +44,23 @@ impl Default for Observer {
                 state: Mutex::new(Observed::default()),
                 events: broadcast::Sender::new(EVENT_BUFFER),
             }),
+        }
+    }
+}
+
+/// A `Hutch` dropped without closing its connections: they are gone with
+/// the last task that held the observer, and no longer counted open.
+#[cfg(feature = "metrics")]
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for connection in state.connections.values() {
+            if connection.state == ConnectionState::Connected {
+                metrics::connection_state(connection.purpose, true, false);
+            }
         }
     }
 }
@@ -88,7 +106,13 @@ impl Observer {
                 connects: 0,
                 last_error: None,
             });
+        let was_up = connection.state == ConnectionState::Connected;
         update(connection);
+        metrics::connection_state(
+            purpose,
+            was_up,
+            connection.state == ConnectionState::Connected,
+        );
     }
 
     pub(crate) fn connecting(&self, purpose: &'static str) {
@@ -105,6 +129,9 @@ impl Observer {
             connection.broker = Some(broker.clone());
             connection.blocked = false;
             connection.connects += 1;
+            if connection.connects > 1 {
+                metrics::reconnect(purpose);
+            }
             connection.last_error = None;
         });
         self.emit(Event::Connected {
@@ -211,6 +238,7 @@ impl Observer {
     }
 
     pub(crate) fn consumer_restarted(&self, consumer: &str, restarts: u32, reason: String) {
+        metrics::consumer_restart(consumer);
         self.with_consumer(consumer, |status| {
             status.state = ConsumerState::Starting;
             status.restarts = restarts;
@@ -249,6 +277,7 @@ impl Observer {
     }
 
     pub(crate) fn stale_ack(&self, consumer: &str) {
+        metrics::stale_ack(consumer);
         self.with_consumer(consumer, |status| status.stale_acks += 1);
     }
 }

@@ -17,6 +17,7 @@ use crate::{
     middleware::{CallResult, Middlewares},
     panic::panic_message,
     retry::HandlerError,
+    telemetry::metrics::HandlerCall,
 };
 
 /// Runs a call, its panic (in the handler or in middleware) caught as its
@@ -41,6 +42,8 @@ struct Call {
     incoming: Arc<Incoming>,
     deadline: delay_queue::Key,
     abort: AbortHandle,
+    /// In flight while the call is kept here; its duration once decided.
+    metered: HandlerCall,
 }
 
 /// The handler calls of one consumer run.
@@ -91,6 +94,7 @@ impl Calls {
             self.tasks
                 .spawn(guarded(with_running_hutch(hutch, call)).instrument(span))
         };
+        let metered = HandlerCall::start(&self.scope.consumer);
         let id = abort.id();
         let deadline = self.deadlines.insert(id, self.timeout);
         self.calls.insert(
@@ -100,6 +104,7 @@ impl Calls {
                 incoming,
                 deadline,
                 abort,
+                metered,
             },
         );
     }
@@ -142,12 +147,14 @@ impl Calls {
                     // reported; it finished after all.
                     let call = self.calls.remove(&id)?;
                     self.deadlines.remove(&call.deadline);
+                    call.metered.finished();
                     return Some(Finished { tag: call.tag, incoming: call.incoming, failure });
                 }
                 Some(expired) = std::future::poll_fn(|context| self.deadlines.poll_expired(context)) => {
                     let Some(call) = self.calls.remove(expired.get_ref()) else { continue };
                     // Dropped at its next `.await`; its message is decided now.
                     call.abort.abort();
+                    call.metered.finished();
                     return Some(Finished {
                         tag: call.tag,
                         incoming: call.incoming,

@@ -301,11 +301,13 @@ impl<'a> Run<'a> {
             );
             tracing::warn!(message_id = %message_id(&incoming), delivery_tag = tag, %outcome, "the delivery's channel closed while it was handled; not settled, the broker redelivers it");
             spans::record_settled(&incoming.span, Settled::Redelivered, None);
+            crate::telemetry::metrics::handled(&self.consumer.name, Settled::Redelivered);
             return;
         }
         let Some(error) = failure else {
             settler.ack_later(tag);
             spans::record_settled(&incoming.span, Settled::Acked, None);
+            crate::telemetry::metrics::handled(&self.consumer.name, Settled::Acked);
             return;
         };
         // A panic is one message's failure, like an `Err`: it was caught
@@ -322,6 +324,7 @@ impl<'a> Run<'a> {
                     self.unwritten(unwritten);
                 }
                 spans::record_settled(&incoming.span, Settled::Requeued, Some(error.kind()));
+                crate::telemetry::metrics::handled(&self.consumer.name, Settled::Requeued);
                 self.notify(&incoming, error, Outcome::Requeued, failed_at);
                 return;
             }
@@ -384,6 +387,7 @@ impl<'a> Run<'a> {
                 Target::Dead => Settled::DeadLettered,
             };
             spans::record_settled(&job.incoming.span, settled, Some(job.error.kind()));
+            crate::telemetry::metrics::handled(&self.consumer.name, settled);
             let outcome = match job.target {
                 Target::Delay(delay) => {
                     tracing::warn!(%message_id, attempt, ?delay, %queue, error = %job.error_text, "handler failed; the message is retried after a delay");
@@ -446,6 +450,7 @@ impl<'a> Run<'a> {
                 Settled::Redelivered,
                 Some(job.error.kind()),
             );
+            crate::telemetry::metrics::handled(&self.consumer.name, Settled::Redelivered);
             if open {
                 if let Some(unwritten) = settler.requeue(job.tag) {
                     self.unwritten(unwritten);

@@ -28,8 +28,9 @@ use std::{
 
 use hutch_rs::{BoxError, Hutch, HutchBuilder, Message, consumer, testing::Cluster};
 use hutch_rs_tests::{
-    Scope, init_logging,
+    Scope,
     failover::{Deliveries, FailoverReport, Stream, Tick},
+    init_logging,
     pki::{CERT_USER, Pki},
     proxy::BlackHoleProxy,
 };

@@ -180,6 +180,7 @@ impl Observer {
                     restarts: 0,
                     channel: None,
                     stale_acks: 0,
+                    last_error: None,
                 };
                 (consumer, status)
             })
@@ -202,6 +203,7 @@ impl Observer {
         self.with_consumer(consumer, |status| {
             status.state = ConsumerState::Consuming;
             status.channel = Some(channel);
+            status.last_error = None;
         });
         self.emit(Event::ConsumerStarted {
             consumer: consumer.to_owned(),
@@ -214,6 +216,7 @@ impl Observer {
         self.with_consumer(consumer, |status| {
             status.state = ConsumerState::Starting;
             status.restarts = restarts;
+            status.last_error = Some(reason.clone());
         });
         self.emit(Event::ConsumerRestarted {
             consumer: consumer.to_owned(),
@@ -224,6 +227,7 @@ impl Observer {
 
     pub(crate) fn consumer_failed(&self, consumer: &str, reason: String) {
         self.consumer_state(consumer, ConsumerState::Failed);
+        self.with_consumer(consumer, |status| status.last_error = Some(reason.clone()));
         self.emit(Event::ConsumerFailed {
             consumer: consumer.to_owned(),
             reason,

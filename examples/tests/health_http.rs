@@ -2,7 +2,8 @@
 //! node of this test's own (it stops the node's application, which a shared
 //! node's other users would not survive): not ready before the consumers
 //! start, ready once they consume, not ready but live while the broker is
-//! away, ready again once it is back, not ready after shutdown.
+//! away, ready again once it is back, and neither ready nor live once the
+//! consumer has failed for good.
 
 use std::{
     sync::Arc,
@@ -82,7 +83,7 @@ async fn rabbitmqctl(broker: &Arc<Broker>, args: &'static [&'static str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_only_while_connected_and_consuming_and_live_throughout() {
+async fn ready_only_while_connected_and_consuming_live_until_a_consumer_fails_for_good() {
     let broker = Arc::new(
         tokio::task::spawn_blocking(Broker::start)
             .await
@@ -92,6 +93,9 @@ async fn ready_only_while_connected_and_consuming_and_live_throughout() {
     let hutch = Hutch::builder()
         .uri(broker.amqp_uri())
         .namespace("health-http-test")
+        // No restart allowed: the consumer's first failure is final, which
+        // is what liveness reports (a lost connection is no such failure).
+        .restart_intensity(0, Duration::from_secs(60))
         .build()
         .unwrap();
     let mut events = hutch.events();
@@ -152,18 +156,37 @@ async fn ready_only_while_connected_and_consuming_and_live_throughout() {
     assert!(problems(&body).is_empty(), "{body:#}");
     assert_eq!(probe(&app, "/health/live").await.0, StatusCode::OK);
 
-    // Shut down: not ready (take it out of traffic), and still live.
-    running.shutdown().await.unwrap();
+    // The consumer's queue deleted, as an operator might: the broker
+    // cancels the consumer, and with no restart allowed it has failed for
+    // good. Waiting cannot mend that; a restarted process would declare
+    // the queue again: not live.
+    let deleted = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        deleted.management_request(
+            "DELETE",
+            "/queues/%2F/health-http-test%3Ahealth_probe_sink",
+            None,
+        )
+    })
+    .await
+    .unwrap()
+    .expect("delete the consumer's queue");
+    let body = probe_until(&app, &mut events, "/health/live", |code, _| {
+        code == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    println!("not live, 503:\n{body:#}");
+    let failed = "consumer health_http::health_probe_sink on queue \
+                  health-http-test:health_probe_sink has failed and is not restarted: ";
+    let live_problems = problems(&body);
+    assert_eq!(live_problems.len(), 1, "{body:#}");
+    assert!(live_problems[0].starts_with(failed), "{body:#}");
+    assert_eq!(body["check"], "live");
     let (code, body) = probe(&app, "/health/ready").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body:#}");
-    assert!(
-        problems(&body).contains(
-            &"consumer health_http::health_probe_sink on queue \
-              health-http-test:health_probe_sink is stopped"
-        ),
-        "{body:#}"
-    );
-    assert_eq!(probe(&app, "/health/live").await.0, StatusCode::OK);
+    assert_eq!(problems(&body), live_problems, "{body:#}");
+
+    running.shutdown().await.unwrap();
     hutch.close().await.unwrap();
     drop(events);
 }

@@ -226,8 +226,13 @@ impl Observer {
     }
 
     pub(crate) fn consumer_failed(&self, consumer: &str, reason: String) {
-        self.consumer_state(consumer, ConsumerState::Failed);
-        self.with_consumer(consumer, |status| status.last_error = Some(reason.clone()));
+        // One update: a snapshot between two would show it failed without
+        // the reason.
+        self.with_consumer(consumer, |status| {
+            status.state = ConsumerState::Failed;
+            status.channel = None;
+            status.last_error = Some(reason.clone());
+        });
         self.emit(Event::ConsumerFailed {
             consumer: consumer.to_owned(),
             reason,

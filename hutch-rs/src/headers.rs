@@ -20,6 +20,7 @@
 //! | [`COPY`] | retries, dead letters | the copy's number on its consumer's forwarding channel |
 //! | [`HEADERS_DROPPED`] | retries, dead letters | only when the original's headers did not fit beside these: what was dropped |
 //! | [`REJECTED_HEADERS`] | deliveries, dead letters | in place of headers nested too deeply to read safely |
+//! | [`TRACEPARENT`], [`TRACESTATE`] | publishes, retries, dead letters | W3C trace context, with the `opentelemetry` feature |
 //!
 //! Every other property and header of the original message is kept, unless
 //! the copy would not fit in one AMQP frame: then the original's own headers
@@ -83,6 +84,17 @@ pub const HEADERS_DROPPED: &str = "x-hutch-headers-dropped";
 /// A publisher that sets this header itself only makes its own message
 /// poison: it is not trusted for anything else.
 pub const REJECTED_HEADERS: &str = "x-hutch-rejected-headers";
+
+/// W3C Trace Context's `traceparent`: the trace and the span that published
+/// the message. With the `opentelemetry` feature, every publish carries its
+/// publish span's (a retry or dead-letter copy its copy span's, replacing
+/// the original's), and a delivery that carries a valid one is handled in a
+/// child of that span. Read only as a string of at most 512 bytes; anything
+/// else is ignored.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C Trace Context's `tracestate`: vendors' data beside
+/// [`TRACEPARENT`], carried and read the same way.
+pub const TRACESTATE: &str = "tracestate";
 
 /// [`REASON`]: the handler failed on every one of its attempts.
 pub const REASON_ATTEMPTS_EXHAUSTED: &str = "attempts-exhausted";

@@ -98,6 +98,17 @@
 //! # Features
 //!
 //! - `testing`: [`testing::Broker`], a private RabbitMQ node for your tests.
+//! - `opentelemetry`: W3C trace context across the broker. Every publish
+//!   (and every retry or dead-letter copy) carries its span's context in
+//!   the [`traceparent`](headers::TRACEPARENT) and
+//!   [`tracestate`](headers::TRACESTATE) headers, and a delivery that
+//!   carries one is handled in a child of that span: with
+//!   `tracing-opentelemetry`'s layer installed, one trace runs from the
+//!   publishing request through the broker to every handler call. Use the
+//!   versions of the OpenTelemetry crates that `hutch_rs::otel` re-exports.
+//! - `msgpack`, `cbor`: MessagePack and CBOR bodies ([`Codec`]).
+//! - `tls-rustls-ring` (default) or `tls-rustls-aws-lc-rs`: the crypto
+//!   provider of `amqps` connections.
 
 extern crate self as hutch_rs;
 
@@ -174,6 +185,21 @@ pub mod amqp {
         BasicProperties,
         types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString},
     };
+}
+
+/// The OpenTelemetry crates the `opentelemetry` feature works with, at the
+/// versions it was built against.
+///
+/// Trace context passes between hutch-rs and an application's spans
+/// through `tracing-opentelemetry`'s layer, found by its type: an
+/// application that installs a layer of another version of the crate gets
+/// no propagation (and no error). Building the layer, its tracer and
+/// propagators from these re-exports keeps the versions in step.
+#[cfg(feature = "opentelemetry")]
+pub mod otel {
+    pub use opentelemetry;
+    pub use opentelemetry_sdk;
+    pub use tracing_opentelemetry;
 }
 
 use std::sync::OnceLock;

@@ -9,7 +9,7 @@ use lapin::{
 };
 use serde::Serialize;
 
-use crate::{Codec, Error, Result, properties::PERSISTENT};
+use crate::{Codec, Error, Result, properties::PERSISTENT, telemetry::propagation::TraceHeaders};
 
 pub(crate) use crate::codec::JSON;
 
@@ -255,7 +255,7 @@ impl Outgoing {
         let draft = self.draft();
         let message_id = draft.message_id();
         let now = crate::properties::unix_seconds(std::time::SystemTime::now());
-        let properties = draft.properties(&message_id, now)?;
+        let properties = draft.properties(&message_id, now, &TraceHeaders::default())?;
         Ok((properties, message_id))
     }
 }
@@ -341,7 +341,7 @@ impl Draft<'_> {
     }
 
     /// The AMQP properties to publish with, for `message_id` and
-    /// `timestamp` (Unix seconds). Built anew for every attempt of a
+    /// `timestamp` (Unix seconds), with the publish's `trace` headers. Built anew for every attempt of a
     /// publish (lapin takes them by value): from the same inputs, the same
     /// properties, and cheaper than keeping a copy for an attempt that
     /// rarely comes.
@@ -350,7 +350,12 @@ impl Draft<'_> {
     ///
     /// [`Error::InvalidProperty`] for a header name, message id,
     /// correlation id, `reply_to` or content type longer than AMQP allows.
-    pub(crate) fn properties(&self, message_id: &str, timestamp: u64) -> Result<BasicProperties> {
+    pub(crate) fn properties(
+        &self,
+        message_id: &str,
+        timestamp: u64,
+        trace: &TraceHeaders,
+    ) -> Result<BasicProperties> {
         let options = self.options;
         let short = |property: &str, value: &str| short_string(self.routing_key, property, value);
         let mut properties = BasicProperties::default()
@@ -358,12 +363,15 @@ impl Draft<'_> {
             .with_delivery_mode(PERSISTENT)
             .with_message_id(short("message id", message_id)?)
             .with_timestamp(timestamp);
-        if !options.headers.is_empty() {
+        if !options.headers.is_empty() || !trace.is_empty() {
             let mut headers = FieldTable::default();
             for (name, value) in &options.headers {
                 let property = format!("header name {}", abbreviated(name));
                 headers.insert(short(&property, name)?, value.clone());
             }
+            // After the caller's own: the publish's span is where the
+            // message is in its trace now.
+            trace.write_into(&mut headers);
             properties = properties.with_headers(headers);
         }
         if let Some(correlation_id) = &options.correlation_id {

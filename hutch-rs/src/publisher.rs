@@ -39,7 +39,7 @@ use crate::{
         observer::Observer,
         tree::Root,
     },
-    telemetry::spans,
+    telemetry::{propagation::TraceHeaders, spans},
     topology,
 };
 
@@ -146,6 +146,8 @@ struct Publish<'a> {
     /// Unix seconds, the same for every attempt.
     timestamp: u64,
     mandatory: bool,
+    /// The publish span's trace context, the same for every attempt.
+    trace: &'a TraceHeaders,
 }
 
 impl Publish<'_> {
@@ -154,7 +156,8 @@ impl Publish<'_> {
     /// value), not carried along: they are larger than the rest of the
     /// publish.
     fn properties(&self) -> Result<BasicProperties> {
-        self.draft.properties(self.message_id, self.timestamp)
+        self.draft
+            .properties(self.message_id, self.timestamp, self.trace)
     }
 }
 
@@ -257,6 +260,7 @@ impl Publisher {
         // hundred bytes, cheap to move into a `FuturesUnordered` or a task,
         // and its state is allocated once, in place, when it first runs.
         let span = spans::publish(exchange, draft.routing_key, &message_id);
+        let trace = TraceHeaders::of(&span);
         let confirmed = Box::pin(self.confirmed(Publish {
             exchange,
             routing_key: draft.routing_key,
@@ -265,6 +269,7 @@ impl Publisher {
             message_id: &message_id,
             timestamp,
             mandatory: draft.options.is_mandatory(),
+            trace: &trace,
         }))
         .instrument(span.clone())
         .await;

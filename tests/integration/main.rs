@@ -31,4 +31,5 @@ mod run_from_env;
 mod shutdown;
 mod spans;
 mod supervision;
+mod trace_context;
 mod tree;

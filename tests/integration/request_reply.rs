@@ -741,3 +741,58 @@ async fn a_consumer_answers_requests_with_context_reply_and_a_message_without_re
     replier.close().await.unwrap();
     requester.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_carries_its_span_context_to_the_replier() {
+    use hutch_rs::headers::TRACEPARENT;
+    use hutch_rs_tests::{
+        header_text,
+        otel::{self, attribute, await_trace},
+    };
+    use tracing::Instrument;
+
+    let _capture = otel::capture();
+    let scope = Scope::new("rpc-traced");
+    let mut inbox = Inbox::open(broker(), &scope, "quotes", "prices.quote").await;
+    let hutch = builder(broker(), &scope).build().unwrap();
+    let checkout = tracing::info_span!(target: otel::TARGET, parent: None, "checkout");
+    let (trace, _) = otel::ids_of(&checkout);
+    let replier = tokio::spawn(async move {
+        let request = inbox.next().await;
+        inbox.reply(&request, b"700").await;
+        header_text(&request.properties, TRACEPARENT)
+    });
+    let total: u64 = hutch
+        .request("prices.quote", &Quote { sku: 7 })
+        .instrument(checkout)
+        .await
+        .expect("answered");
+    assert_eq!(total, 700);
+    let traceparent = replier.await.unwrap();
+
+    // The request's span, a producer span in the caller's trace, is the
+    // parent the replier is told of.
+    let spans = await_trace(trace, PATIENCE, |spans| {
+        spans
+            .iter()
+            .any(|span| attribute(span, "hutch.outcome") == "answered")
+    })
+    .await;
+    let request = spans
+        .iter()
+        .find(|span| attribute(span, "hutch.outcome") == "answered")
+        .unwrap();
+    assert_eq!(
+        traceparent,
+        format!(
+            "00-{}-{}-01",
+            request.span_context.trace_id(),
+            request.span_context.span_id()
+        )
+    );
+    assert_eq!(
+        attribute(request, "messaging.rabbitmq.destination.routing_key"),
+        "prices.quote"
+    );
+    hutch.close().await.unwrap();
+}

@@ -160,3 +160,55 @@ async fn an_undecodable_message_has_a_process_span_that_says_so_and_a_dead_lette
     assert_eq!(copy.field("hutch.outcome"), "confirmed");
     running.shutdown().await.expect("clean shutdown");
 }
+
+/// Panics on attempt 1, overruns its timeout on attempt 2: both are failures
+/// of that message alone, and its spans say which.
+#[consumer(
+    routing_key = "unruly.#",
+    group = "spans_unruly",
+    max_attempts = 2,
+    timeout = "300ms",
+    retry_min_delay = "100ms",
+    retry_max_delay = "200ms"
+)]
+async fn unruly(msg: Message<Job>) -> Result<(), BoxError> {
+    if msg.attempt() == 1 {
+        panic!("attempt 1 of job {} panics", msg.id);
+    }
+    // Far past the timeout: the call is dropped at 300 ms.
+    tokio::time::sleep(PATIENCE).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_and_a_timeout_are_recorded_as_such_on_the_process_spans() {
+    init_logging();
+    let scope = Scope::new("spans-unruly");
+    let hutch = scope.hutch("spans_unruly");
+    let running = hutch.start().await.expect("start");
+    let published = hutch
+        .publish_with(
+            "unruly.order",
+            &Job {
+                id: 5,
+                succeed_on: 1,
+            },
+            PublishOptions::new(),
+        )
+        .await
+        .expect("publish");
+    let id = published.message_id().to_owned();
+    let mut processed = await_spans(2, PATIENCE, |span| {
+        span.field("messaging.message.id") == id && span.name == "process"
+    })
+    .await;
+    processed.sort_by_key(|span| span.field("hutch.attempt").to_owned());
+    let (first, second) = (&processed[0], &processed[1]);
+    assert_eq!(first.field("error.type"), "panicked", "{first:#?}");
+    assert_eq!(first.field("hutch.outcome"), "retried");
+    assert_eq!(first.field("otel.status_code"), "ERROR");
+    assert_eq!(second.field("error.type"), "timed_out", "{second:#?}");
+    assert_eq!(second.field("hutch.outcome"), "dead_lettered");
+    assert_eq!(second.field("otel.status_code"), "ERROR");
+    running.shutdown().await.expect("clean shutdown");
+}

@@ -3,6 +3,7 @@
 //! for publishing what hutch-rs itself never would.
 
 pub mod failover;
+pub mod otel;
 pub mod pki;
 pub mod proxy;
 pub mod spans;
@@ -403,6 +404,7 @@ pub fn init_logging() {
             .with(logs)
             .with(spans)
             .with(captured)
+            .with(otel::layer())
             .init();
     });
     LazyLock::force(&INIT);

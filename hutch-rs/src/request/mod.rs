@@ -35,11 +35,23 @@ use crate::{
     properties::unix_seconds,
     publisher::Publisher,
     supervisor::{observer::Observer, tree::Root},
+    telemetry::{propagation::TraceHeaders, spans},
     topology,
 };
 
+/// One request on its way: what [`Requester::send_and_wait`] sends.
+struct Request<'a> {
+    draft: Draft<'a>,
+    message_id: &'a str,
+    correlation_id: &'a str,
+    /// The request span's trace context, for the responder's span.
+    trace: &'a TraceHeaders,
+    deadline: Instant,
+}
+
 use generation::{DIRECT_REPLY_TO, Generation, Setup};
 use pending::Answer;
+use tracing::Instrument;
 
 pub(crate) use reply_to::{check_reply_to, is_direct_reply_to};
 
@@ -99,6 +111,32 @@ impl Requester {
         };
         let message_id = draft.message_id();
         draft.validate(&message_id)?;
+        let span = spans::publish(&self.settings.exchange, routing_key, &message_id);
+        let trace = TraceHeaders::of(&span);
+        let request = Request {
+            draft,
+            message_id: &message_id,
+            correlation_id: &correlation_id,
+            trace: &trace,
+            deadline,
+        };
+        let replied = self.send_and_wait(request).instrument(span.clone()).await;
+        spans::record_requested(&span, replied.as_ref().map(|_| ()));
+        replied
+    }
+
+    /// Sends `request` on the request channel (again on a new one if the
+    /// channel ended before it was sent) and waits for its answer.
+    async fn send_and_wait(&self, request: Request<'_>) -> Result<Vec<u8>> {
+        let Request {
+            draft,
+            message_id,
+            correlation_id,
+            trace,
+            deadline,
+        } = request;
+        let routing_key = draft.routing_key;
+        let body = draft.body;
         let timestamp = unix_seconds(SystemTime::now());
         let answer = loop {
             let generation = match tokio::time::timeout_at(deadline, self.generation()).await {
@@ -107,18 +145,18 @@ impl Requester {
             };
             // Registered before it is sent: its reply may come before
             // `send` returns.
-            let Some(mut waiting) = generation.register(correlation_id.clone()) else {
+            let Some(mut waiting) = generation.register(correlation_id.to_owned()) else {
                 // The channel ended since; nothing was sent yet.
                 continue;
             };
-            let properties = draft.properties(&message_id, timestamp)?;
+            let properties = draft.properties(message_id, timestamp, trace)?;
             generation
                 .send(
                     &self.settings.exchange,
                     routing_key,
                     body,
                     properties,
-                    correlation_id.clone(),
+                    correlation_id.to_owned(),
                 )
                 .await
                 .map_err(|error| Error::RequestInterrupted {

@@ -1,4 +1,5 @@
 //! What hutch-rs tells observability tools: the spans of publishes and
-//! deliveries.
+//! deliveries, and the trace context they carry across the broker.
 
+pub(crate) mod propagation;
 pub(crate) mod spans;

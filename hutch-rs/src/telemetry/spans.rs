@@ -13,6 +13,7 @@
 
 use tracing::{Span, field::Empty};
 
+use super::propagation;
 use crate::{Error, message::Envelope};
 
 /// The target of every span here.
@@ -22,9 +23,9 @@ pub(crate) const TARGET: &str = "hutch_rs::messaging";
 /// handler call (and its logs) inside it, the outcome recorded on it.
 pub(crate) fn process(consumer: &str, queue: &str, envelope: &Envelope, delivery_tag: u64) -> Span {
     // A root, not a child of the consumer's long-lived span: every delivery
-    // is a trace of its own (or, with the `opentelemetry` feature, joins the
-    // publisher's).
-    tracing::info_span!(
+    // is a trace of its own, or (with the `opentelemetry` feature) joins the
+    // trace of the span that published it.
+    let span = tracing::info_span!(
         target: TARGET,
         parent: None,
         "process",
@@ -43,7 +44,9 @@ pub(crate) fn process(consumer: &str, queue: &str, envelope: &Envelope, delivery
         hutch.attempt = envelope.attempt,
         hutch.outcome = Empty,
         error.type = Empty,
-    )
+    );
+    propagation::adopt_parent(&span, envelope.properties.headers().as_ref());
+    span
 }
 
 /// The span of one publish, until its confirm (or failure).
@@ -90,13 +93,21 @@ pub(crate) fn forward(parent: &Span, queue: &str, message_id: &str, copy: &'stat
 }
 
 /// Records what became of a copy of [`forward`]: `confirmed`, or `nacked`,
-/// `returned` (its queue was missing) or `failed`, each sent again.
+/// `returned` (its queue was missing), `timed_out` or `failed`, each sent
+/// again.
 pub(crate) fn record_forwarded(span: &Span, outcome: &'static str) {
-    span.record("hutch.outcome", outcome);
-    if outcome != "confirmed" {
-        span.record("error.type", outcome);
-        span.record("otel.status_code", "ERROR");
+    if outcome == "confirmed" {
+        span.record("hutch.outcome", outcome);
+    } else {
+        record_failure(span, outcome);
     }
+}
+
+/// Records a failed send: its outcome is also its error's type.
+fn record_failure(span: &Span, kind: &'static str) {
+    span.record("hutch.outcome", kind);
+    span.record("error.type", kind);
+    span.record("otel.status_code", "ERROR");
 }
 
 /// How a delivery ended, as [`process`] spans record it in `hutch.outcome`.
@@ -143,17 +154,28 @@ pub(crate) fn record_published(span: &Span, outcome: Result<(), &Error>) {
         Ok(()) => {
             span.record("hutch.outcome", "confirmed");
         }
-        Err(error) => {
-            let kind = match error {
-                Error::PublishNacked { .. } => "nacked",
-                Error::PublishTimeout { .. } => "timed_out",
-                Error::Unroutable { .. } => "unroutable",
-                Error::Blocked { .. } => "blocked",
-                _ => "failed",
-            };
-            span.record("hutch.outcome", kind);
-            span.record("error.type", kind);
-            span.record("otel.status_code", "ERROR");
+        Err(error) => record_failure(span, failure_kind(error)),
+    }
+}
+
+/// Records a request's end (its span is a [`publish`] span): `answered`
+/// when its reply came, or the error's kind.
+pub(crate) fn record_requested(span: &Span, outcome: Result<(), &Error>) {
+    match outcome {
+        Ok(()) => {
+            span.record("hutch.outcome", "answered");
         }
+        Err(error) => record_failure(span, failure_kind(error)),
+    }
+}
+
+/// What a publish's or request's error is, in a word.
+fn failure_kind(error: &Error) -> &'static str {
+    match error {
+        Error::PublishNacked { .. } => "nacked",
+        Error::PublishTimeout { .. } | Error::RequestTimeout { .. } => "timed_out",
+        Error::Unroutable { .. } => "unroutable",
+        Error::Blocked { .. } => "blocked",
+        _ => "failed",
     }
 }

@@ -34,7 +34,7 @@ use crate::{
         connection_manager::ConnectionManager,
         consumer::{Ended, Setup, receiving::Run},
     },
-    telemetry::spans,
+    telemetry::{propagation::TraceHeaders, spans},
 };
 
 /// Where a copy goes.
@@ -105,11 +105,6 @@ impl Run<'_> {
             .iter()
             .map(|_| self.copies.fetch_add(1, Ordering::Relaxed))
             .collect();
-        let copies: Vec<BasicProperties> = jobs
-            .iter()
-            .zip(&numbers)
-            .map(|(job, number)| numbered(&job.properties, *number, capacity))
-            .collect();
         let spans: Vec<tracing::Span> = jobs
             .iter()
             .zip(&queues)
@@ -120,6 +115,16 @@ impl Run<'_> {
                 };
                 let message_id = job.incoming.envelope.message_id().unwrap_or_default();
                 spans::forward(&job.incoming.span, queue, message_id, copy)
+            })
+            .collect();
+        // Each copy carries its own span's trace context (in place of the
+        // original's), so that the next attempt's span is that span's child.
+        let copies: Vec<BasicProperties> = jobs
+            .iter()
+            .zip(&numbers)
+            .zip(&spans)
+            .map(|((job, number), span)| {
+                numbered(&job.properties, *number, &TraceHeaders::of(span), capacity)
             })
             .collect();
         // Queued in order by the first poll of each; then every confirm.
@@ -373,8 +378,14 @@ impl Run<'_> {
 }
 
 /// The copy's properties with its number, made to fit in one frame.
-fn numbered(properties: &BasicProperties, number: u64, capacity: usize) -> BasicProperties {
+fn numbered(
+    properties: &BasicProperties,
+    number: u64,
+    trace: &TraceHeaders,
+    capacity: usize,
+) -> BasicProperties {
     let mut headers: FieldTable = properties.headers().clone().unwrap_or_default();
+    trace.write_into(&mut headers);
     // The broker's counter is a u64 as well, stored as AMQP's signed long.
     headers.insert(
         headers::COPY.into(),
@@ -398,7 +409,12 @@ mod tests {
     #[test]
     fn a_copy_number_survives_the_round_trip_through_its_header() {
         for number in [0, 1, 7, u64::MAX / 2, u64::MAX] {
-            let properties = numbered(&BasicProperties::default(), number, usize::MAX);
+            let properties = numbered(
+                &BasicProperties::default(),
+                number,
+                &TraceHeaders::default(),
+                usize::MAX,
+            );
             assert_eq!(copy_number(properties.headers().as_ref()), Some(number));
         }
         assert_eq!(copy_number(None), None);

@@ -33,7 +33,11 @@ struct OrderPlaced {
 #[consumer(routing_key = "orders.placed", retry_min_delay = "100ms")]
 async fn send_receipt(msg: Message<OrderPlaced>) -> Result<(), BoxError> {
     // Inside the delivery's `process` span: this log is part of the trace.
-    tracing::info!(order_id = msg.order_id, attempt = msg.attempt(), "sending the receipt");
+    tracing::info!(
+        order_id = msg.order_id,
+        attempt = msg.attempt(),
+        "sending the receipt"
+    );
     if msg.attempt() == 1 {
         return Err("the mail server is busy".into());
     }

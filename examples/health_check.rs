@@ -18,12 +18,14 @@ async fn record_ping(msg: Message<serde_json::Value>) -> Result<(), BoxError> {
 }
 
 // ANCHOR: health
-/// What a `/health` endpoint would answer.
+/// A text report: ready or not and why, then every connection and consumer.
+/// (`examples/health_http.rs` serves the same answers over HTTP.)
 fn health(status: &Status) -> String {
-    let mut report = if status.is_healthy() {
-        "healthy".to_owned()
+    let readiness = status.readiness();
+    let mut report = if readiness.is_ok() {
+        "ready".to_owned()
     } else {
-        "unhealthy".to_owned()
+        format!("not ready: {readiness}")
     };
     for connection in &status.connections {
         report += &format!(

@@ -554,7 +554,9 @@ impl Hutch {
 
     /// A snapshot of the connections and consumers: each connection's state
     /// and blocked flag, each consumer's state, restart count and channel.
-    /// Enough for a health check: [`Status::is_healthy`].
+    /// Enough for a health check: [`Status::readiness`] and
+    /// [`Status::liveness`] say what fails, in words, for an orchestrator's
+    /// probes; [`Status::is_healthy`] is readiness as a `bool`.
     #[must_use]
     pub fn status(&self) -> Status {
         self.inner.observer.snapshot()

@@ -182,7 +182,9 @@ pub use registry::{ConsumerRegistration, consumers};
 pub use retry::{
     Decision, ERROR_HOOK_QUEUE_CAPACITY, ErrorHook, Failure, HandlerError, Outcome, RetryPolicy,
 };
-pub use status::{ConnectionState, ConnectionStatus, ConsumerState, ConsumerStatus, Status};
+pub use status::{
+    ConnectionState, ConnectionStatus, ConsumerState, ConsumerStatus, Health, Status,
+};
 pub use supervisor::app::Running;
 
 /// Marks an async function as a consumer. See the [crate docs](crate) and

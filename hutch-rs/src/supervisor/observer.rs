@@ -207,6 +207,7 @@ impl Observer {
                     restarts: 0,
                     channel: None,
                     stale_acks: 0,
+                    last_error: None,
                 };
                 (consumer, status)
             })
@@ -229,6 +230,7 @@ impl Observer {
         self.with_consumer(consumer, |status| {
             status.state = ConsumerState::Consuming;
             status.channel = Some(channel);
+            status.last_error = None;
         });
         self.emit(Event::ConsumerStarted {
             consumer: consumer.to_owned(),
@@ -242,6 +244,7 @@ impl Observer {
         self.with_consumer(consumer, |status| {
             status.state = ConsumerState::Starting;
             status.restarts = restarts;
+            status.last_error = Some(reason.clone());
         });
         self.emit(Event::ConsumerRestarted {
             consumer: consumer.to_owned(),
@@ -251,7 +254,13 @@ impl Observer {
     }
 
     pub(crate) fn consumer_failed(&self, consumer: &str, reason: String) {
-        self.consumer_state(consumer, ConsumerState::Failed);
+        // One update: a snapshot between two would show it failed without
+        // the reason.
+        self.with_consumer(consumer, |status| {
+            status.state = ConsumerState::Failed;
+            status.channel = None;
+            status.last_error = Some(reason.clone());
+        });
         self.emit(Event::ConsumerFailed {
             consumer: consumer.to_owned(),
             reason,

@@ -6,7 +6,9 @@
 //! The span exporter counts and drops what it is given: the cost measured
 //! is what tracing adds to the application's own path (creating, filling
 //! and ending spans, the trace headers, handing spans to the batch
-//! processor's thread), not a collector's network round trips.
+//! processor's thread), not a collector's network round trips. The
+//! Prometheus recorder keeps every value as it would for a scrape; the
+//! client renders them once, at the end.
 
 use std::fmt;
 
@@ -21,11 +23,21 @@ pub(crate) enum Telemetry {
     Off,
     /// Traces: every message span exported.
     Traces,
+    /// Metrics: every counter, gauge and histogram into a Prometheus
+    /// recorder.
+    Metrics,
+    /// Traces and metrics.
+    Both,
 }
 
 impl Telemetry {
     /// Every setting, in the order of round 0.
-    pub(crate) const ALL: [Telemetry; 2] = [Telemetry::Off, Telemetry::Traces];
+    pub(crate) const ALL: [Telemetry; 4] = [
+        Telemetry::Off,
+        Telemetry::Traces,
+        Telemetry::Metrics,
+        Telemetry::Both,
+    ];
 
     /// The settings in the order of `round`: each goes first in turn.
     pub(crate) fn rotation(round: usize) -> Vec<Telemetry> {
@@ -38,6 +50,8 @@ impl Telemetry {
         match self {
             Telemetry::Off => "off",
             Telemetry::Traces => "traces",
+            Telemetry::Metrics => "metrics",
+            Telemetry::Both => "both",
         }
     }
 }
@@ -71,13 +85,17 @@ pub(crate) fn install(telemetry: Telemetry, writer: BoxMakeWriter) -> Result<Ins
                 .unwrap_or_else(|_| "hutch_rs=warn".into()),
         );
     let registry = tracing_subscriber::registry().with(log);
-    match telemetry {
-        Telemetry::Off => {
+    let mut installed = match telemetry {
+        Telemetry::Off | Telemetry::Metrics => {
             registry.init();
-            Ok(Installed::default())
+            Installed::default()
         }
-        Telemetry::Traces => traces::install(registry),
+        Telemetry::Traces | Telemetry::Both => traces::install(registry)?,
+    };
+    if matches!(telemetry, Telemetry::Metrics | Telemetry::Both) {
+        installed = metrics::install(installed)?;
     }
+    Ok(installed)
 }
 
 /// What [`install`] set up.
@@ -85,17 +103,61 @@ pub(crate) fn install(telemetry: Telemetry, writer: BoxMakeWriter) -> Result<Ins
 pub(crate) struct Installed {
     #[cfg(feature = "telemetry")]
     provider: Option<hutch_rs::otel::opentelemetry_sdk::trace::SdkTracerProvider>,
+    #[cfg(feature = "telemetry")]
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Installed {
     /// Flushes and stops what was installed; says what it exported.
     pub(crate) fn finish(self) -> Result<String, Error> {
+        // Without the feature nothing is ever installed, nor pushed here.
+        #[cfg_attr(not(feature = "telemetry"), allow(unused_mut))]
+        let mut exported: Vec<String> = Vec::new();
         #[cfg(feature = "telemetry")]
         if let Some(provider) = self.provider {
             provider.shutdown()?;
-            return Ok(format!("{} spans exported", traces::exported()));
+            exported.push(format!("{} spans exported", traces::exported()));
         }
-        Ok(String::new())
+        #[cfg(feature = "telemetry")]
+        if let Some(prometheus) = self.prometheus {
+            let scrape = prometheus.render();
+            let series = scrape
+                .lines()
+                .filter(|line| line.starts_with("hutch_"))
+                .count();
+            exported.push(format!("{series} hutch_ series rendered"));
+        }
+        Ok(exported.join(", "))
+    }
+}
+
+#[cfg(feature = "telemetry")]
+mod metrics {
+    use super::Installed;
+    use crate::Error;
+
+    /// A Prometheus recorder, as an application serving `/metrics`
+    /// installs it (histograms with buckets, as the guide advises).
+    pub(super) fn install(installed: Installed) -> Result<Installed, Error> {
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[
+                0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ])?
+            .install_recorder()?;
+        Ok(Installed {
+            prometheus: Some(prometheus),
+            ..installed
+        })
+    }
+}
+
+#[cfg(not(feature = "telemetry"))]
+mod metrics {
+    use super::Installed;
+    use crate::Error;
+
+    pub(super) fn install(_installed: Installed) -> Result<Installed, Error> {
+        Err("metrics: build the benchmark with `--features telemetry`".into())
     }
 }
 
@@ -161,6 +223,7 @@ mod traces {
         registry.with(layer).try_init()?;
         Ok(Installed {
             provider: Some(provider),
+            prometheus: None,
         })
     }
 }

@@ -17,7 +17,7 @@
 //! | `hutch_messages_in_flight` | gauge | `consumer` | Handler calls whose outcome is still to come (one stopped at its timeout leaves at once) |
 //! | `hutch_publishes_total` | counter | `exchange`, `outcome` | Publishes by outcome: `confirmed`, `nacked`, `timed_out`, `unroutable`, `blocked`, `failed` |
 //! | `hutch_publish_confirm_duration_seconds` | histogram | `exchange` | From a publish's call until the broker's confirm, of confirmed publishes |
-//! | `hutch_connection_up` | gauge | `purpose` | Open connections, `consume` or `publish` (1 or 0 with one `Hutch`) |
+//! | `hutch_connection_up` | gauge | `purpose` | Open connections of the process, `consume` or `publish` (1 or 0 with one `Hutch`) |
 //! | `hutch_connection_reconnects_total` | counter | `purpose` | Connections opened again after the first |
 //! | `hutch_consumer_restarts_total` | counter | `consumer` | Consumers restarted after a failure (not after a connection loss) |
 //! | `hutch_stale_acks_total` | counter | `consumer` | Settle frames not sent because the delivery's channel had closed |
@@ -33,7 +33,10 @@ pub(crate) use off::*;
 
 #[cfg(feature = "metrics")]
 mod on {
-    use std::time::Instant;
+    use std::{
+        sync::atomic::{AtomicI64, Ordering},
+        time::Instant,
+    };
 
     use ::metrics::{
         Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
@@ -197,15 +200,29 @@ mod on {
         counter!(PUBLISHES, "exchange" => exchange.to_owned(), "outcome" => outcome).increment(1);
     }
 
-    /// A connection's state changed: counted up when it opens, down when it
-    /// is lost or closed. A count rather than a 1 or 0, so that two `Hutch`
-    /// instances in one process do not overwrite each other's state.
+    /// A connection's state changed: the process's count of open
+    /// connections of `purpose` goes up when it opens, down when it is lost
+    /// or closed, and the gauge is set to that count. A count rather than a
+    /// 1 or 0, so that two `Hutch` instances in one process do not
+    /// overwrite each other's state; kept here and set whole rather than
+    /// moved up and down in the recorder, so that a recorder installed
+    /// while connections were open reads the true count at the next
+    /// change, not one short of every connection it did not see open.
     pub(crate) fn connection_state(purpose: &'static str, was_up: bool, is_up: bool) {
-        match (was_up, is_up) {
-            (false, true) => gauge!(CONNECTION_UP, "purpose" => purpose).increment(1.0),
-            (true, false) => gauge!(CONNECTION_UP, "purpose" => purpose).decrement(1.0),
-            _ => {}
-        }
+        static CONSUME: AtomicI64 = AtomicI64::new(0);
+        static PUBLISH: AtomicI64 = AtomicI64::new(0);
+        let open = if purpose == "publish" {
+            &PUBLISH
+        } else {
+            &CONSUME
+        };
+        let delta = match (was_up, is_up) {
+            (false, true) => 1,
+            (true, false) => -1,
+            _ => return,
+        };
+        let count = open.fetch_add(delta, Ordering::Relaxed) + delta;
+        gauge!(CONNECTION_UP, "purpose" => purpose).set(count as f64);
     }
 
     /// A connection was opened again, after its first opening.
@@ -316,8 +333,8 @@ mod tests {
             self.0.add(&self.1, -value);
         }
 
-        fn set(&self, _value: f64) {
-            unimplemented!("hutch-rs counts its gauges up and down")
+        fn set(&self, value: f64) {
+            self.0.0.lock().unwrap().insert(self.1.clone(), value);
         }
     }
 

@@ -305,6 +305,10 @@ mod tests {
             *self.0.lock().unwrap().entry(series.to_owned()).or_default() += delta;
         }
 
+        fn set(&self, series: &str, value: f64) {
+            self.0.lock().unwrap().insert(series.to_owned(), value);
+        }
+
         fn get(&self, series: &str) -> f64 {
             self.0.lock().unwrap().get(series).copied().unwrap_or(0.0)
         }
@@ -319,8 +323,8 @@ mod tests {
             self.0.add(&self.1, value as f64);
         }
 
-        fn absolute(&self, _value: u64) {
-            unimplemented!("hutch-rs only increments counters")
+        fn absolute(&self, value: u64) {
+            self.0.set(&self.1, value as f64);
         }
     }
 
@@ -334,7 +338,7 @@ mod tests {
         }
 
         fn set(&self, value: f64) {
-            self.0.0.lock().unwrap().insert(self.1.clone(), value);
+            self.0.set(&self.1, value);
         }
     }
 

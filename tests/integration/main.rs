@@ -32,5 +32,6 @@ mod run_from_env;
 mod shutdown;
 mod spans;
 mod supervision;
+mod topic_matching;
 mod trace_context;
 mod tree;

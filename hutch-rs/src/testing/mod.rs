@@ -86,6 +86,7 @@ mod ports;
 mod runtime;
 mod server;
 mod tls;
+mod topic;
 mod watchdog;
 
 pub use broker::Broker;
@@ -93,3 +94,4 @@ pub use cluster::{Cluster, QueuePlacement};
 pub use error::BrokerError;
 pub use info::{BindingInfo, ConsumerInfo, ExchangeInfo, QueueInfo};
 pub use tls::TlsNodeFiles;
+pub use topic::topic_matches;

@@ -79,6 +79,23 @@ impl Hutch {
     }
 
     pub(crate) fn from_settings(settings: Settings) -> Self {
+        Self::publishing_to(settings, None)
+    }
+
+    /// An instance whose publishes go to `local`, an exchange in this
+    /// process, and that never connects: the in-memory test broker's.
+    #[cfg(feature = "testing")]
+    pub(crate) fn with_local_exchange(
+        settings: Settings,
+        local: Arc<dyn crate::local_exchange::LocalExchange>,
+    ) -> Self {
+        Self::publishing_to(settings, Some(local))
+    }
+
+    fn publishing_to(
+        settings: Settings,
+        local: Option<Arc<dyn crate::local_exchange::LocalExchange>>,
+    ) -> Self {
         crate::telemetry::metrics::describe();
         let settings = Arc::new(settings);
         let observer = Observer::default();
@@ -89,7 +106,11 @@ impl Hutch {
             root.tracker().clone(),
             root.token().clone(),
         );
-        let publisher = Arc::new(Publisher::new(settings.clone(), observer.clone(), &root));
+        let mut publisher = Publisher::new(settings.clone(), observer.clone(), &root);
+        if let Some(local) = local {
+            publisher = publisher.with_local_exchange(local);
+        }
+        let publisher = Arc::new(publisher);
         let requester =
             Requester::new(settings.clone(), publisher.clone(), observer.clone(), &root);
         Self {
@@ -133,14 +154,14 @@ impl Hutch {
         Ok(self.plan()?.into_iter().map(|plan| plan.queue).collect())
     }
 
-    fn plan(&self) -> Result<Vec<ConsumerPlan>> {
+    pub(crate) fn plan(&self) -> Result<Vec<ConsumerPlan>> {
         topology::plan_consumers(&self.inner.settings, &registry::consumers())
     }
 
     /// Every selected consumer's `State<T>` arguments have a value, or
     /// [`Error::MissingState`](crate::Error::MissingState) lists all that
     /// lack one.
-    fn check_required_state(&self, plans: &[ConsumerPlan]) -> Result<()> {
+    pub(crate) fn check_required_state(&self, plans: &[ConsumerPlan]) -> Result<()> {
         let missing: Vec<(String, &'static str)> = plans
             .iter()
             .flat_map(|plan| {
@@ -156,6 +177,25 @@ impl Hutch {
         } else {
             Err(crate::Error::MissingState { missing })
         }
+    }
+
+    /// Refuses what needs a broker on the in-memory test broker's instance.
+    fn refuse_if_local(&self) -> Result<()> {
+        if self.inner.publisher.is_local() {
+            return Err(crate::Error::Unavailable {
+                connection: "consume",
+                reason: "this Hutch belongs to an in-memory testing::TestBroker, which runs the \
+                         consumers itself: there is no broker to declare on or consume from"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The error hooks' queues.
+    #[cfg(feature = "testing")]
+    pub(crate) fn hooks(&self) -> &HookQueues {
+        &self.inner.hooks
     }
 
     /// The middleware given to
@@ -472,6 +512,7 @@ impl Hutch {
     /// [`Error::Unavailable`](crate::Error::Unavailable) if no connection
     /// could be opened within the confirm timeout, with the reason.
     pub async fn declare(&self) -> Result<Vec<String>> {
+        self.refuse_if_local()?;
         let plans = self.plan()?;
         let exchange = &self.inner.settings.exchange;
         self.inner
@@ -505,6 +546,7 @@ impl Hutch {
     /// (a declaration the broker refuses, e.g. a queue that exists with other
     /// arguments, or no permission).
     pub async fn start(&self) -> Result<Running> {
+        self.refuse_if_local()?;
         let plans = self.plan()?;
         self.check_required_state(&plans)?;
         if plans.is_empty() {

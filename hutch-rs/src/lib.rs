@@ -138,6 +138,7 @@ mod frame_size;
 mod handler;
 pub mod headers;
 mod hutch;
+mod local_exchange;
 mod logging;
 mod message;
 mod middleware;

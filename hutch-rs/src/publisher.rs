@@ -29,6 +29,7 @@ use crate::{
     backoff::Backoff,
     config::Settings,
     frame_size,
+    local_exchange::LocalExchange,
     outgoing::{Draft, Outgoing, Published},
     properties::unix_seconds,
     request,
@@ -116,6 +117,9 @@ pub(crate) struct Publisher {
     /// tasks are tracked by it.
     token: CancellationToken,
     tracker: TaskTracker,
+    /// Set for a `Hutch` of the in-memory test broker: publishes go there,
+    /// and no connection is ever opened.
+    local: Option<Arc<dyn LocalExchange>>,
 }
 
 /// The publishing connection's manager and the task running it.
@@ -231,7 +235,25 @@ impl Publisher {
             returning_turn: Arc::new(Mutex::new(())),
             returning_answers: watch::Sender::new(0),
             max_message_size: AtomicUsize::new(0),
+            local: None,
         }
+    }
+
+    /// This publisher, publishing to `local` instead of a broker.
+    pub(crate) fn with_local_exchange(mut self, local: Arc<dyn LocalExchange>) -> Self {
+        self.local = Some(local);
+        self
+    }
+
+    /// Whether this publisher publishes to an in-memory exchange (and so
+    /// has no connection at all).
+    pub(crate) fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// The in-memory exchange this publisher publishes to, if it is one.
+    pub(crate) fn local(&self) -> Option<&Arc<dyn LocalExchange>> {
+        self.local.as_ref()
     }
 
     /// Publishes `draft` to the exchange and resolves once the broker has
@@ -366,6 +388,15 @@ impl Publisher {
         let routing_key = publish.routing_key;
         let exchange = publish.exchange;
         self.check_size(&publish)?;
+        if let Some(local) = &self.local {
+            return local.publish(
+                exchange,
+                routing_key,
+                publish.mandatory,
+                publish.properties()?,
+                publish.body,
+            );
+        }
         // One manager for the whole publish: the alarm it reports is the
         // alarm of the connection the publish waits for.
         let manager = self.manager();
@@ -676,6 +707,13 @@ impl Publisher {
         work: impl AsyncFnOnce(&Channel) -> Result<T>,
     ) -> Result<T> {
         const OWNER: &str = "declarations";
+        if self.is_local() {
+            return Err(Error::Unavailable {
+                connection: "publish",
+                reason: "an in-memory testing::TestBroker has no broker to open a channel on"
+                    .to_owned(),
+            });
+        }
         let manager = self.manager();
         let timeout = self.settings.confirm_timeout;
         let lease = match tokio::time::timeout(timeout, manager.channel(OWNER)).await {

@@ -21,6 +21,7 @@ mod failure_handling;
 mod failure_outages;
 mod handlers;
 mod hostile_input;
+mod in_memory;
 mod metrics;
 mod publish_confirm;
 mod publish_consume;

@@ -138,6 +138,18 @@ impl Requester {
         let routing_key = draft.routing_key;
         let body = draft.body;
         let timestamp = unix_seconds(SystemTime::now());
+        if let Some(local) = self.publisher.local() {
+            let properties = draft.properties(message_id, timestamp, trace)?;
+            let reply = local.request(&self.settings.exchange, routing_key, properties, body)?;
+            return match tokio::time::timeout_at(deadline, reply).await {
+                Ok(Ok(body)) => Ok(body),
+                Ok(Err(_)) => Err(Error::RequestInterrupted {
+                    routing_key: routing_key.to_owned(),
+                    reason: "the in-memory test broker was dropped".to_owned(),
+                }),
+                Err(_) => Err(self.timed_out(routing_key)),
+            };
+        }
         let answer = loop {
             let generation = match tokio::time::timeout_at(deadline, self.generation()).await {
                 Ok(generation) => generation?,

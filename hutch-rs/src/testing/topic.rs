@@ -43,9 +43,8 @@ pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
                 }
             }
             "*" => {
-                for j in 1..=key.len() {
-                    next[j] = matched[j - 1];
-                }
+                // One word: a match of j words becomes one of j + 1.
+                next[1..].copy_from_slice(&matched[..key.len()]);
             }
             literal => {
                 for j in 1..=key.len() {

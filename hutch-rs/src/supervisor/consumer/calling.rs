@@ -22,6 +22,59 @@ use crate::{
 
 /// Runs a call, its panic (in the handler or in middleware) caught as its
 /// failure.
+/// One call of `handler` with `incoming`, through the middleware, in the
+/// delivery's span, panics caught: the task a consumer spawns per delivery.
+fn one_call(
+    handler: HandlerFn,
+    middleware: &Middlewares,
+    scope: &Arc<ConsumerScope>,
+    incoming: &Arc<Incoming>,
+) -> impl Future<Output = Option<HandlerError>> + Send + 'static {
+    let delivered = Delivered::new(incoming.clone(), scope.clone());
+    let hutch = scope.hutch.clone();
+    // The handler is called inside the guarded future, so that a panic
+    // while decoding is caught as well as one in the handler's body.
+    // `hutch_rs::publish` called from the handler publishes through the
+    // instance running it.
+    // The handler's own logs and spans fall inside the delivery's span.
+    let span = incoming.span.clone();
+    let middleware = (!middleware.is_empty()).then(|| middleware.clone());
+    let call = async move {
+        match middleware {
+            None => handler(delivered).await.into_result(),
+            Some(middleware) => middleware.run(handler, delivered).await,
+        }
+    };
+    guarded(with_running_hutch(hutch, call)).instrument(span)
+}
+
+/// One handler call run alone, to its end or its timeout, as a consumer
+/// runs each of its calls: how the in-memory test broker calls handlers.
+#[cfg(feature = "testing")]
+pub(crate) async fn call_alone(
+    handler: HandlerFn,
+    scope: &Arc<ConsumerScope>,
+    incoming: &Arc<Incoming>,
+    timeout: Duration,
+) -> Option<HandlerError> {
+    let middleware = scope.hutch.middleware().clone();
+    let task = tokio::spawn(one_call(handler, &middleware, scope, incoming));
+    let abort = task.abort_handle();
+    match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(failure)) => failure,
+        Ok(Err(error)) => Some(HandlerError::Panicked(
+            error
+                .try_into_panic()
+                .map(|panic| panic_message(panic.as_ref()))
+                .unwrap_or_else(|error| error.to_string()),
+        )),
+        Err(_) => {
+            abort.abort();
+            Some(HandlerError::TimedOut(timeout))
+        }
+    }
+}
+
 async fn guarded(call: impl Future<Output = CallResult>) -> Option<HandlerError> {
     match AssertUnwindSafe(call).catch_unwind().await {
         Ok(outcome) => outcome.err(),
@@ -75,25 +128,8 @@ impl Calls {
     /// Starts the handler on `incoming`, decoding included, on a task of its
     /// own.
     pub(super) fn start(&mut self, tag: u64, incoming: Arc<Incoming>) {
-        let handler = self.handler;
-        let delivered = Delivered::new(incoming.clone(), self.scope.clone());
-        let hutch = self.scope.hutch.clone();
-        // The handler is called inside the guarded future, so that a panic
-        // while decoding is caught as well as one in the handler's body.
-        // `hutch_rs::publish` called from the handler publishes through the
-        // instance running it.
-        // The handler's own logs and spans fall inside the delivery's span.
-        let span = incoming.span.clone();
-        let abort = if self.middleware.is_empty() {
-            let call = async move { handler(delivered).await.into_result() };
-            self.tasks
-                .spawn(guarded(with_running_hutch(hutch, call)).instrument(span))
-        } else {
-            let middleware = self.middleware.clone();
-            let call = async move { middleware.run(handler, delivered).await };
-            self.tasks
-                .spawn(guarded(with_running_hutch(hutch, call)).instrument(span))
-        };
+        let call = one_call(self.handler, &self.middleware, &self.scope, &incoming);
+        let abort = self.tasks.spawn(call);
         let metered = HandlerCall::start(&self.scope.consumer);
         let id = abort.id();
         let deadline = self.deadlines.insert(id, self.timeout);

@@ -15,7 +15,7 @@
 use std::{
     collections::{BTreeSet, HashSet},
     sync::atomic::Ordering,
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use futures_util::future::join_all;
@@ -32,17 +32,10 @@ use crate::{
     supervisor::{
         classify,
         connection_manager::ConnectionManager,
-        consumer::{Ended, Setup, receiving::Run},
+        consumer::{Ended, Setup, receiving::Run, verdict::Target},
     },
     telemetry::{propagation::TraceHeaders, spans},
 };
-
-/// Where a copy goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Target {
-    Delay(Duration),
-    Dead,
-}
 
 /// A failed delivery whose copy is to be forwarded.
 pub(super) struct Job {

@@ -14,12 +14,12 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-mod calling;
+pub(crate) mod calling;
 mod forwarding;
 mod ledger;
 mod receiving;
 mod settling;
-mod verdict;
+pub(crate) mod verdict;
 
 use crate::{
     Error, Result,

@@ -27,16 +27,16 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     backoff::Backoff,
     message::{Envelope, Incoming},
-    retry::{Failure, HandlerError, Outcome, copy},
+    retry::{Failure, HandlerError, Outcome},
     supervisor::{
         classify,
         connection_manager::ConnectionManager,
         consumer::{
             ConsumerSupervisor, Ended,
             calling::{Calls, Finished},
-            forwarding::{Job, Round, Target},
+            forwarding::{Job, Round},
             settling::{Settler, Unwritten},
-            verdict::{Verdict, verdict},
+            verdict::{Disposal, Target, dispose},
         },
     },
     telemetry::spans::{self, Settled},
@@ -317,36 +317,29 @@ impl<'a> Run<'a> {
         let attempt = incoming.envelope.attempt;
         let error_text = error.to_string();
         let failed_at = SystemTime::now();
-        let (target, properties, reason) = match verdict(&consumer.plan.retry, attempt, &error) {
-            Verdict::Requeue => {
-                tracing::warn!(message_id = %message_id(&incoming), attempt, error = %error_text, "handler failed and asked to requeue the message; requeued at once");
-                if let Some(unwritten) = settler.requeue(tag) {
-                    self.unwritten(unwritten);
-                }
-                spans::record_settled(&incoming.span, Settled::Requeued, Some(error.kind()));
-                crate::telemetry::metrics::handled(&self.consumer.name, Settled::Requeued);
-                self.notify(&incoming, error, Outcome::Requeued, failed_at);
-                return;
+        let disposal = dispose(
+            &consumer.plan.retry,
+            &consumer.name,
+            &consumer.plan.queue,
+            &incoming.envelope,
+            &error,
+            &error_text,
+            failed_at,
+        );
+        let Disposal::Forward {
+            target,
+            properties,
+            reason,
+        } = disposal
+        else {
+            tracing::warn!(message_id = %message_id(&incoming), attempt, error = %error_text, "handler failed and asked to requeue the message; requeued at once");
+            if let Some(unwritten) = settler.requeue(tag) {
+                self.unwritten(unwritten);
             }
-            Verdict::Retry(delay) => (
-                Target::Delay(delay),
-                copy::retry_properties(&incoming.envelope, attempt.saturating_add(1), &error_text),
-                crate::headers::REASON_ATTEMPTS_EXHAUSTED,
-            ),
-            Verdict::DeadLetter(reason) => {
-                let dead = copy::DeadLetter {
-                    consumer: &consumer.name,
-                    queue: &consumer.plan.queue,
-                    reason,
-                    error: &error_text,
-                    failed_at,
-                };
-                (
-                    Target::Dead,
-                    copy::dead_letter_properties(&incoming.envelope, &dead),
-                    reason,
-                )
-            }
+            spans::record_settled(&incoming.span, Settled::Requeued, Some(error.kind()));
+            crate::telemetry::metrics::handled(&self.consumer.name, Settled::Requeued);
+            self.notify(&incoming, error, Outcome::Requeued, failed_at);
+            return;
         };
         backlog.jobs.push_back(Job {
             tag,

@@ -1,12 +1,80 @@
 //! What becomes of a message whose handling failed: the consumer's retry
 //! policy, or the handler's explicit [`Decision`], picks a verdict.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use lapin::BasicProperties;
 
 use crate::{
     headers,
-    retry::{self, Action, Decision, HandlerError, RetryPolicy},
+    message::Envelope,
+    retry::{self, Action, Decision, HandlerError, RetryPolicy, copy},
 };
+
+/// Where a copy of a failed message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Target {
+    /// The consumer's delay queue for this delay, back to its queue after.
+    Delay(Duration),
+    /// `<queue>:dead`.
+    Dead,
+}
+
+/// What becomes of a failed message, with the copy's properties built.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per failed message and taken apart at once"
+)]
+pub(crate) enum Disposal {
+    /// Back in its queue at once, the handler insisted.
+    Requeue,
+    /// A copy to `target`, with these properties; the reason is the
+    /// dead-letter reason (for a retry, the one it would get once its
+    /// attempts run out).
+    Forward {
+        target: Target,
+        properties: BasicProperties,
+        reason: &'static str,
+    },
+}
+
+/// The consumer (named `consumer`, consuming `queue` under `policy`) failed
+/// to handle the message of `envelope` with `error`: what becomes of it.
+/// One decision for the broker's consumers and the in-memory test broker.
+pub(crate) fn dispose(
+    policy: &RetryPolicy,
+    consumer: &str,
+    queue: &str,
+    envelope: &Envelope,
+    error: &HandlerError,
+    error_text: &str,
+    failed_at: SystemTime,
+) -> Disposal {
+    let attempt = envelope.attempt;
+    match verdict(policy, attempt, error) {
+        Verdict::Requeue => Disposal::Requeue,
+        Verdict::Retry(delay) => Disposal::Forward {
+            target: Target::Delay(delay),
+            properties: copy::retry_properties(envelope, attempt.saturating_add(1), error_text),
+            reason: headers::REASON_ATTEMPTS_EXHAUSTED,
+        },
+        Verdict::DeadLetter(reason) => {
+            let dead = copy::DeadLetter {
+                consumer,
+                queue,
+                reason,
+                error: error_text,
+                failed_at,
+            };
+            Disposal::Forward {
+                target: Target::Dead,
+                properties: copy::dead_letter_properties(envelope, &dead),
+                reason,
+            }
+        }
+    }
+}
 
 /// What to do with a failed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

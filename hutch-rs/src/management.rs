@@ -8,7 +8,7 @@ use std::{fmt, time::Duration};
 
 use base64::Engine;
 use lapin::uri::{AMQPScheme, AMQPUri};
-use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde::Deserialize;
 use ureq::http::Uri;
 
@@ -18,6 +18,10 @@ pub const DEFAULT_MANAGEMENT_PORT: u16 = 15672;
 
 /// How much of an error answer's body an error message quotes.
 const QUOTED_BODY_CHARS: usize = 300;
+
+/// What a name keeps unencoded as a path segment: letters, digits, `-`,
+/// `_`, `~`. The `.` is encoded, so that no name reads as `..`.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
 
 /// An example for error messages.
 const EXAMPLE: &str = "http://user:password@rabbitmq.internal:15672";
@@ -213,7 +217,7 @@ impl ManagementClient<'_> {
         exchange: &str,
         queue: &str,
     ) -> std::result::Result<Vec<ListedBinding>, String> {
-        let segment = |text: &str| utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
+        let segment = |text: &str| utf8_percent_encode(text, PATH_SEGMENT).to_string();
         let url = format!(
             "{}/api/bindings/{}/e/{}/q/{}",
             self.api.base_url,
@@ -250,13 +254,11 @@ impl ManagementClient<'_> {
                 self.api.vhost,
                 quote(&body)
             )),
-            404 => Err(format!(
-                "GET {url} found nothing (404: {}): check the management URI's host, port and path (now {origin}) and that vhost {:?} exists",
-                quote(&body),
-                self.api.vhost
-            )),
+            // The queue and the exchange exist (their consumers declared
+            // them): 404 (or RabbitMQ's 400 for a path it does not route)
+            // means the URI does not lead to the API.
             _ => Err(format!(
-                "the RabbitMQ management API answered GET {url} with {status}: {}",
+                "the management API answered GET {url} with {status} ({}): check the management URI's host, port and path (HUTCH_MANAGEMENT_URI, management_uri, HutchBuilder::management_uri; now {origin})",
                 quote(&body)
             )),
         }
@@ -265,6 +267,9 @@ impl ManagementClient<'_> {
 
 /// The start of an answer's body, for an error message.
 fn quote(body: &str) -> String {
+    if body.trim().is_empty() {
+        return "no body".to_owned();
+    }
     let mut quoted: String = body.trim().chars().take(QUOTED_BODY_CHARS).collect();
     if body.trim().chars().count() > QUOTED_BODY_CHARS {
         quoted.push('…');

@@ -31,6 +31,7 @@ mod request_reply;
 mod run_from_env;
 mod shutdown;
 mod spans;
+mod stale_bindings;
 mod supervision;
 mod trace_context;
 mod tree;

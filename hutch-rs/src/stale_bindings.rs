@@ -113,7 +113,7 @@ pub(crate) async fn unbind(channel: &Channel, stale: &[RemovedBinding]) -> Resul
             .await
             .map_err(|error| Error::StaleBindings {
                 reason: format!(
-                    "the broker refused to remove the binding of queue {:?} to exchange {:?} with routing key {:?} ({error}); the user needs configure permission on the queue and read permission on the exchange",
+                    "the broker refused to remove the binding of queue {:?} to exchange {:?} with routing key {:?} ({error}); unbinding, like binding, needs write permission on the queue and read permission on the exchange",
                     binding.queue, binding.exchange, binding.routing_key
                 ),
             })?;

@@ -9,7 +9,9 @@ use hutch_rs::{
     BINDING_MARK, BINDING_MARK_VALUE, BoxError, Error, HutchBuilder, Message, consumer,
     testing::BindingInfo,
 };
-use hutch_rs_tests::{Scope, await_consumer_count, broker, init_logging, raw_channel, unique};
+use hutch_rs_tests::{
+    Scope, await_consumer_count, broker, init_logging, queue_depth, raw_channel, unique,
+};
 use lapin::{
     ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
@@ -227,9 +229,25 @@ async fn a_dropped_routing_key_loses_hutch_rs_s_binding_and_nothing_else() {
     running.shutdown().await.expect("v2 stops");
 
     // Started again, nothing is stale any more.
-    let running = v2_removing(&scope).build().unwrap().start().await.unwrap();
+    let v2 = v2_removing(&scope).build().unwrap();
+    let running = v2.start().await.unwrap();
     assert!(running.removed_bindings().is_empty());
     running.shutdown().await.unwrap();
+
+    // Three bindings for one key (as after an upgrade, an old unmarked one
+    // and the marked one): a message still reaches the queue once. Nothing
+    // consumes now, and a confirmed message is in the queue.
+    v2.publish("stale.b", &json!({ "once": true }))
+        .await
+        .expect("confirmed");
+    let depth = tokio::task::spawn_blocking({
+        let orders = orders.clone();
+        move || queue_depth(&orders)
+    })
+    .await
+    .unwrap();
+    assert_eq!(depth, 1, "one copy, however many bindings match");
+    v2.close().await.unwrap();
 
     let (connection, channel) = raw_channel().await;
     channel

@@ -699,7 +699,8 @@ impl HutchBuilder {
     /// [`management_uri`](Self::management_uri). If it cannot be reached or
     /// refuses, `start` fails with
     /// [`Error::StaleBindings`](crate::Error::StaleBindings) saying what to
-    /// change. What was removed is logged (info) and listed by
+    /// change; each request to it may take as long as the
+    /// [`connection_timeout`](Self::connection_timeout). What was removed is logged (info) and listed by
     /// [`Running::removed_bindings`](crate::Running::removed_bindings). See
     /// the guide's Topology chapter.
     pub fn remove_stale_bindings(mut self, remove: bool) -> Self {

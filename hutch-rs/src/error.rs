@@ -71,6 +71,20 @@ pub enum Error {
         source: Box<lapin::Error>,
     },
 
+    /// Stale-binding removal
+    /// ([`HutchBuilder::remove_stale_bindings`](crate::HutchBuilder::remove_stale_bindings))
+    /// could not be done: the management API could not be reached, refused
+    /// the credentials, or answered something else than the bindings; or
+    /// the broker refused an unbind. Ends [`Hutch::start`](crate::Hutch::start)
+    /// (the consumers it had started are stopped); the text says what to
+    /// change. Nothing hutch-rs did not make is ever removed, whatever the
+    /// failure.
+    #[error("could not remove stale bindings: {reason}")]
+    StaleBindings {
+        /// What went wrong, and the setting to check.
+        reason: String,
+    },
+
     /// Two consumers resolve to the same queue name.
     #[error(
         "queue {queue:?} is claimed by two consumers, {first} and {second}: give one of them another `queue = \"...\"` or function name"

@@ -17,6 +17,7 @@ use crate::{
     registry,
     request::{self, Requester},
     retry::{self, HookQueues},
+    stale_bindings::{self, RemovedBinding, WantedBindings},
     status::Status,
     supervisor::{observer::Observer, tree::Root},
     topology::{self, ConsumerPlan},
@@ -544,7 +545,16 @@ impl Hutch {
     /// unknown or forbidden vhost), [`Error::Tls`](crate::Error::Tls) (a
     /// certificate problem), [`Error::Declare`](crate::Error::Declare)
     /// (a declaration the broker refuses, e.g. a queue that exists with other
-    /// arguments, or no permission).
+    /// arguments, or no permission),
+    /// [`Error::StaleBindings`](crate::Error::StaleBindings) (with
+    /// [`HutchBuilder::remove_stale_bindings`](crate::HutchBuilder::remove_stale_bindings):
+    /// the management API could not be reached or refused; the consumers
+    /// started are stopped again).
+    ///
+    /// With stale-binding removal on, the stale bindings are removed once
+    /// every consumer consumes, so once the bindings the consumers declare
+    /// now are in place: a routing key that changed form is never unbound
+    /// before its replacement is bound.
     pub async fn start(&self) -> Result<Running> {
         self.refuse_if_local()?;
         let plans = self.plan()?;
@@ -555,7 +565,19 @@ impl Hutch {
         for plan in &plans {
             topology::warn_about_consumer_timeout(plan);
         }
-        Running::start(
+        let wanted: Vec<WantedBindings> = plans
+            .iter()
+            .map(|plan| WantedBindings {
+                queue: plan.queue.clone(),
+                routing_keys: plan
+                    .registration
+                    .routing_keys()
+                    .iter()
+                    .map(|&key| key.to_owned())
+                    .collect(),
+            })
+            .collect();
+        let mut running = Running::start(
             self.clone(),
             self.inner.settings.clone(),
             self.inner.observer.clone(),
@@ -564,7 +586,56 @@ impl Hutch {
             self.inner.root.clone(),
             plans,
         )
+        .await?;
+        if self.inner.settings.stale_bindings.is_some() {
+            match self.remove_stale_bindings(wanted).await {
+                Ok(removed) => running.record_removed_bindings(removed),
+                Err(error) => {
+                    // Leave nothing half-started behind a failed start.
+                    if let Err(stopping) = running.shutdown().await {
+                        tracing::warn!(error = %stopping, "stopping the consumers after a failed stale-binding removal");
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(running)
+    }
+
+    /// Lists the bindings of the `wanted` queues through the management
+    /// API and unbinds hutch-rs's own that the plan no longer has.
+    async fn remove_stale_bindings(
+        &self,
+        wanted: Vec<WantedBindings>,
+    ) -> Result<Vec<RemovedBinding>> {
+        let settings = self.inner.settings.clone();
+        let stale = tokio::task::spawn_blocking(move || {
+            let Some(api) = &settings.stale_bindings else {
+                return Ok(Vec::new());
+            };
+            stale_bindings::find_stale(
+                api,
+                settings.connection_timeout,
+                &settings.exchange,
+                &wanted,
+            )
+        })
         .await
+        .map_err(|error| Error::StaleBindings {
+            reason: format!("listing the bindings ended abnormally: {error}"),
+        })??;
+        if !stale.is_empty() {
+            self.inner
+                .publisher
+                .on_spare_channel(async |channel| stale_bindings::unbind(channel, &stale).await)
+                .await?;
+        }
+        tracing::info!(
+            exchange = %self.inner.settings.exchange,
+            removed = stale.len(),
+            "stale bindings removed"
+        );
+        Ok(stale)
     }
 
     /// Starts the consumers, runs until `shutdown` resolves, then shuts down

@@ -140,6 +140,7 @@ pub mod headers;
 mod hutch;
 mod local_exchange;
 mod logging;
+mod management;
 mod message;
 mod middleware;
 mod outgoing;
@@ -150,6 +151,7 @@ mod queue_arguments;
 mod registry;
 mod request;
 mod retry;
+mod stale_bindings;
 mod status;
 mod supervisor;
 mod telemetry;
@@ -173,6 +175,7 @@ pub use event::{Event, EventStream};
 pub use extract::{FromDelivery, MissingStateValue, RequiredState, State};
 pub use hutch::Hutch;
 pub use logging::init_logging;
+pub use management::DEFAULT_MANAGEMENT_PORT;
 pub use message::{Body, DecodeError, Message, RawBody};
 pub use middleware::{CallFuture, CallResult, Next};
 pub use outgoing::{HeaderValue, Outgoing, PublishOptions, Published};
@@ -183,10 +186,12 @@ pub use registry::{ConsumerRegistration, consumers};
 pub use retry::{
     Decision, ERROR_HOOK_QUEUE_CAPACITY, ErrorHook, Failure, HandlerError, Outcome, RetryPolicy,
 };
+pub use stale_bindings::RemovedBinding;
 pub use status::{
     ConnectionState, ConnectionStatus, ConsumerState, ConsumerStatus, Health, Status,
 };
 pub use supervisor::app::Running;
+pub use topology::{BINDING_MARK, BINDING_MARK_VALUE};
 
 /// Marks an async function as a consumer. See the [crate docs](crate) and
 /// the attribute's own documentation.

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use lapin::{
     Channel, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 
 use crate::{
@@ -15,6 +15,34 @@ use crate::{
     queue_arguments::QueueDeclaration,
     retry::{self, RetryPolicy, queues::LONGEST_SUFFIX},
 };
+
+/// The binding argument every binding hutch-rs makes carries, with the
+/// value [`BINDING_MARK_VALUE`]: it tells hutch-rs's bindings from those
+/// made by hand or by other tools, so that stale-binding removal
+/// ([`HutchBuilder::remove_stale_bindings`](crate::HutchBuilder::remove_stale_bindings))
+/// removes only its own. A topic exchange ignores binding arguments when it
+/// routes, so the mark changes nothing else.
+///
+/// Bindings made by hutch-rs before the mark existed have no arguments and
+/// cannot be told from hand-made ones: they are never removed. Binding
+/// arguments are part of a binding's identity, so after an upgrade such a
+/// queue has two bindings per routing key, the old one and the marked one;
+/// a message that matches both still reaches the queue once.
+pub const BINDING_MARK: &str = "x-hutch-rs";
+
+/// The value of [`BINDING_MARK`] on hutch-rs's bindings.
+pub const BINDING_MARK_VALUE: &str = "1";
+
+/// The arguments of every binding hutch-rs makes: its mark alone. Unbinding
+/// one must pass the same.
+pub(crate) fn binding_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        BINDING_MARK.into(),
+        AMQPValue::LongString(BINDING_MARK_VALUE.into()),
+    );
+    arguments
+}
 
 /// AMQP short strings (names, routing keys) hold at most 255 bytes.
 const MAX_NAME_BYTES: usize = 255;
@@ -299,7 +327,8 @@ pub(crate) async fn declare_durable_queue(
     Ok(())
 }
 
-/// Declares a consumer's durable queue and binds it once per routing key.
+/// Declares a consumer's durable queue and binds it once per routing key,
+/// each binding marked as hutch-rs's ([`BINDING_MARK`]).
 ///
 /// Named and durable, never exclusive or auto-delete: after a reconnect the
 /// queue is still there with everything published meanwhile.
@@ -327,7 +356,7 @@ pub(crate) async fn declare_consumer_queue(
                 exchange.into(),
                 (*routing_key).into(),
                 QueueBindOptions::default(),
-                FieldTable::default(),
+                binding_arguments(),
             )
             .await
             .map_err(|source| Error::Declare {

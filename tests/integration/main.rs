@@ -32,6 +32,7 @@ mod request_reply;
 mod run_from_env;
 mod shutdown;
 mod spans;
+mod stale_bindings;
 mod supervision;
 mod topic_matching;
 mod trace_context;

@@ -68,6 +68,16 @@ pub(super) fn number<N: FromStr + fmt::Display + Bounded>(
         .map_err(|_| format!("{text:?} is not a whole number from 0 to {}", N::MAX))
 }
 
+/// Parses a boolean: `true` or `false` (as TOML writes them; any case), or
+/// `1` or `0`.
+pub(super) fn boolean(text: &str) -> std::result::Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("{text:?} is not a boolean; write true or false")),
+    }
+}
+
 /// The largest value of a setting's number type, for error messages.
 pub(super) trait Bounded {
     const MAX: Self;

@@ -3,13 +3,14 @@
 
 mod broker_uri;
 mod layered;
+mod management;
 mod sources;
 mod tls;
 
 use std::{fmt, path::PathBuf, time::Duration};
 
 pub(crate) use broker_uri::BrokerUri;
-use layered::{Layered, number, range_error};
+use layered::{Layered, boolean, number, range_error};
 use sources::{RawSetting, Source};
 use tls::TlsBuilder;
 
@@ -18,6 +19,7 @@ use crate::{
     context::Context,
     duration_text,
     extract::States,
+    management::ManagementApi,
     middleware::{CallResult, Middlewares, Next},
     queue_arguments::{QueueArguments, QueueDeclaration, QueueType},
     retry::{self, ErrorHook, ErrorHooks, RetryPolicy},
@@ -116,6 +118,9 @@ pub(crate) struct Settings {
     /// For `amqps` URIs: made whenever a URI is `amqps` or a TLS setting
     /// is given.
     pub(crate) tls: Option<TlsSettings>,
+    /// Set when stale bindings are to be removed at start: the management
+    /// API that lists them.
+    pub(crate) stale_bindings: Option<ManagementApi>,
     /// Fault injection for hutch-rs's own tests: the queue whose consumer
     /// panics in its run loop on each delivery (see
     /// [`HutchBuilder::__panic_in_run_loop`]).
@@ -154,11 +159,14 @@ pub(crate) struct Settings {
 /// | `tls_client_cert` | `HUTCH_TLS_CLIENT_CERT` | [`tls_client_cert`](Self::tls_client_cert) | none |
 /// | `tls_client_key` | `HUTCH_TLS_CLIENT_KEY` | [`tls_client_key`](Self::tls_client_key) | none |
 /// | `tls_server_name` | `HUTCH_TLS_SERVER_NAME` | [`tls_server_name`](Self::tls_server_name) | the URI's host |
+/// | `remove_stale_bindings` | `HUTCH_REMOVE_STALE_BINDINGS` (`true`, `false`) | [`remove_stale_bindings`](Self::remove_stale_bindings) | `false` |
+/// | `management_uri` | `HUTCH_MANAGEMENT_URI` | [`management_uri`](Self::management_uri) | `http://`, the broker URI's host and credentials, port [`DEFAULT_MANAGEMENT_PORT`](crate::DEFAULT_MANAGEMENT_PORT) |
 ///
 /// Durations are written `"500ms"`, `"30s"`, `"2m"` or `"1m 30s"`; numbers
-/// as whole numbers. `HUTCH_URI` may list several nodes of a cluster,
+/// as whole numbers; booleans as `true` or `false`. `HUTCH_URI` may list several nodes of a cluster,
 /// separated by commas (in the file, a list); they are tried in turn. An
-/// empty `HUTCH_NAMESPACE`, `HUTCH_GROUP` or TLS value counts as unset.
+/// empty `HUTCH_NAMESPACE`, `HUTCH_GROUP`, `HUTCH_MANAGEMENT_URI` or TLS
+/// value counts as unset.
 /// Nothing is validated until [`build`](Self::build), which names the
 /// setting at fault: the environment variable, the file and key, or the
 /// setter it came from.
@@ -205,6 +213,8 @@ pub struct HutchBuilder {
     states: States,
     middleware: Middlewares,
     tls: TlsBuilder,
+    remove_stale_bindings: Layered<bool>,
+    management_uri: Layered<Option<String>>,
     #[cfg(feature = "testing")]
     panic_in_run_loop: Option<String>,
 }
@@ -248,6 +258,12 @@ impl fmt::Debug for HutchBuilder {
             .field("states", &self.states)
             .field("middleware", &self.middleware)
             .field("tls", &self.tls)
+            .field("remove_stale_bindings", &self.remove_stale_bindings.value)
+            // It may hold a password: whether it is set is enough.
+            .field(
+                "management_uri",
+                &self.management_uri.value.as_ref().map(|_| "<set>"),
+            )
             .finish()
     }
 }
@@ -283,6 +299,8 @@ impl HutchBuilder {
             states: States::default(),
             middleware: Middlewares::default(),
             tls: TlsBuilder::default(),
+            remove_stale_bindings: Layered::new(false, Source::Default),
+            management_uri: Layered::new(None, Source::Default),
             #[cfg(feature = "testing")]
             panic_in_run_loop: None,
         }
@@ -349,6 +367,8 @@ impl HutchBuilder {
             "tls_ca_cert" | "tls_client_cert" | "tls_client_key" | "tls_server_name" => {
                 self.tls.apply(raw);
             }
+            "remove_stale_bindings" => self.remove_stale_bindings.parse_from(raw, boolean),
+            "management_uri" => self.management_uri.parse_from(raw, optional_name),
             other => unreachable!("setting {other:?} is in sources::KEYS but not applied"),
         }
     }
@@ -658,6 +678,51 @@ impl HutchBuilder {
         self
     }
 
+    /// Removes, at each [`start`](crate::Hutch::start), the stale bindings
+    /// of the selected consumers' queues: bindings that hutch-rs made
+    /// earlier (they carry its mark, [`BINDING_MARK`](crate::BINDING_MARK))
+    /// from the exchange to one of those queues, for a routing key its
+    /// consumer no longer declares. A consumer that drops a routing key
+    /// otherwise keeps receiving its messages, as AMQP bindings outlive the
+    /// code that made them. Environment: `HUTCH_REMOVE_STALE_BINDINGS`;
+    /// default off.
+    ///
+    /// Never removed: bindings without the mark (made by hand, by other
+    /// tools, or by hutch-rs before it marked its bindings), bindings with
+    /// other arguments, from other exchanges, or to queues this process does
+    /// not declare (other namespaces, other groups, and the queue of a
+    /// consumer removed altogether, whose bindings stay until the queue is
+    /// deleted).
+    ///
+    /// AMQP cannot list bindings, so they are listed through RabbitMQ's
+    /// management HTTP API (plugin `rabbitmq_management`), at the
+    /// [`management_uri`](Self::management_uri). If it cannot be reached or
+    /// refuses, `start` fails with
+    /// [`Error::StaleBindings`](crate::Error::StaleBindings) saying what to
+    /// change; each request to it may take as long as the
+    /// [`connection_timeout`](Self::connection_timeout). What was removed is logged (info) and listed by
+    /// [`Running::removed_bindings`](crate::Running::removed_bindings). See
+    /// the guide's Topology chapter.
+    pub fn remove_stale_bindings(mut self, remove: bool) -> Self {
+        self.remove_stale_bindings = Layered::new(remove, Source::Setter("remove_stale_bindings"));
+        self
+    }
+
+    /// Where RabbitMQ's management HTTP API listens, for
+    /// [`remove_stale_bindings`](Self::remove_stale_bindings):
+    /// `http://user:password@host:15672` (a path prefix may follow, for a
+    /// proxy). Without credentials, the broker URI's are used; the vhost is
+    /// always the broker URI's. Environment: `HUTCH_MANAGEMENT_URI`.
+    /// Unset, it is derived from the (first) broker URI: `http://`, its
+    /// host, port [`DEFAULT_MANAGEMENT_PORT`](crate::DEFAULT_MANAGEMENT_PORT),
+    /// its credentials; an `amqps` broker URI gives no default, as the
+    /// credentials would cross in clear. Only `http` for now. The password
+    /// never appears in logs or errors.
+    pub fn management_uri(mut self, uri: impl Into<String>) -> Self {
+        self.management_uri = Layered::new(Some(uri.into()), Source::Setter("management_uri"));
+        self
+    }
+
     /// Fault injection for hutch-rs's own tests; not part of the API and not
     /// covered by semver. The consumer of `queue` (its full name, namespace
     /// included) panics in its run loop, outside any handler, on each
@@ -680,7 +745,9 @@ impl HutchBuilder {
     /// holds characters RabbitMQ names cannot, the prefetch is 0, or a timeout
     /// is zero; or when a TLS file is missing, holds no PEM certificate or
     /// key, or a client key does not go with its certificate (or comes
-    /// without it).
+    /// without it); or when the management URI is not an `http` URI, or,
+    /// with stale-binding removal on, none is set and none can be derived
+    /// (an `amqps` broker URI).
     pub fn build(self) -> Result<crate::Hutch> {
         let settings = self.validate()?;
         Ok(crate::Hutch::from_settings(settings))
@@ -785,6 +852,12 @@ impl HutchBuilder {
             }
         })?;
         let tls = self.tls.validate(&uris, &self.uris)?;
+        let stale_bindings = management::validate(
+            &self.remove_stale_bindings,
+            &self.management_uri,
+            &self.uris,
+            &uris,
+        )?;
         Ok(Settings {
             uris,
             exchange: self.exchange.value,
@@ -812,6 +885,7 @@ impl HutchBuilder {
             states: self.states,
             middleware: self.middleware,
             tls,
+            stale_bindings,
             #[cfg(feature = "testing")]
             panic_in_run_loop: self.panic_in_run_loop,
         })

@@ -33,6 +33,8 @@ pub(super) const KEYS: &[(&str, &str)] = &[
     ("tls_client_cert", "HUTCH_TLS_CLIENT_CERT"),
     ("tls_client_key", "HUTCH_TLS_CLIENT_KEY"),
     ("tls_server_name", "HUTCH_TLS_SERVER_NAME"),
+    ("remove_stale_bindings", "HUTCH_REMOVE_STALE_BINDINGS"),
+    ("management_uri", "HUTCH_MANAGEMENT_URI"),
 ];
 
 /// The environment variable naming the TOML file.

@@ -426,3 +426,142 @@ fn builder_wide_queue_arguments_that_do_not_fit_are_refused_at_build() {
     assert_eq!(setting, "HutchBuilder::queue_type");
     assert!(reason.contains("classic"), "{reason}");
 }
+
+fn management_endpoint(settings: &Settings) -> Option<(String, String, String)> {
+    settings.stale_bindings.as_ref().map(|api| {
+        let (base_url, user, vhost) = api.endpoint();
+        (base_url.to_owned(), user.to_owned(), vhost.to_owned())
+    })
+}
+
+fn endpoint(base_url: &str, user: &str, vhost: &str) -> Option<(String, String, String)> {
+    Some((base_url.to_owned(), user.to_owned(), vhost.to_owned()))
+}
+
+#[test]
+fn stale_binding_removal_is_off_unless_asked() {
+    let settings = HutchBuilder::defaults().validate().unwrap();
+    assert_eq!(management_endpoint(&settings), None);
+    // A management URI alone turns nothing on.
+    let settings = HutchBuilder::defaults()
+        .management_uri("http://mgmt:15672")
+        .validate()
+        .unwrap();
+    assert_eq!(management_endpoint(&settings), None);
+}
+
+#[test]
+fn stale_binding_removal_comes_from_the_environment_the_file_or_the_builder() {
+    // The environment, with the management URI derived from the broker URI.
+    let from_env = HutchBuilder::defaults().overlay_env(env(&[
+        ("HUTCH_URI", "amqp://app:pw@rabbit.internal:5672/shop"),
+        ("HUTCH_REMOVE_STALE_BINDINGS", "true"),
+    ]));
+    assert_eq!(
+        management_endpoint(&from_env.clone().validate().unwrap()),
+        endpoint("http://rabbit.internal:15672", "app", "shop")
+    );
+    // The builder wins.
+    let settings = from_env.remove_stale_bindings(false).validate().unwrap();
+    assert_eq!(management_endpoint(&settings), None);
+
+    // The file, a TOML boolean and a management URI of its own, which the
+    // environment overrides.
+    let (_dir, path) = config_file(
+        "remove_stale_bindings = true\nmanagement_uri = \"http://admin:pw@mgmt.internal:8080/rabbitmq\"\n",
+    );
+    let settings = HutchBuilder::defaults()
+        .overlay_env(env_owned(vec![("HUTCH_CONFIG", path.clone())]))
+        .validate()
+        .unwrap();
+    assert_eq!(
+        management_endpoint(&settings),
+        endpoint("http://mgmt.internal:8080/rabbitmq", "admin", "/")
+    );
+    let settings = HutchBuilder::defaults()
+        .overlay_env(env_owned(vec![
+            ("HUTCH_CONFIG", path.clone()),
+            ("HUTCH_MANAGEMENT_URI", "http://other:15672".to_owned()),
+        ]))
+        .validate()
+        .unwrap();
+    // No credentials in it: the broker URI's.
+    assert_eq!(
+        management_endpoint(&settings),
+        endpoint("http://other:15672", "guest", "/")
+    );
+    // An empty variable unsets the file's URI: derived again.
+    let settings = HutchBuilder::defaults()
+        .overlay_env(env_owned(vec![
+            ("HUTCH_CONFIG", path),
+            ("HUTCH_MANAGEMENT_URI", String::new()),
+        ]))
+        .validate()
+        .unwrap();
+    assert_eq!(
+        management_endpoint(&settings),
+        endpoint("http://127.0.0.1:15672", "guest", "/")
+    );
+}
+
+#[test]
+fn bad_stale_binding_settings_name_where_they_came_from() {
+    let (setting, reason) = config_error(
+        HutchBuilder::defaults().overlay_env(env(&[("HUTCH_REMOVE_STALE_BINDINGS", "maybe")])),
+    );
+    assert_eq!(setting, "HUTCH_REMOVE_STALE_BINDINGS (environment)");
+    assert!(reason.contains("true or false"), "{reason}");
+
+    let (_dir, path) = config_file("remove_stale_bindings = \"yes please\"\n");
+    let (setting, _) = config_error(
+        HutchBuilder::defaults().overlay_env(env_owned(vec![("HUTCH_CONFIG", path.clone())])),
+    );
+    assert_eq!(
+        setting,
+        format!("remove_stale_bindings in {path} (HUTCH_CONFIG)")
+    );
+
+    // Checked even while removal is off, and never quoting the password.
+    let (setting, reason) = config_error(HutchBuilder::defaults().overlay_env(env(&[(
+        "HUTCH_MANAGEMENT_URI",
+        "https://admin:hunter2@mgmt:15671",
+    )])));
+    assert_eq!(setting, "HUTCH_MANAGEMENT_URI (environment)");
+    assert!(reason.contains("https is not supported"), "{reason}");
+    assert!(!reason.contains("hunter2"), "{reason}");
+    let (setting, _) = config_error(HutchBuilder::defaults().management_uri("mgmt:15672"));
+    assert_eq!(setting, "HutchBuilder::management_uri");
+}
+
+#[test]
+fn an_amqps_broker_needs_a_management_uri_given() {
+    let (setting, reason) = config_error(
+        HutchBuilder::defaults()
+            .uri("amqps://app:pw@rabbit.internal/%2f")
+            .remove_stale_bindings(true),
+    );
+    assert_eq!(
+        setting,
+        "HutchBuilder::remove_stale_bindings without a management URI"
+    );
+    assert!(reason.contains("HUTCH_MANAGEMENT_URI"), "{reason}");
+    let settings = HutchBuilder::defaults()
+        .uri("amqps://app:pw@rabbit.internal/%2f")
+        .remove_stale_bindings(true)
+        .management_uri("http://127.0.0.1:15672")
+        .validate()
+        .unwrap();
+    assert_eq!(
+        management_endpoint(&settings),
+        endpoint("http://127.0.0.1:15672", "app", "/")
+    );
+}
+
+#[test]
+fn debug_output_hides_the_management_uri() {
+    let shown = format!(
+        "{:?}",
+        HutchBuilder::defaults().management_uri("http://admin:hunter2@mgmt:15672")
+    );
+    assert!(!shown.contains("hunter2"), "{shown}");
+}

@@ -19,6 +19,7 @@ use crate::{
     context::ConsumerScope,
     publisher::Publisher,
     retry::HookQueues,
+    stale_bindings::RemovedBinding,
     status::Status,
     supervisor::{
         connection::Purpose, connection_manager::ConnectionManager, consumer::ConsumerSupervisor,
@@ -64,6 +65,8 @@ pub struct Running {
     consumers: Vec<JoinHandle<()>>,
     failures: mpsc::UnboundedReceiver<Error>,
     queues: Vec<String>,
+    /// What stale-binding removal removed at start.
+    removed_bindings: Vec<RemovedBinding>,
 }
 
 /// How long a shutdown waits, after the consumers, for the connection to
@@ -158,6 +161,7 @@ impl Running {
             consumers,
             failures,
             queues,
+            removed_bindings: Vec::new(),
         };
         tokio::select! {
             biased;
@@ -183,6 +187,19 @@ impl Running {
     #[must_use]
     pub fn queues(&self) -> &[String] {
         &self.queues
+    }
+
+    /// The bindings that stale-binding removal
+    /// ([`HutchBuilder::remove_stale_bindings`](crate::HutchBuilder::remove_stale_bindings))
+    /// removed when this was started; empty when it is off or nothing was
+    /// stale. Each was also logged at info level.
+    #[must_use]
+    pub fn removed_bindings(&self) -> &[RemovedBinding] {
+        &self.removed_bindings
+    }
+
+    pub(crate) fn record_removed_bindings(&mut self, removed: Vec<RemovedBinding>) {
+        self.removed_bindings = removed;
     }
 
     /// A snapshot of the connections and consumers.

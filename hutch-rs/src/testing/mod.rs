@@ -79,13 +79,16 @@ mod cluster;
 mod command;
 mod ctl;
 mod error;
+mod existing;
 mod info;
 mod layout;
 mod management;
+mod node;
 mod ports;
 mod runtime;
 mod server;
 mod tls;
+mod vhost;
 mod watchdog;
 
 pub use broker::Broker;

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{
     BindingInfo, BrokerError, ConsumerInfo, ExchangeInfo, QueueInfo,
-    existing::Existing,
+    existing::{self, Existing},
     info::{
         self, BindingRow, ConsumerRow, ExchangeRow, ManagementBinding, ManagementConsumer,
         ManagementExchange, ManagementQueue, QueueRow,
@@ -234,7 +234,10 @@ impl Broker {
 
     fn in_new_vhost(target: Arc<Target>) -> Result<Broker, BrokerError> {
         let name = vhost::unique_name();
-        vhost::create(target.management(), &name, target.username())?;
+        let management = target.management();
+        vhost::create(management, &name, target.username()).map_err(|error| {
+            existing::explain_vhost_refusal(management.base_url(), target.username(), error)
+        })?;
         tracing::debug!(vhost = name, "created test virtual host");
         Ok(Broker {
             target,

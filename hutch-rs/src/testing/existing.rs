@@ -82,10 +82,7 @@ impl Existing {
         );
         let management_base = match management_url {
             Some(url) => check_management_url(url)?,
-            None if host.contains(':') => {
-                format!("http://[{host}]:{DEFAULT_MANAGEMENT_PORT}")
-            }
-            None => format!("http://{host}:{DEFAULT_MANAGEMENT_PORT}"),
+            None => default_management_url(host),
         };
         let management_port = management_base
             .parse::<ureq::http::Uri>()
@@ -210,6 +207,15 @@ impl UriParts {
     }
 }
 
+/// The management plugin's default listener on `host`.
+fn default_management_url(host: &str) -> String {
+    if host.contains(':') {
+        format!("http://[{host}]:{DEFAULT_MANAGEMENT_PORT}")
+    } else {
+        format!("http://{host}:{DEFAULT_MANAGEMENT_PORT}")
+    }
+}
+
 /// `url` without its trailing slash, if the harness can use it.
 fn check_management_url(url: &str) -> Result<String, BrokerError> {
     let refuse = |reason: &str| BrokerError::Existing {
@@ -235,6 +241,28 @@ fn check_management_url(url: &str) -> Result<String, BrokerError> {
         )));
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// The error for a virtual host the broker would not create or set up for
+/// `username`, saying what to check.
+pub(crate) fn explain_vhost_refusal(
+    base_url: &str,
+    username: &str,
+    error: BrokerError,
+) -> BrokerError {
+    match &error {
+        BrokerError::Management {
+            status: Some(401 | 403),
+            ..
+        } => BrokerError::Existing {
+            broker: base_url.to_owned(),
+            reason: format!(
+                "user {username:?} may not create test virtual hosts ({error}); give the user \
+                 of {URI_VAR} the tag `administrator`"
+            ),
+        },
+        _ => error,
+    }
 }
 
 /// The error for a management API that did not let `username` in, saying
@@ -288,6 +316,12 @@ mod tests {
             assert!(error.contains(expected), "{uri}: {error}");
             assert!(!error.contains("secret"), "{uri}: {error}");
         }
+    }
+
+    #[test]
+    fn the_management_api_is_on_port_15672_of_the_amqp_host_by_default() {
+        assert_eq!(default_management_url("rabbit"), "http://rabbit:15672");
+        assert_eq!(default_management_url("::1"), "http://[::1]:15672");
     }
 
     #[test]

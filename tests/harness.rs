@@ -402,7 +402,11 @@ fn start_of_a_child_process() {
             let rabbit = broker
                 .rabbitmqctl(&["eval", "code:lib_dir(rabbit)."])
                 .unwrap_or_else(|error| error.to_string());
-            println!("started {} with rabbit from {}", broker.node_name(), rabbit.trim());
+            println!(
+                "started {} with rabbit from {}",
+                broker.node_name(),
+                rabbit.trim()
+            );
         }
         Err(error) => println!("{error}"),
     }
@@ -671,7 +675,11 @@ fn an_existing_broker_gives_each_handle_a_virtual_host_of_its_own() {
 
     assert_ne!(first.vhost(), second.vhost());
     for handle in [&first, &second] {
-        assert!(handle.vhost().starts_with("hutch-test-"), "{}", handle.vhost());
+        assert!(
+            handle.vhost().starts_with("hutch-test-"),
+            "{}",
+            handle.vhost()
+        );
         assert_eq!(
             handle.amqp_uri(),
             format!(
@@ -812,7 +820,9 @@ fn isolated_handles_share_one_node() {
     );
 
     // Only the isolated handle's connections are closed.
-    isolated.close_all_connections("only the isolated one").unwrap();
+    isolated
+        .close_all_connections("only the isolated one")
+        .unwrap();
     let error = on_isolated
         .forced
         .recv_timeout(Duration::from_secs(30))

@@ -164,8 +164,9 @@ impl Broker {
     ///
     /// It is never dropped; a watchdog stops the node and removes its
     /// directory when the test process exits, however it exits. (A virtual
-    /// host of an existing broker stays there: no process is left to delete
-    /// it. Its name, `hutch-test-<pid>-…`, says whose it was.) Tests sharing
+    /// host of an existing broker stays there until the next test process
+    /// of the same machine sets up one of its own there, which deletes
+    /// the virtual hosts ended processes of this machine left.) Tests sharing
     /// it should use unique queue and exchange names, or take a virtual host
     /// of their own with [`Broker::isolated`].
     ///
@@ -190,7 +191,9 @@ impl Broker {
     /// This is what [`Broker::start`] does when `HUTCH_TEST_URI` is set. The
     /// virtual host gets a unique name (`hutch-test-<pid>-<n>-<random>`),
     /// the URI's user every permission on it, and is deleted, with
-    /// everything in it, when the handle is dropped. The user must be
+    /// everything in it, when the handle is dropped. Test virtual hosts that
+    /// ended processes of this machine left behind (a killed test's, or
+    /// [`Broker::shared`]'s) are deleted first. The user must be
     /// allowed to create virtual hosts (tag `administrator`); the management
     /// plugin must be enabled (the docker image `rabbitmq:3-management`).
     ///
@@ -237,8 +240,14 @@ impl Broker {
     }
 
     fn in_new_vhost(target: Arc<Target>) -> Result<Broker, BrokerError> {
-        let name = vhost::unique_name();
         let management = target.management();
+        if let Target::Existing(_) = *target {
+            // Nothing else removes them; a failure here only leaves them.
+            if let Err(error) = vhost::sweep_leftovers(management) {
+                tracing::warn!(%error, "could not delete leftover test virtual hosts");
+            }
+        }
+        let name = vhost::unique_name();
         vhost::create(management, &name, target.username()).map_err(|error| {
             existing::explain_vhost_refusal(management.base_url(), target.username(), error)
         })?;

@@ -86,8 +86,11 @@
 //! tells a test to skip. [`Broker::start_tls`] and [`Cluster::start`] always
 //! start private nodes. Counters of an existing broker come from its
 //! management API and lag (5 seconds by default); those of a private node
-//! are exact. The virtual host of [`Broker::shared`] is never dropped and
-//! stays on the broker after the tests; its name says which process made it.
+//! are exact. The virtual host of [`Broker::shared`] is never dropped: it
+//! stays on the broker until the next test process of the same machine
+//! sets up a virtual host there, which deletes those that ended processes
+//! of this machine left behind (the description of each names its process
+//! and machine).
 //!
 //! A GitHub Actions job with RabbitMQ as a service container:
 //!

@@ -53,12 +53,7 @@ pub(crate) fn create(management: &Management, name: &str, user: &str) -> Result<
     management.request(
         "PUT",
         &format!("vhosts/{vhost}"),
-        Some(&json!({
-            "description": format!(
-                "hutch-rs test virtual host of process {}, deleted when its test ends",
-                std::process::id()
-            ),
-        })),
+        Some(&json!({"description": description(std::process::id(), &machine())})),
     )?;
     // The creator may already have them; set anyway, as the user of the
     // URI is what the tests connect as.
@@ -73,6 +68,82 @@ pub(crate) fn create(management: &Management, name: &str, user: &str) -> Result<
         return Err(error);
     }
     await_running(management, name)
+}
+
+/// What a test virtual host's description starts with, before the process
+/// id.
+const DESCRIPTION_PREFIX: &str = "hutch-rs test virtual host of process ";
+
+/// The description of the virtual hosts process `pid` of `machine` makes:
+/// [`sweep_leftovers`] reads them back.
+fn description(pid: u32, machine: &str) -> String {
+    format!("{DESCRIPTION_PREFIX}{pid} on {machine}")
+}
+
+/// This machine, as the descriptions of its test virtual hosts name it:
+/// the host name, and on Linux the boot id (process ids of one boot only
+/// mean something within it).
+fn machine() -> String {
+    let uname = rustix::system::uname();
+    let host = uname.nodename().to_string_lossy().into_owned();
+    match std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+        Ok(boot) => format!("{host} (boot {})", boot.trim()),
+        Err(_) => host,
+    }
+}
+
+/// Whether process `pid` of this machine still runs: a process that cannot
+/// be signalled (another user's) runs too.
+fn running(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return true;
+    };
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
+/// The process of this machine that made the virtual host described by
+/// `description`, if it was one of this machine's.
+fn maker(description: &str, machine: &str) -> Option<u32> {
+    description
+        .strip_prefix(DESCRIPTION_PREFIX)?
+        .strip_suffix(machine)?
+        .strip_suffix(" on ")?
+        .parse()
+        .ok()
+}
+
+/// Deletes the test virtual hosts that processes of this machine left on
+/// the broker when they ended: [`Broker::shared`](super::Broker::shared)'s
+/// (never dropped) and those of killed tests. Virtual hosts of running
+/// processes and of other machines are left alone. Returns how many went.
+pub(crate) fn sweep_leftovers(management: &Management) -> Result<usize, BrokerError> {
+    let machine = machine();
+    let listed = management
+        .request("GET", "vhosts", None)?
+        .unwrap_or_default();
+    let mut deleted = 0;
+    for vhost in listed.as_array().into_iter().flatten() {
+        let (Some(name), Some(description)) =
+            (vhost["name"].as_str(), vhost["description"].as_str())
+        else {
+            continue;
+        };
+        let Some(pid) = maker(description, &machine) else {
+            continue;
+        };
+        if name.starts_with("hutch-test-") && !running(pid) {
+            delete(management, name)?;
+            tracing::debug!(vhost = name, pid, "deleted a leftover test virtual host");
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 /// Deletes the virtual host `name` and with it everything in it (queues,
@@ -128,6 +199,20 @@ mod tests {
         assert_ne!(first, second);
         assert_eq!(encode(&first), first);
         assert!(first.starts_with(&format!("hutch-test-{}-", std::process::id())));
+    }
+
+    #[test]
+    fn leftovers_are_known_by_their_maker_on_this_machine() {
+        let here = machine();
+        assert_eq!(maker(&description(42, &here), &here), Some(42));
+        assert_eq!(maker(&description(42, "elsewhere"), &here), None);
+        assert_eq!(maker("a virtual host of someone else", &here), None);
+        assert!(running(std::process::id()));
+        // A child that has exited and been reaped runs no more.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!running(pid));
     }
 
     #[test]

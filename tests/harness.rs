@@ -301,7 +301,16 @@ fn start_in_child(bin_dir: &Path) -> String {
 /// Runs [`start_of_a_child_process`] with `vars` set, `HUTCH_TEST_RABBITMQ`
 /// unset unless among them, and returns what `Broker::start` said.
 fn start_in_child_with(vars: &[(&str, &std::ffi::OsStr)]) -> String {
-    let output = Command::new(std::env::current_exe().unwrap())
+    start_in_child_without(&[], vars)
+}
+
+/// [`start_in_child_with`], with `removed` also unset.
+fn start_in_child_without(removed: &[&str], vars: &[(&str, &std::ffi::OsStr)]) -> String {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    for name in removed {
+        command.env_remove(name);
+    }
+    let output = command
         .args([
             "--exact",
             "start_of_a_child_process",
@@ -310,6 +319,7 @@ fn start_in_child_with(vars: &[(&str, &std::ffi::OsStr)]) -> String {
         ])
         .env(CHILD_VAR, "start")
         .env_remove("HUTCH_TEST_RABBITMQ")
+        .env_remove("HUTCH_TEST_URI")
         .envs(vars.iter().copied())
         .output()
         .unwrap();
@@ -387,7 +397,17 @@ fn start_of_a_child_process() {
         return;
     }
     match Broker::start() {
-        Ok(broker) => println!("started {}", broker.node_name()),
+        Ok(broker) => {
+            // Where the node loaded RabbitMQ from: the installation it runs.
+            let rabbit = broker
+                .rabbitmqctl(&["eval", "code:lib_dir(rabbit)."])
+                .unwrap_or_else(|error| error.to_string());
+            println!(
+                "started {} with rabbit from {}",
+                broker.node_name(),
+                rabbit.trim()
+            );
+        }
         Err(error) => println!("{error}"),
     }
 }
@@ -503,4 +523,434 @@ fn shared_node_of_a_child_process() {
         broker.dir().display()
     );
     std::process::exit(0);
+}
+
+/// The installation of the machine's RabbitMQ, laid out as RabbitMQ's
+/// generic-unix package is (`rabbitmq_server-X.Y.Z/{sbin,plugins,escript}`):
+/// Debian keeps exactly that tree under `/usr/lib/rabbitmq/lib`.
+fn debian_release_dir() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib/rabbitmq/lib")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("rabbitmq_server-"))
+        })
+}
+
+#[test]
+fn a_generic_unix_package_runs_through_rabbitmq_home() {
+    init_logging();
+    let Some(release) = debian_release_dir() else {
+        panic!("this test copies Debian's RabbitMQ release tree; install rabbitmq-server");
+    };
+    // A copy, so that the node can only have come from RABBITMQ_HOME.
+    let unpacked = tempfile::tempdir().unwrap();
+    let home = unpacked.path().join(release.file_name().unwrap());
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&release)
+        .arg(&home)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let said = start_in_child_without(
+        &["HUTCH_RABBITMQ_BIN_DIR"],
+        &[("RABBITMQ_HOME", home.as_os_str())],
+    );
+    assert!(said.contains("started hutch-test-"), "{said}");
+    assert!(
+        said.contains(&format!("rabbit from \"{}/plugins/", home.display())),
+        "the node did not run from {}: {said}",
+        home.display()
+    );
+}
+
+/// How long a test waits for the management API to list what the broker
+/// did: a test node collects statistics every second.
+const STATISTICS_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Waits until `check` holds. The management API's lists of connections
+/// and consumers follow the node's statistics; there is nothing to
+/// subscribe to, so each look is one request.
+fn await_listed(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + STATISTICS_PATIENCE;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not seen within {STATISTICS_PATIENCE:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A client on `uri` that declared `queue`, bound it to `amq.topic` with
+/// `orders.#` and consumes from it with a prefetch of 7. Forced closes arrive on the returned receiver.
+struct Client {
+    connection: Connection,
+    _channel: lapin::Channel,
+    /// Kept: lapin cancels a dropped consumer.
+    _consumer: lapin::Consumer,
+    forced: mpsc::Receiver<String>,
+}
+
+fn client(runtime: &tokio::runtime::Runtime, uri: &str, queue: &str) -> Client {
+    runtime.block_on(async {
+        let connection = Connection::connect(uri, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let (forced_sender, forced) = mpsc::channel();
+        let mut events = connection.events_listener();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                if let Event::Error(error) = event {
+                    let _ = forced_sender.send(error.to_string());
+                    return;
+                }
+            }
+        });
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.into(),
+                "amq.topic".into(),
+                "orders.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .basic_qos(7, lapin::options::BasicQosOptions::default())
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "harness-consumer".into(),
+                lapin::options::BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Client {
+            connection,
+            _channel: channel,
+            _consumer: consumer,
+            forced,
+        }
+    })
+}
+
+/// The names of the node's virtual hosts, sorted, from its management API.
+fn vhosts(node: &Broker) -> Vec<String> {
+    let mut names: Vec<String> = node
+        .management_get("vhosts")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vhost| vhost["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn an_existing_broker_gives_each_handle_a_virtual_host_of_its_own() {
+    init_logging();
+    // The "existing" broker is a private node; the handles see it only
+    // through its URI and management API, as they would a docker container.
+    let node = Broker::start().unwrap();
+    let uri = format!("amqp://guest:guest@localhost:{}/", node.amqp_port());
+    let management_url = node.management_url();
+    let first = Broker::existing(&uri, Some(&management_url)).unwrap();
+    let second = Broker::existing(&uri, Some(&format!("{management_url}/"))).unwrap();
+
+    assert_ne!(first.vhost(), second.vhost());
+    for handle in [&first, &second] {
+        assert!(
+            handle.vhost().starts_with("hutch-test-"),
+            "{}",
+            handle.vhost()
+        );
+        assert_eq!(
+            handle.amqp_uri(),
+            format!(
+                "amqp://guest:guest@localhost:{}/{}",
+                node.amqp_port(),
+                handle.vhost()
+            )
+        );
+        assert!(!handle.has_private_node());
+        assert_eq!(handle.node_name(), node.node_name());
+        assert_eq!(handle.version(), node.version());
+        assert_eq!(handle.amqp_port(), node.amqp_port());
+        assert_eq!(handle.management_port(), node.management_port());
+        assert_eq!(handle.management_url(), management_url);
+        assert_eq!(handle.os_pid(), None);
+        assert_eq!(handle.dir(), Path::new(""));
+        assert_eq!(handle.amqps_uri(), None);
+        let refused = handle.rabbitmqctl(&["status"]).unwrap_err().to_string();
+        assert!(
+            refused.contains("rabbitmqctl needs a private RabbitMQ node")
+                && refused.contains("HUTCH_TEST_URI"),
+            "{refused}"
+        );
+    }
+    let listed = vhosts(&node);
+    assert!(
+        listed.contains(&first.vhost().to_owned()) && listed.contains(&second.vhost().to_owned()),
+        "{listed:?}"
+    );
+    // Every permission for the URI's user, on its virtual host only.
+    let permissions = node
+        .management_get(&format!("permissions/{}/guest", first.encoded_vhost()))
+        .unwrap();
+    assert_eq!(permissions["configure"], ".*", "{permissions}");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = client(&runtime, &first.amqp_uri(), "harness-isolated");
+
+    let queue = first.queue("harness-isolated").unwrap().expect("declared");
+    assert!(!queue.durable && !queue.exclusive);
+    assert_eq!(second.queue("harness-isolated").unwrap(), None);
+    assert_eq!(node.queue("harness-isolated").unwrap(), None, "not on /");
+    let bound = |handle: &Broker| {
+        handle.bindings().unwrap().iter().any(|binding| {
+            binding.source == "amq.topic"
+                && binding.destination == "harness-isolated"
+                && binding.destination_kind == "queue"
+                && binding.routing_key == "orders.#"
+        })
+    };
+    assert!(bound(&first));
+    assert!(!bound(&second));
+    let exchanges = first.exchanges().unwrap();
+    assert!(
+        exchanges
+            .iter()
+            .any(|exchange| exchange.name == "amq.topic" && exchange.kind == "topic"),
+        "{exchanges:#?}"
+    );
+    await_listed("the consumer", || {
+        first.consumers().unwrap().iter().any(|consumer| {
+            consumer.queue == "harness-isolated"
+                && consumer.consumer_tag == "harness-consumer"
+                && consumer.prefetch_count == 7
+                && consumer.ack_required
+        })
+    });
+    assert_eq!(second.consumers().unwrap(), vec![]);
+    await_listed("the connection and its channel", || {
+        first.connection_count().unwrap() == 1 && first.channel_count().unwrap() == 1
+    });
+    assert_eq!(second.connection_count().unwrap(), 0);
+    assert_eq!(second.channel_count().unwrap(), 0);
+
+    // Closed through the management API, with the reason given.
+    first.close_all_connections("harness says bye").unwrap();
+    let error = client
+        .forced
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the client learns of the forced close");
+    assert!(error.contains("harness says bye"), "{error}");
+    drop(client);
+
+    let (first_vhost, second_vhost) = (first.vhost().to_owned(), second.vhost().to_owned());
+    drop(first);
+    let listed = vhosts(&node);
+    assert!(
+        !listed.contains(&first_vhost) && listed.contains(&second_vhost),
+        "{listed:?}"
+    );
+    second.stop();
+    assert!(!vhosts(&node).contains(&second_vhost));
+}
+
+#[test]
+fn isolated_handles_share_one_node() {
+    init_logging();
+    let node = Broker::start().unwrap();
+    let isolated = node.isolated().unwrap();
+    assert!(isolated.has_private_node());
+    assert_eq!(isolated.node_name(), node.node_name());
+    assert_ne!(isolated.vhost(), node.vhost());
+    assert_eq!(node.vhost(), "/");
+    assert_eq!(
+        isolated.amqp_uri(),
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/{}",
+            node.amqp_port(),
+            isolated.vhost()
+        )
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let on_isolated = client(&runtime, &isolated.amqp_uri(), "harness-alone");
+    let on_default = client(&runtime, &node.amqp_uri(), "harness-default");
+
+    // rabbitmqctl -p: exact at once, no statistics to wait for.
+    assert!(isolated.queue("harness-alone").unwrap().is_some());
+    assert_eq!(isolated.queue("harness-default").unwrap(), None);
+    assert_eq!(node.queue("harness-alone").unwrap(), None);
+    assert_eq!(isolated.connection_count().unwrap(), 1);
+    assert_eq!(isolated.channel_count().unwrap(), 1);
+    assert_eq!(node.connection_count().unwrap(), 1);
+    assert_eq!(isolated.consumers().unwrap().len(), 1);
+    assert!(
+        isolated
+            .bindings()
+            .unwrap()
+            .iter()
+            .any(|binding| binding.destination == "harness-alone" && binding.source == "amq.topic")
+    );
+    assert!(
+        !node
+            .bindings()
+            .unwrap()
+            .iter()
+            .any(|binding| binding.destination == "harness-alone")
+    );
+
+    // Only the isolated handle's connections are closed.
+    isolated
+        .close_all_connections("only the isolated one")
+        .unwrap();
+    let error = on_isolated
+        .forced
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the isolated client learns of the forced close");
+    assert!(error.contains("only the isolated one"), "{error}");
+    assert!(on_default.connection.status().connected());
+    assert!(on_default.forced.try_recv().is_err());
+    drop((on_isolated, on_default));
+
+    // The node outlives its first handle while another one is open.
+    let pid = node.os_pid().expect("a running node has a pid file");
+    let vhost = isolated.vhost().to_owned();
+    drop(node);
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert!(vhosts(&isolated).contains(&vhost));
+    drop(isolated);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the node's VM (pid {pid}) still runs after its last handle"
+    );
+}
+
+#[test]
+fn an_existing_broker_that_cannot_be_used_says_why() {
+    init_logging();
+    let node = Broker::start().unwrap();
+    let management_url = node.management_url();
+    let uri = |userinfo: &str| format!("amqp://{userinfo}@127.0.0.1:{}/", node.amqp_port());
+
+    let said = Broker::existing("localhost:5672", None)
+        .unwrap_err()
+        .to_string();
+    assert!(said.contains("no scheme"), "{said}");
+
+    // Port 1 on the loopback interface: nothing listens there.
+    let said = Broker::existing(&uri("guest:guest"), Some("http://127.0.0.1:1"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        said.contains("does not answer") && said.contains("HUTCH_TEST_MANAGEMENT_URL"),
+        "{said}"
+    );
+
+    let said = Broker::existing(&uri("guest:not-the-password"), Some(&management_url))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        said.contains("HTTP 401") && said.contains("check the user and password"),
+        "{said}"
+    );
+    assert!(!said.contains("not-the-password"), "{said}");
+
+    // A user who may look but not create virtual hosts.
+    node.management_request(
+        "PUT",
+        "users/harness-watcher",
+        Some(json!({"password": "watch", "tags": "monitoring"})),
+    )
+    .unwrap();
+    let said = Broker::existing(&uri("harness-watcher:watch"), Some(&management_url))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        said.contains("may not create test virtual hosts") && said.contains("administrator"),
+        "{said}"
+    );
+    // Nothing was left behind by the failed attempts.
+    assert_eq!(vhosts(&node), vec!["/".to_owned()]);
+}
+
+#[test]
+fn hutch_test_uri_makes_start_and_shared_use_the_existing_broker() {
+    init_logging();
+    let node = Broker::start().unwrap();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "uri_of_a_child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_VAR, "uri")
+        .env("HUTCH_TEST_URI", node.amqp_uri())
+        .env("HUTCH_TEST_MANAGEMENT_URL", node.management_url())
+        // Unusable on purpose: no node may be started.
+        .env("HUTCH_RABBITMQ_BIN_DIR", "/nonexistent/hutch-harness")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let line = stdout
+        .lines()
+        .find_map(|line| Some(&line[line.find(CHILD_MARKER)? + CHILD_MARKER.len()..]))
+        .unwrap_or_else(|| panic!("the child reported nothing: {stdout}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [node_name, shared, started, private] = fields[..] else {
+        panic!("{line}");
+    };
+    assert_eq!(node_name, node.node_name());
+    assert_eq!(private, "false");
+    assert_ne!(shared, started);
+    let listed = vhosts(&node);
+    // The dropped handle's virtual host is gone; the shared one, never
+    // dropped, stays until the next process of this machine sets one up.
+    assert!(!listed.contains(&started.to_owned()), "{listed:?}");
+    assert!(listed.contains(&shared.to_owned()), "{listed:?}");
+    let next = Broker::existing(&node.amqp_uri(), Some(&node.management_url())).unwrap();
+    assert_eq!(vhosts(&node), vec!["/".to_owned(), next.vhost().to_owned()]);
+}
+
+/// Not a test of its own: the child process of
+/// [`hutch_test_uri_makes_start_and_shared_use_the_existing_broker`].
+#[test]
+fn uri_of_a_child_process() {
+    if std::env::var_os(CHILD_VAR).is_none_or(|value| value != "uri") {
+        return;
+    }
+    let shared = Broker::shared();
+    let started = Broker::start().unwrap();
+    assert_eq!(started.queues().unwrap(), vec![]);
+    println!(
+        "{CHILD_MARKER} {} {} {} {}",
+        shared.node_name(),
+        shared.vhost(),
+        started.vhost(),
+        shared.has_private_node()
+    );
 }

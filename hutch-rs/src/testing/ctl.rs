@@ -93,7 +93,29 @@ impl Ctl {
         command: &str,
         columns: &[&str],
     ) -> Result<Vec<T>, BrokerError> {
-        let mut args = vec!["-q", command, "--formatter", "json"];
+        self.list_with(command, &[], columns)
+    }
+
+    /// [`Ctl::list`] of the virtual host `vhost` (`-p`), for the commands
+    /// that take one.
+    pub(crate) fn list_in<T: DeserializeOwned>(
+        &self,
+        command: &str,
+        vhost: &str,
+        columns: &[&str],
+    ) -> Result<Vec<T>, BrokerError> {
+        self.list_with(command, &["-p", vhost], columns)
+    }
+
+    fn list_with<T: DeserializeOwned>(
+        &self,
+        command: &str,
+        options: &[&str],
+        columns: &[&str],
+    ) -> Result<Vec<T>, BrokerError> {
+        let mut args = vec!["-q", command];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&["--formatter", "json"]);
         args.extend_from_slice(columns);
         let stdout = self.run(&args)?;
         parse_json_rows(&stdout).map_err(|detail| BrokerError::Parse {

@@ -22,6 +22,54 @@ pub enum BrokerError {
         path: PathBuf,
     },
 
+    /// No RabbitMQ installation was found anywhere the harness looks (see
+    /// [the module docs](crate::testing#requirements) for the order).
+    #[error(
+        "RabbitMQ is not installed where the harness looks:\n  - {}\ninstall it (`apt-get \
+         install rabbitmq-server` on Debian and Ubuntu, `brew install rabbitmq` on macOS), or \
+         unpack RabbitMQ's generic-unix package and set {} to its directory, or set {} to the \
+         directory holding rabbitmq-server and rabbitmqctl; or set {} to the AMQP URI of a \
+         RabbitMQ you run (a docker container, a CI service) to test in virtual hosts of it",
+        looked.join("\n  - "),
+        crate::testing::binaries::HOME_VAR,
+        crate::testing::binaries::BIN_DIR_VAR,
+        crate::testing::existing::URI_VAR
+    )]
+    NotFound {
+        /// Each place looked at, and why it did not do.
+        looked: Vec<String>,
+    },
+
+    /// The [`Broker`](crate::testing::Broker) is a virtual host of an
+    /// existing broker (`HUTCH_TEST_URI`, [`Broker::existing`]), and what was
+    /// asked needs a node of the test's own.
+    ///
+    /// [`Broker::existing`]: crate::testing::Broker::existing
+    #[error(
+        "{what} needs a private RabbitMQ node, and this Broker is a virtual host of an existing \
+         broker ({}); run this test without {} (with RabbitMQ installed), or skip it when \
+         Broker::has_private_node() is false",
+        crate::testing::existing::URI_VAR,
+        crate::testing::existing::URI_VAR
+    )]
+    NeedsPrivateNode {
+        /// What was asked.
+        what: String,
+    },
+
+    /// The existing broker (`HUTCH_TEST_URI`, [`Broker::existing`]) cannot
+    /// be used: a malformed URI, an unreachable management API, credentials
+    /// it refuses.
+    ///
+    /// [`Broker::existing`]: crate::testing::Broker::existing
+    #[error("cannot use the existing RabbitMQ at {broker}: {reason}")]
+    Existing {
+        /// The broker's AMQP URI (password masked) or management URL.
+        broker: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
     /// `HUTCH_TEST_RABBITMQ=4` asks for RabbitMQ 4, whose Debian 13 tree is
     /// not built (or not where `HUTCH_RABBITMQ4_ROOT` says).
     #[error(

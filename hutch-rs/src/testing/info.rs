@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// A queue on the node's default virtual host, read from `rabbitmqctl
-/// list_queues` (exact at the moment of the call, unlike the management
-/// API's periodically refreshed counters).
+/// A queue of the [`Broker`](super::Broker)'s virtual host, read from
+/// `rabbitmqctl list_queues` on a private node (exact at the moment of the
+/// call), from the management API on an existing broker (whose counters are
+/// refreshed periodically, every 5 seconds by default).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct QueueInfo {
@@ -32,8 +33,8 @@ pub struct QueueInfo {
     pub arguments: BTreeMap<String, Value>,
 }
 
-/// A binding on the node's default virtual host, read from `rabbitmqctl
-/// list_bindings`. The default exchange's implicit bindings (source `""`,
+/// A binding of the [`Broker`](super::Broker)'s virtual host, read from
+/// `rabbitmqctl list_bindings` (the management API on an existing broker). The default exchange's implicit bindings (source `""`,
 /// one per queue) are included.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -50,8 +51,8 @@ pub struct BindingInfo {
     pub arguments: BTreeMap<String, Value>,
 }
 
-/// An exchange on the node's default virtual host, read from `rabbitmqctl
-/// list_exchanges`.
+/// An exchange of the [`Broker`](super::Broker)'s virtual host, read from
+/// `rabbitmqctl list_exchanges` (the management API on an existing broker).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExchangeInfo {
@@ -65,8 +66,8 @@ pub struct ExchangeInfo {
     pub auto_delete: bool,
 }
 
-/// A consumer on the node's default virtual host, read from `rabbitmqctl
-/// list_consumers`.
+/// A consumer of the [`Broker`](super::Broker)'s virtual host, read from
+/// `rabbitmqctl list_consumers` (the management API on an existing broker).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConsumerInfo {
@@ -242,6 +243,96 @@ impl Arguments {
     }
 }
 
+/// One queue of `GET /api/queues/<vhost>`. The statistics are missing until
+/// the broker first collects them, hence the defaults.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ManagementQueue {
+    name: String,
+    #[serde(default)]
+    messages: u64,
+    #[serde(default)]
+    messages_ready: u64,
+    #[serde(default)]
+    messages_unacknowledged: u64,
+    durable: bool,
+    auto_delete: bool,
+    #[serde(default)]
+    exclusive: bool,
+    #[serde(default)]
+    consumers: u64,
+    #[serde(default)]
+    arguments: BTreeMap<String, Value>,
+}
+
+impl From<ManagementQueue> for QueueInfo {
+    fn from(row: ManagementQueue) -> Self {
+        Self {
+            name: row.name,
+            messages: row.messages,
+            messages_ready: row.messages_ready,
+            messages_unacknowledged: row.messages_unacknowledged,
+            durable: row.durable,
+            auto_delete: row.auto_delete,
+            exclusive: row.exclusive,
+            consumers: row.consumers,
+            arguments: row.arguments,
+        }
+    }
+}
+
+/// One binding of `GET /api/bindings/<vhost>`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ManagementBinding {
+    source: String,
+    destination: String,
+    destination_type: String,
+    routing_key: String,
+    #[serde(default)]
+    arguments: BTreeMap<String, Value>,
+}
+
+impl From<ManagementBinding> for BindingInfo {
+    fn from(row: ManagementBinding) -> Self {
+        Self {
+            source: row.source,
+            destination: row.destination,
+            destination_kind: row.destination_type,
+            routing_key: row.routing_key,
+            arguments: row.arguments,
+        }
+    }
+}
+
+/// One exchange of `GET /api/exchanges/<vhost>`: the fields are those of
+/// `list_exchanges`.
+pub(crate) type ManagementExchange = ExchangeRow;
+
+/// One consumer of `GET /api/consumers/<vhost>`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ManagementConsumer {
+    queue: ManagementQueueName,
+    consumer_tag: String,
+    ack_required: bool,
+    prefetch_count: u64,
+}
+
+/// The queue of a consumer, as the management API nests it.
+#[derive(Debug, Deserialize)]
+struct ManagementQueueName {
+    name: String,
+}
+
+impl From<ManagementConsumer> for ConsumerInfo {
+    fn from(row: ManagementConsumer) -> Self {
+        Self {
+            queue: row.queue.name,
+            consumer_tag: row.consumer_tag,
+            ack_required: row.ack_required,
+            prefetch_count: row.prefetch_count,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +349,39 @@ mod tests {
         assert!(queue.durable);
         assert_eq!(queue.arguments["x-max-length"], 10);
         assert_eq!(queue.arguments["x-queue-type"], "classic");
+    }
+
+    #[test]
+    fn parses_management_rows_as_rabbitmq_3_10_answers() {
+        let queue: QueueInfo = serde_json::from_str::<ManagementQueue>(
+            r#"{"arguments":{"x-queue-type":"classic"},"auto_delete":false,"durable":true,"exclusive":false,"name":"q1","vhost":"v","messages":2,"messages_ready":1,"messages_unacknowledged":1,"consumers":1,"state":"running"}"#,
+        )
+        .unwrap()
+        .into();
+        assert_eq!(queue.messages, 2);
+        assert_eq!(queue.arguments["x-queue-type"], "classic");
+        // Before the first statistics: no counters.
+        let fresh: QueueInfo = serde_json::from_str::<ManagementQueue>(
+            r#"{"arguments":{},"auto_delete":false,"durable":true,"exclusive":false,"name":"q2","vhost":"v"}"#,
+        )
+        .unwrap()
+        .into();
+        assert_eq!((fresh.messages, fresh.consumers), (0, 0));
+        let binding: BindingInfo = serde_json::from_str::<ManagementBinding>(
+            r#"{"source":"amq.topic","vhost":"v","destination":"q1","destination_type":"queue","routing_key":"a.#","arguments":{},"properties_key":"a.%23"}"#,
+        )
+        .unwrap()
+        .into();
+        assert_eq!(binding.destination_kind, "queue");
+        let consumer: ConsumerInfo = serde_json::from_str::<ManagementConsumer>(
+            r#"{"arguments":{},"ack_required":true,"active":true,"consumer_tag":"ctag","exclusive":false,"prefetch_count":10,"queue":{"name":"q1","vhost":"v"}}"#,
+        )
+        .unwrap()
+        .into();
+        assert_eq!(
+            (consumer.queue.as_str(), consumer.prefetch_count),
+            ("q1", 10)
+        );
     }
 
     #[test]

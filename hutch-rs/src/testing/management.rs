@@ -1,41 +1,57 @@
 //! The node's management HTTP API.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
+use base64::Engine as _;
 use serde_json::Value;
 
 use super::BrokerError;
 
-/// `Authorization` for the default `guest`/`guest` user, which a node
-/// accepts from the loopback interface; precomputed because it never
-/// changes and the crate has no base64 dependency.
-const GUEST_AUTHORIZATION: &str = "Basic Z3Vlc3Q6Z3Vlc3Q=";
-
 /// How long one HTTP request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A client for `http://127.0.0.1:<port>/api/`.
-#[derive(Debug)]
+/// A client for a management API (`<base_url>/api/`), logged in as one user.
 pub(crate) struct Management {
     agent: ureq::Agent,
     base_url: String,
+    /// The `Authorization` header: holds the password, so never shown.
+    authorization: String,
+}
+
+impl fmt::Debug for Management {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Management")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Management {
-    pub(crate) fn new(port: u16) -> Self {
+    /// The API of a private node on `127.0.0.1:<port>`, as `guest`, whom a
+    /// node accepts from the loopback interface.
+    pub(crate) fn local(port: u16) -> Self {
+        Self::new(format!("http://127.0.0.1:{port}"), "guest", "guest")
+    }
+
+    /// The API at `base_url` (`http://host:port`, no trailing slash) as
+    /// `username`.
+    pub(crate) fn new(base_url: String, username: &str, password: &str) -> Self {
         let agent = ureq::Agent::config_builder()
             // Error statuses are answers, whose bodies say what is wrong.
             .http_status_as_error(false)
             .timeout_global(Some(REQUEST_TIMEOUT))
             .build()
             .new_agent();
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
         Self {
             agent,
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url,
+            authorization: format!("Basic {credentials}"),
         }
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://host:port`.
     pub(crate) fn base_url(&self) -> &str {
         &self.base_url
     }
@@ -48,6 +64,17 @@ impl Management {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Option<Value>, BrokerError> {
+        self.request_with(method, path, body, &[])
+    }
+
+    /// [`Management::request`] with extra headers (such as `X-Reason`).
+    pub(crate) fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<Value>, BrokerError> {
         let url = format!("{}/api/{}", self.base_url, path.trim_start_matches('/'));
         let fail = |status: Option<u16>, detail: String| BrokerError::Management {
             method: method.to_owned(),
@@ -55,11 +82,14 @@ impl Management {
             status,
             detail,
         };
-        let request = ureq::http::Request::builder()
+        let mut request = ureq::http::Request::builder()
             .method(method)
             .uri(&url)
-            .header("authorization", GUEST_AUTHORIZATION)
+            .header("authorization", &self.authorization)
             .header("accept", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         let response = match body {
             Some(body) => {
                 let bytes = serde_json::to_vec(body)

@@ -342,6 +342,27 @@ pub enum Error {
         reason: String,
     },
 
+    /// No registered consumer has this name (its function's name,
+    /// `module::function`, or its queue's name).
+    #[error("no consumer named {name:?}; the registered consumers are: {}", known.join(", "))]
+    UnknownConsumer {
+        /// The name asked for.
+        name: String,
+        /// The registered consumers, `module::function`.
+        known: Vec<String>,
+    },
+
+    /// Reading, replaying or purging a dead-letter queue failed; what was
+    /// done before the failure stays done (see
+    /// [`DeadLetters::replay`](crate::DeadLetters::replay)).
+    #[error("dead-letter queue {queue:?}: {reason}")]
+    DeadLetters {
+        /// The dead-letter queue, `<queue>:dead`.
+        queue: String,
+        /// What failed, and what was done before.
+        reason: String,
+    },
+
     /// The publishing connection is gone: it was closed
     /// ([`Hutch::close`](crate::Hutch::close)) while the publish waited for
     /// it or for the broker's confirm (a message already sent may or may not

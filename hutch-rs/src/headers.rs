@@ -40,6 +40,13 @@ use lapin::types::{AMQPValue, FieldTable};
 /// delivery, which is attempt 1). Read it with
 /// [`Message::attempt`](crate::Message::attempt).
 pub const ATTEMPT: &str = "x-hutch-attempt";
+/// On a message replayed from `<queue>:dead`
+/// ([`DeadLetters::replay`](crate::DeadLetters::replay), `dead replay`):
+/// how many times it has been replayed. Such a message comes back through
+/// the default exchange to its consumer's queue alone, and the consumer
+/// restores its original exchange and routing key from
+/// [`ORIGINAL_EXCHANGE`] and [`ORIGINAL_ROUTING_KEY`], as for a retry.
+pub const REPLAYS: &str = "x-hutch-replays";
 /// The broker's count of earlier deliveries of a message that were not
 /// acked, which a quorum queue writes on a redelivery. hutch-rs adds it to
 /// [`Message::attempt`](crate::Message::attempt) on a redelivery.

@@ -193,6 +193,11 @@ impl Hutch {
         Ok(())
     }
 
+    /// The settings this instance was built with.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
     /// The error hooks' queues.
     #[cfg(feature = "testing")]
     pub(crate) fn hooks(&self) -> &HookQueues {

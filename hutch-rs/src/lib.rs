@@ -128,6 +128,7 @@ mod backoff;
 mod codec;
 mod config;
 mod context;
+mod dead_letters;
 #[cfg(test)]
 mod decode_fuzz_tests;
 mod duration_text;
@@ -170,6 +171,7 @@ pub use config::{
     DEFAULT_RETRY_MIN_DELAY, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_URI, HutchBuilder,
 };
 pub use context::Context;
+pub use dead_letters::{DeadLetters, DeadMessage, Replayed};
 pub use error::{BoxError, Error, Result};
 pub use event::{Event, EventStream};
 pub use extract::{FromDelivery, MissingStateValue, RequiredState, State};

@@ -395,7 +395,9 @@ impl Envelope {
     /// The envelope of a delivery to the consumer of `queue`, as the broker
     /// handed it over. A retried copy arrives from a delay queue through the
     /// default exchange; its headers say where it was first published and
-    /// which attempt it is. On any other delivery those headers are a
+    /// which attempt it is. A replayed dead letter arrives the same way,
+    /// and its headers say where it was first published. On any other
+    /// delivery those headers are a
     /// publisher's say-so and are ignored: it is a first attempt, on the
     /// route it came by.
     pub(crate) fn of_delivery(
@@ -409,11 +411,18 @@ impl Envelope {
         let retry = headers.filter(|headers| {
             provenance::is_own_retry(exchange, routing_key, Some(headers), queue)
         });
+        // A replayed dead letter starts again at attempt 1 on its original
+        // route; a publisher claiming one gets no more than a routing key
+        // of its choosing, which publishing to the exchange gives it too.
+        let replay = headers.filter(|headers| {
+            retry.is_none() && provenance::is_replay(exchange, routing_key, Some(headers), queue)
+        });
         // An exchange name and a routing key are AMQP short strings: a
         // longer one was not written by hutch-rs, and carried onto the next
         // copy it could fill the frame on its own.
         let text = |name: &str| {
             retry
+                .or(replay)
                 .and_then(|headers| headers::text(headers, name))
                 .filter(|text| text.len() <= SHORT_STRING_MAX)
         };

@@ -21,6 +21,22 @@ use crate::retry::queues;
 /// The header the broker writes when it dead-letters a message.
 const X_DEATH: &str = "x-death";
 
+/// True when a delivery with this route and these headers is a copy
+/// replayed from `queue`'s dead-letter queue: sent through the default
+/// exchange to `queue` alone, marked with [`headers::REPLAYS`].
+pub(crate) fn is_replay(
+    exchange: &str,
+    routing_key: &str,
+    headers: Option<&FieldTable>,
+    queue: &str,
+) -> bool {
+    exchange.is_empty()
+        && routing_key == queue
+        && headers.is_some_and(|headers| {
+            crate::headers::number(headers, crate::headers::REPLAYS).is_some_and(|n| n > 0)
+        })
+}
+
 /// True when a delivery with this route and these headers is a retried copy
 /// that expired from one of `queue`'s delay queues.
 pub(crate) fn is_own_retry(

@@ -26,6 +26,9 @@ use crate::{
 pub(crate) enum Purpose {
     Consume,
     Publish,
+    /// One-off work outside the supervision tree: reading and replaying
+    /// dead letters.
+    Tooling,
 }
 
 impl Purpose {
@@ -33,6 +36,7 @@ impl Purpose {
         match self {
             Purpose::Consume => "consume",
             Purpose::Publish => "publish",
+            Purpose::Tooling => "tooling",
         }
     }
 }

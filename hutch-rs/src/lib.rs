@@ -140,6 +140,7 @@ pub mod headers;
 mod hutch;
 mod logging;
 mod message;
+mod message_schema;
 mod middleware;
 mod outgoing;
 mod panic;
@@ -153,7 +154,11 @@ mod status;
 mod supervisor;
 mod telemetry;
 mod topology;
+mod topology_description;
 mod transport;
+
+#[cfg(feature = "asyncapi")]
+mod asyncapi;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -186,6 +191,19 @@ pub use status::{
     ConnectionState, ConnectionStatus, ConsumerState, ConsumerStatus, Health, Status,
 };
 pub use supervisor::app::Running;
+pub use topology_description::{
+    BindingDescription, ConsumerDescription, DelayQueueDescription, ExchangeDescription,
+    QueueDescription, Topology,
+};
+
+#[cfg(feature = "asyncapi")]
+pub use asyncapi::AsyncApiInfo;
+
+/// The `schemars` crate the `asyncapi` feature works with: derive
+/// `JsonSchema` for your message types from this version (or add the same
+/// major version of `schemars` to your own dependencies).
+#[cfg(feature = "asyncapi")]
+pub use schemars;
 
 /// Marks an async function as a consumer. See the [crate docs](crate) and
 /// the attribute's own documentation.
@@ -262,6 +280,30 @@ pub async fn declare() -> Result<Vec<String>> {
     from_env()?.declare().await
 }
 
+/// What the application declares, with settings from the environment: the
+/// exchange, and each selected consumer's queues, bindings and settings,
+/// as [`declare`] and [`run`] would declare them. Needs no broker. See
+/// [`Hutch::topology`].
+///
+/// # Errors
+///
+/// A configuration error, or two consumers on one queue
+/// ([`Error::DuplicateQueue`]).
+pub fn topology() -> Result<Topology> {
+    from_env()?.topology()
+}
+
+/// The AsyncAPI 3.0.0 document of the application, with settings from the
+/// environment. Needs no broker. See [`Hutch::asyncapi`].
+///
+/// # Errors
+///
+/// As [`topology`].
+#[cfg(feature = "asyncapi")]
+pub fn asyncapi() -> Result<serde_json::Value> {
+    from_env()?.asyncapi()
+}
+
 /// Publishes `value` as JSON with settings from the environment; resolves
 /// once the broker confirms. See [`Hutch::publish`].
 ///
@@ -316,6 +358,13 @@ pub mod __private {
         call_handler, call_handler_with_context, into_handler_result,
     };
     pub use crate::message::Incoming;
+    pub use crate::__hutch_rs_message_schema as message_schema;
+    #[cfg(feature = "asyncapi")]
+    pub use crate::message_schema::{
+        DeriveJsonSchema, MessageSchemaFn, NoJsonSchema, SchemaProbe,
+    };
     pub use crate::registry::ConsumerRegistration;
     pub use inventory;
+    #[cfg(feature = "asyncapi")]
+    pub use schemars;
 }

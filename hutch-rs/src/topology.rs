@@ -102,7 +102,26 @@ impl ConsumerPlan {
     pub(crate) fn name(&self) -> String {
         self.registration.qualified_name()
     }
+
+    /// The arguments the consumer's own queue is declared with: its type
+    /// and arguments, dead-lettering to `<queue>:dead`.
+    pub(crate) fn main_queue_arguments(&self) -> FieldTable {
+        self.declaration
+            .main_queue(&crate::retry::queues::dead_letter_queue(&self.queue))
+    }
+
+    /// The arguments of each binding of the consumer's queue.
+    pub(crate) fn binding_arguments(&self, _routing_key: &str) -> FieldTable {
+        FieldTable::default()
+    }
 }
+
+/// The kind of the exchange hutch-rs declares.
+pub(crate) const EXCHANGE_KIND: ExchangeKind = ExchangeKind::Topic;
+
+/// Whether the exchange and every queue hutch-rs declares survive a broker
+/// restart: they do.
+pub(crate) const DURABLE: bool = true;
 
 /// Picks the consumers this process runs (all, or those of the configured
 /// group) and resolves their queues. Two consumers on one queue would split
@@ -260,9 +279,9 @@ pub(crate) async fn declare_exchange(channel: &Channel, exchange: &str) -> Resul
     channel
         .exchange_declare(
             exchange.into(),
-            ExchangeKind::Topic,
+            EXCHANGE_KIND,
             ExchangeDeclareOptions {
-                durable: true,
+                durable: DURABLE,
                 ..ExchangeDeclareOptions::default()
             },
             FieldTable::default(),
@@ -286,7 +305,7 @@ pub(crate) async fn declare_durable_queue(
         .queue_declare(
             queue.into(),
             QueueDeclareOptions {
-                durable: true,
+                durable: DURABLE,
                 ..QueueDeclareOptions::default()
             },
             arguments,
@@ -308,9 +327,7 @@ pub(crate) async fn declare_consumer_queue(
     exchange: &str,
     plan: &ConsumerPlan,
 ) -> Result<()> {
-    let arguments = plan
-        .declaration
-        .main_queue(&crate::retry::queues::dead_letter_queue(&plan.queue));
+    let arguments = plan.main_queue_arguments();
     let described = plan.declaration.describe(&arguments);
     declare_durable_queue(channel, &plan.queue, arguments, || {
         format!(
@@ -327,7 +344,7 @@ pub(crate) async fn declare_consumer_queue(
                 exchange.into(),
                 (*routing_key).into(),
                 QueueBindOptions::default(),
-                FieldTable::default(),
+                plan.binding_arguments(routing_key),
             )
             .await
             .map_err(|source| Error::Declare {

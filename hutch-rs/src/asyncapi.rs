@@ -370,3 +370,172 @@ impl Ids {
         id
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        ConsumerRegistration, QueueArguments, QueueType,
+        config::HutchBuilder,
+        handler::{Delivered, HandlerFuture},
+        topology::plan_consumers,
+    };
+
+    fn never(_: Delivered) -> HandlerFuture {
+        unreachable!("handlers are not called in AsyncAPI tests")
+    }
+
+    #[derive(schemars::JsonSchema)]
+    #[allow(dead_code)]
+    struct OrderPlaced {
+        order_id: u64,
+    }
+
+    #[allow(dead_code)]
+    struct Opaque;
+
+    static RECEIPTS: ConsumerRegistration =
+        ConsumerRegistration::new("send_receipt", "shop", &["orders.*", "orders.#"], never)
+            .with_message_type(std::any::type_name::<OrderPlaced>)
+            .with_message_schema(crate::__hutch_rs_message_schema!(OrderPlaced));
+    static AUDIT: ConsumerRegistration =
+        ConsumerRegistration::new("audit", "shop", &["orders.*"], never)
+            .with_message_type(std::any::type_name::<Opaque>)
+            .with_message_schema(crate::__hutch_rs_message_schema!(Opaque))
+            .with_context()
+            .with_retry_min_delay(Duration::from_millis(100))
+            .with_queue_arguments(QueueArguments::new().queue_type(QueueType::Quorum));
+
+    fn document_of(builder: HutchBuilder, info: Option<AsyncApiInfo>) -> Value {
+        let settings = builder.validate().unwrap();
+        let plans = plan_consumers(&settings, &[&RECEIPTS, &AUDIT]).unwrap();
+        let topology = Topology::describe(&settings, &plans);
+        let info = info.unwrap_or_else(|| AsyncApiInfo::default_for(&settings));
+        document(&info, &settings, &topology, &plans)
+    }
+
+    #[test]
+    fn servers_have_no_credentials() {
+        let document = document_of(
+            HutchBuilder::defaults().uris([
+                "amqp://admin:s3cret@rabbit-1:5673/prod",
+                "amqps://admin:s3cret@rabbit-2/prod",
+            ]),
+            None,
+        );
+        assert_eq!(
+            document["servers"],
+            json!({
+                "node1": {
+                    "host": "rabbit-1:5673", "protocol": "amqp", "protocolVersion": "0-9-1",
+                    "description": "RabbitMQ, virtual host `prod`.",
+                },
+                "node2": {
+                    "host": "rabbit-2:5671", "protocol": "amqps", "protocolVersion": "0-9-1",
+                    "description": "RabbitMQ, virtual host `prod`.",
+                },
+            })
+        );
+        let text = document.to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!text.contains("admin"), "{text}");
+    }
+
+    #[test]
+    fn info_defaults_to_the_namespace_and_can_be_given() {
+        let default = document_of(HutchBuilder::defaults().namespace("shop"), None);
+        assert_eq!(default["info"]["title"], json!("shop"));
+        assert_eq!(default["info"]["version"], json!("unversioned"));
+        let default = document_of(HutchBuilder::defaults(), None);
+        assert_eq!(default["info"]["title"], json!("hutch"));
+        let given = document_of(
+            HutchBuilder::defaults(),
+            Some(AsyncApiInfo::new("orders", "1.2.3").description("Order handling")),
+        );
+        assert_eq!(
+            given["info"],
+            json!({
+                "title": "orders", "version": "1.2.3", "description": "Order handling",
+                "x-hutch-exchange": "hutch",
+            })
+        );
+    }
+
+    #[test]
+    fn routing_keys_queues_and_operations_are_channels_and_receives() {
+        let document = document_of(HutchBuilder::defaults().namespace("shop"), None);
+        let channels = document["channels"].as_object().unwrap();
+        // `orders.*` and `orders.#` clash once sanitised, and stay apart.
+        let star = &channels["routingKey.orders._"];
+        assert_eq!(star["address"], json!("orders.*"));
+        assert_eq!(channels["routingKey.orders.__2"]["address"], json!("orders.#"));
+        assert_eq!(
+            star["bindings"]["amqp"]["exchange"],
+            json!({ "name": "hutch", "type": "topic", "durable": true, "autoDelete": false, "vhost": "/" })
+        );
+        // Both consumers are bound with `orders.*`: both messages.
+        assert_eq!(star["messages"].as_object().unwrap().len(), 2);
+        let queue = &channels["queue.shop_send_receipt"];
+        assert_eq!(queue["address"], json!("shop:send_receipt"));
+        assert_eq!(queue["bindings"]["amqp"]["is"], json!("queue"));
+        assert_eq!(queue["bindings"]["amqp"]["queue"]["name"], json!("shop:send_receipt"));
+
+        let receive = &document["operations"]["receive.shop_send_receipt"];
+        assert_eq!(receive["action"], json!("receive"));
+        assert_eq!(receive["channel"], json!({ "$ref": "#/channels/queue.shop_send_receipt" }));
+        assert_eq!(
+            receive["messages"],
+            json!([{ "$ref": "#/channels/queue.shop_send_receipt/messages/OrderPlaced" }])
+        );
+        assert_eq!(receive["x-hutch-consumer"]["queue"]["name"], json!("shop:send_receipt"));
+        assert!(receive.get("reply").is_none());
+        assert!(channels.contains_key(REPLIES_CHANNEL));
+        let audit = &document["operations"]["receive.shop_audit"];
+        assert_eq!(audit["reply"]["address"]["location"], json!(REPLY_ADDRESS));
+        assert_eq!(
+            audit["x-hutch-consumer"]["queue"]["arguments"]["x-queue-type"],
+            json!("quorum")
+        );
+    }
+
+    #[test]
+    fn a_type_with_a_schema_has_its_payload_and_one_without_has_a_note() {
+        let document = document_of(HutchBuilder::defaults(), None);
+        let messages = &document["components"]["messages"];
+        let order = &messages["OrderPlaced"];
+        assert_eq!(order["payload"], json!({ "$ref": "#/components/schemas/OrderPlaced" }));
+        assert_eq!(
+            order["bindings"]["amqp"]["messageType"],
+            json!(std::any::type_name::<OrderPlaced>())
+        );
+        let schema = &document["components"]["schemas"]["OrderPlaced"];
+        assert_eq!(schema["properties"]["order_id"]["type"], json!("integer"));
+        let opaque = &messages["Opaque"];
+        assert!(opaque.get("payload").is_none());
+        assert_eq!(opaque["x-hutch-note"], json!(NO_SCHEMA_NOTE));
+    }
+
+    #[test]
+    fn no_replies_channel_without_a_consumer_that_can_reply() {
+        let settings = HutchBuilder::defaults().validate().unwrap();
+        let plans = plan_consumers(&settings, &[&RECEIPTS]).unwrap();
+        let topology = Topology::describe(&settings, &plans);
+        let document = document(
+            &AsyncApiInfo::default_for(&settings),
+            &settings,
+            &topology,
+            &plans,
+        );
+        assert!(document["channels"].get(REPLIES_CHANNEL).is_none());
+    }
+
+    #[test]
+    fn short_type_names_keep_generics() {
+        assert_eq!(short_type_name("shop::OrderPlaced"), "OrderPlaced");
+        assert_eq!(short_type_name("alloc::vec::Vec<u8>"), "Vec<u8>");
+        assert_eq!(short_type_name("a::W<b::C>"), "W<b::C>");
+        assert_eq!(short_type_name("u32"), "u32");
+    }
+}

@@ -293,3 +293,224 @@ fn millis_list<S: Serializer>(durations: &[Duration], serializer: S) -> Result<S
 fn queue_type<S: Serializer>(queue_type: &QueueType, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(queue_type.as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        ConsumerRegistration, QueueArguments,
+        config::HutchBuilder,
+        handler::{Delivered, HandlerFuture},
+        topology::plan_consumers,
+    };
+
+    fn never(_: Delivered) -> HandlerFuture {
+        unreachable!("handlers are not called in description tests")
+    }
+
+    #[derive(serde::Deserialize)]
+    struct OrderPlaced;
+
+    static RECEIPTS: ConsumerRegistration =
+        ConsumerRegistration::new("send_receipt", "shop", &["orders.placed", "orders.paid"], never)
+            .with_message_type(std::any::type_name::<OrderPlaced>)
+            .with_max_attempts(4)
+            .with_prefetch(8)
+            .with_concurrency(2)
+            .with_queue_arguments(QueueArguments::new().max_length(100));
+    static LEDGER: ConsumerRegistration =
+        ConsumerRegistration::new("ledger", "billing", &["billing.#"], never)
+            .with_group("billing")
+            .with_context()
+            .with_timeout(Duration::from_secs(9))
+            .with_queue_arguments(QueueArguments::new().queue_type(QueueType::Quorum));
+
+    fn described(builder: HutchBuilder) -> (Topology, Vec<ConsumerPlan>) {
+        let settings = builder.validate().unwrap();
+        let plans = plan_consumers(&settings, &[&RECEIPTS, &LEDGER]).unwrap();
+        (Topology::describe(&settings, &plans), plans)
+    }
+
+    fn consumer<'a>(topology: &'a Topology, function: &str) -> &'a ConsumerDescription {
+        topology
+            .consumers
+            .iter()
+            .find(|consumer| consumer.function == function)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_exchange_and_the_selection_are_those_of_the_settings() {
+        let (topology, _) = described(HutchBuilder::defaults().exchange("events").namespace("eu"));
+        assert_eq!(
+            topology.exchange,
+            ExchangeDescription {
+                name: "events".into(),
+                kind: "topic".into(),
+                durable: true,
+            }
+        );
+        assert_eq!(topology.namespace.as_deref(), Some("eu"));
+        let names: Vec<_> = topology.consumers.iter().map(|c| &c.queue.name).collect();
+        assert_eq!(names, ["eu:ledger", "eu:send_receipt"]);
+
+        let (billing, _) = described(HutchBuilder::defaults().group("billing"));
+        assert_eq!(billing.group.as_deref(), Some("billing"));
+        assert_eq!(billing.consumers.len(), 1);
+        assert_eq!(billing.consumers[0].name, "billing::ledger");
+    }
+
+    #[test]
+    fn queues_and_bindings_carry_the_arguments_the_declarations_send() {
+        let (topology, plans) = described(HutchBuilder::defaults().namespace("shop"));
+        let receipts = consumer(&topology, "send_receipt");
+        let plan = plans.iter().find(|plan| plan.queue == "shop:send_receipt").unwrap();
+        assert_eq!(receipts.queue.name, "shop:send_receipt");
+        assert_eq!(receipts.queue.queue_type, QueueType::Classic);
+        assert!(receipts.queue.durable);
+        assert_eq!(
+            receipts.queue.arguments,
+            table_to_json(&plan.main_queue_arguments())
+        );
+        assert_eq!(receipts.queue.arguments.get("x-max-length"), Some(&json!(100)));
+        assert_eq!(receipts.dead_letter_queue.name, "shop:send_receipt:dead");
+        assert!(receipts.dead_letter_queue.arguments.is_empty());
+        let bindings: Vec<_> = receipts
+            .bindings
+            .iter()
+            .map(|binding| {
+                (
+                    binding.source.as_str(),
+                    binding.destination.as_str(),
+                    binding.routing_key.as_str(),
+                    binding.arguments.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            bindings,
+            [
+                ("hutch", "shop:send_receipt", "orders.placed", 0),
+                ("hutch", "shop:send_receipt", "orders.paid", 0),
+            ]
+        );
+
+        let ledger = consumer(&topology, "ledger");
+        assert_eq!(ledger.queue.queue_type, QueueType::Quorum);
+        assert_eq!(ledger.queue.arguments.get("x-queue-type"), Some(&json!("quorum")));
+        assert_eq!(
+            ledger.queue.arguments.get("x-dead-letter-routing-key"),
+            Some(&json!("shop:ledger:dead"))
+        );
+        assert_eq!(
+            ledger.dead_letter_queue.arguments,
+            BTreeMap::from([("x-queue-type".to_owned(), json!("quorum"))])
+        );
+        for delay_queue in &ledger.delay_queues {
+            let millis = delay_queue.delay.as_millis();
+            assert_eq!(delay_queue.queue.name, format!("shop:ledger:delay:{millis}ms"));
+            assert_eq!(delay_queue.queue.queue_type, QueueType::Quorum);
+            assert_eq!(
+                delay_queue.queue.arguments.get("x-message-ttl"),
+                Some(&json!(millis as u64))
+            );
+            assert_eq!(
+                delay_queue.queue.arguments.get("x-dead-letter-routing-key"),
+                Some(&json!("shop:ledger"))
+            );
+        }
+    }
+
+    #[test]
+    fn settings_are_the_consumer_s_over_the_defaults() {
+        let (topology, plans) = described(
+            HutchBuilder::defaults()
+                .max_attempts(3)
+                .retry_delay(Duration::from_secs(1), Duration::from_secs(3)),
+        );
+        let receipts = consumer(&topology, "send_receipt");
+        assert_eq!((receipts.prefetch, receipts.concurrency), (8, 2));
+        assert_eq!(receipts.max_attempts, 4);
+        assert_eq!(receipts.retry_min_delay, Duration::from_secs(1));
+        assert_eq!(receipts.retry_max_delay, Duration::from_secs(3));
+        assert_eq!(
+            receipts.retry_delays,
+            [1, 2, 3].map(Duration::from_secs).to_vec()
+        );
+        let plan = plans.iter().find(|plan| plan.queue == "send_receipt").unwrap();
+        let delays: Vec<_> = receipts.delay_queues.iter().map(|queue| queue.delay).collect();
+        assert_eq!(delays, plan.retry.possible_delays());
+        assert!(delays.contains(&Duration::from_secs(1)), "{delays:?}");
+        assert_eq!(
+            receipts.message_type.as_deref(),
+            Some(std::any::type_name::<OrderPlaced>())
+        );
+        assert!(!receipts.may_reply);
+
+        let ledger = consumer(&topology, "ledger");
+        assert_eq!(ledger.max_attempts, 3);
+        assert_eq!(ledger.timeout, Duration::from_secs(9));
+        assert_eq!(ledger.group.as_deref(), Some("billing"));
+        assert_eq!(ledger.message_type, None);
+        assert!(ledger.may_reply);
+    }
+
+    #[test]
+    fn it_serialises_with_durations_in_milliseconds_and_types_by_name() {
+        let (topology, _) = described(HutchBuilder::defaults());
+        let value = serde_json::to_value(&topology).unwrap();
+        assert_eq!(
+            value["exchange"],
+            json!({ "name": "hutch", "kind": "topic", "durable": true })
+        );
+        let ledger = &value["consumers"][0];
+        assert_eq!(ledger["name"], json!("billing::ledger"));
+        assert_eq!(ledger["timeout_ms"], json!(9_000));
+        assert_eq!(ledger["queue"]["queue_type"], json!("quorum"));
+        assert_eq!(ledger["routing_keys"], json!(["billing.#"]));
+        assert!(ledger["retry_delays_ms"].is_array());
+        assert!(ledger["delay_queues"][0]["delay_ms"].is_u64());
+        assert_eq!(
+            ledger["bindings"][0],
+            json!({
+                "source": "hutch",
+                "destination": "ledger",
+                "routing_key": "billing.#",
+                "arguments": {},
+            })
+        );
+    }
+
+    #[test]
+    fn every_amqp_value_becomes_json() {
+        use lapin::types::{DecimalValue, FieldArray};
+        let mut inner = FieldTable::default();
+        inner.insert("a".into(), AMQPValue::ShortInt(-3));
+        let mut table = FieldTable::default();
+        table.insert("bool".into(), AMQPValue::Boolean(true));
+        table.insert("long".into(), AMQPValue::LongLongInt(-5));
+        table.insert("uint".into(), AMQPValue::LongUInt(7));
+        table.insert("text".into(), AMQPValue::LongString("x".into()));
+        table.insert("short".into(), AMQPValue::ShortString("y".into()));
+        table.insert(
+            "array".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::ShortShortUInt(1)])),
+        );
+        table.insert("table".into(), AMQPValue::FieldTable(inner));
+        table.insert(
+            "decimal".into(),
+            AMQPValue::DecimalValue(DecimalValue { scale: 2, value: 150 }),
+        );
+        table.insert("void".into(), AMQPValue::Void);
+        let json = serde_json::to_value(table_to_json(&table)).unwrap();
+        assert_eq!(
+            json,
+            json!({
+                "bool": true, "long": -5, "uint": 7, "text": "x", "short": "y",
+                "array": [1], "table": { "a": -3 }, "decimal": 1.5, "void": null,
+            })
+        );
+    }
+}

@@ -32,5 +32,6 @@ mod run_from_env;
 mod shutdown;
 mod spans;
 mod supervision;
+mod topology_description;
 mod trace_context;
 mod tree;

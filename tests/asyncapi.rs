@@ -158,8 +158,16 @@ fn it_lists_every_kind_of_consumer() {
             "receive.shop_send_receipt",
         ]
     );
-    assert!(operations["receive.shop_quote_price"].get("reply").is_some());
-    assert!(operations["receive.shop_send_receipt"].get("reply").is_none());
+    assert!(
+        operations["receive.shop_quote_price"]
+            .get("reply")
+            .is_some()
+    );
+    assert!(
+        operations["receive.shop_send_receipt"]
+            .get("reply")
+            .is_none()
+    );
     assert_eq!(
         operations["receive.shop_ledger"]["x-hutch-consumer"]["queue"]["queue_type"],
         json!("quorum")

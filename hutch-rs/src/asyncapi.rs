@@ -214,7 +214,10 @@ pub(crate) fn document(
                 "channel": { "$ref": format!("#/channels/{REPLIES_CHANNEL}") },
             });
         }
-        operations.insert(ids.unique(&format!("receive.{}", consumer.queue.name)), operation);
+        operations.insert(
+            ids.unique(&format!("receive.{}", consumer.queue.name)),
+            operation,
+        );
     }
     if any_replies {
         channels.insert(
@@ -470,7 +473,10 @@ mod tests {
         // `orders.*` and `orders.#` clash once sanitised, and stay apart.
         let star = &channels["routingKey.orders._"];
         assert_eq!(star["address"], json!("orders.*"));
-        assert_eq!(channels["routingKey.orders.__2"]["address"], json!("orders.#"));
+        assert_eq!(
+            channels["routingKey.orders.__2"]["address"],
+            json!("orders.#")
+        );
         assert_eq!(
             star["bindings"]["amqp"]["exchange"],
             json!({ "name": "hutch", "type": "topic", "durable": true, "autoDelete": false, "vhost": "/" })
@@ -480,16 +486,25 @@ mod tests {
         let queue = &channels["queue.shop_send_receipt"];
         assert_eq!(queue["address"], json!("shop:send_receipt"));
         assert_eq!(queue["bindings"]["amqp"]["is"], json!("queue"));
-        assert_eq!(queue["bindings"]["amqp"]["queue"]["name"], json!("shop:send_receipt"));
+        assert_eq!(
+            queue["bindings"]["amqp"]["queue"]["name"],
+            json!("shop:send_receipt")
+        );
 
         let receive = &document["operations"]["receive.shop_send_receipt"];
         assert_eq!(receive["action"], json!("receive"));
-        assert_eq!(receive["channel"], json!({ "$ref": "#/channels/queue.shop_send_receipt" }));
+        assert_eq!(
+            receive["channel"],
+            json!({ "$ref": "#/channels/queue.shop_send_receipt" })
+        );
         assert_eq!(
             receive["messages"],
             json!([{ "$ref": "#/channels/queue.shop_send_receipt/messages/OrderPlaced" }])
         );
-        assert_eq!(receive["x-hutch-consumer"]["queue"]["name"], json!("shop:send_receipt"));
+        assert_eq!(
+            receive["x-hutch-consumer"]["queue"]["name"],
+            json!("shop:send_receipt")
+        );
         assert!(receive.get("reply").is_none());
         assert!(channels.contains_key(REPLIES_CHANNEL));
         let audit = &document["operations"]["receive.shop_audit"];
@@ -505,7 +520,10 @@ mod tests {
         let document = document_of(HutchBuilder::defaults(), None);
         let messages = &document["components"]["messages"];
         let order = &messages["OrderPlaced"];
-        assert_eq!(order["payload"], json!({ "$ref": "#/components/schemas/OrderPlaced" }));
+        assert_eq!(
+            order["payload"],
+            json!({ "$ref": "#/components/schemas/OrderPlaced" })
+        );
         assert_eq!(
             order["bindings"]["amqp"]["messageType"],
             json!(std::any::type_name::<OrderPlaced>())

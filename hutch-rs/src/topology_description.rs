@@ -313,13 +313,17 @@ mod tests {
     #[derive(serde::Deserialize)]
     struct OrderPlaced;
 
-    static RECEIPTS: ConsumerRegistration =
-        ConsumerRegistration::new("send_receipt", "shop", &["orders.placed", "orders.paid"], never)
-            .with_message_type(std::any::type_name::<OrderPlaced>)
-            .with_max_attempts(4)
-            .with_prefetch(8)
-            .with_concurrency(2)
-            .with_queue_arguments(QueueArguments::new().max_length(100));
+    static RECEIPTS: ConsumerRegistration = ConsumerRegistration::new(
+        "send_receipt",
+        "shop",
+        &["orders.placed", "orders.paid"],
+        never,
+    )
+    .with_message_type(std::any::type_name::<OrderPlaced>)
+    .with_max_attempts(4)
+    .with_prefetch(8)
+    .with_concurrency(2)
+    .with_queue_arguments(QueueArguments::new().max_length(100));
     static LEDGER: ConsumerRegistration =
         ConsumerRegistration::new("ledger", "billing", &["billing.#"], never)
             .with_group("billing")
@@ -366,7 +370,10 @@ mod tests {
     fn queues_and_bindings_carry_the_arguments_the_declarations_send() {
         let (topology, plans) = described(HutchBuilder::defaults().namespace("shop"));
         let receipts = consumer(&topology, "send_receipt");
-        let plan = plans.iter().find(|plan| plan.queue == "shop:send_receipt").unwrap();
+        let plan = plans
+            .iter()
+            .find(|plan| plan.queue == "shop:send_receipt")
+            .unwrap();
         assert_eq!(receipts.queue.name, "shop:send_receipt");
         assert_eq!(receipts.queue.queue_type, QueueType::Classic);
         assert!(receipts.queue.durable);
@@ -374,7 +381,10 @@ mod tests {
             receipts.queue.arguments,
             table_to_json(&plan.main_queue_arguments())
         );
-        assert_eq!(receipts.queue.arguments.get("x-max-length"), Some(&json!(100)));
+        assert_eq!(
+            receipts.queue.arguments.get("x-max-length"),
+            Some(&json!(100))
+        );
         assert_eq!(receipts.dead_letter_queue.name, "shop:send_receipt:dead");
         assert!(receipts.dead_letter_queue.arguments.is_empty());
         let bindings: Vec<_> = receipts
@@ -399,7 +409,10 @@ mod tests {
 
         let ledger = consumer(&topology, "ledger");
         assert_eq!(ledger.queue.queue_type, QueueType::Quorum);
-        assert_eq!(ledger.queue.arguments.get("x-queue-type"), Some(&json!("quorum")));
+        assert_eq!(
+            ledger.queue.arguments.get("x-queue-type"),
+            Some(&json!("quorum"))
+        );
         assert_eq!(
             ledger.queue.arguments.get("x-dead-letter-routing-key"),
             Some(&json!("shop:ledger:dead"))
@@ -410,7 +423,10 @@ mod tests {
         );
         for delay_queue in &ledger.delay_queues {
             let millis = delay_queue.delay.as_millis();
-            assert_eq!(delay_queue.queue.name, format!("shop:ledger:delay:{millis}ms"));
+            assert_eq!(
+                delay_queue.queue.name,
+                format!("shop:ledger:delay:{millis}ms")
+            );
             assert_eq!(delay_queue.queue.queue_type, QueueType::Quorum);
             assert_eq!(
                 delay_queue.queue.arguments.get("x-message-ttl"),
@@ -439,8 +455,15 @@ mod tests {
             receipts.retry_delays,
             [1, 2, 3].map(Duration::from_secs).to_vec()
         );
-        let plan = plans.iter().find(|plan| plan.queue == "send_receipt").unwrap();
-        let delays: Vec<_> = receipts.delay_queues.iter().map(|queue| queue.delay).collect();
+        let plan = plans
+            .iter()
+            .find(|plan| plan.queue == "send_receipt")
+            .unwrap();
+        let delays: Vec<_> = receipts
+            .delay_queues
+            .iter()
+            .map(|queue| queue.delay)
+            .collect();
         assert_eq!(delays, plan.retry.possible_delays());
         assert!(delays.contains(&Duration::from_secs(1)), "{delays:?}");
         assert_eq!(
@@ -501,7 +524,10 @@ mod tests {
         table.insert("table".into(), AMQPValue::FieldTable(inner));
         table.insert(
             "decimal".into(),
-            AMQPValue::DecimalValue(DecimalValue { scale: 2, value: 150 }),
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 150,
+            }),
         );
         table.insert("void".into(), AMQPValue::Void);
         let json = serde_json::to_value(table_to_json(&table)).unwrap();

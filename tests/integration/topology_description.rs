@@ -23,7 +23,11 @@ async fn described_classic(msg: Message<Job>) -> Result<(), BoxError> {
     msg.outcome(msg.attempt())
 }
 
-#[consumer(routing_key = "described.#", group = "described", queue_type = "quorum")]
+#[consumer(
+    routing_key = "described.#",
+    group = "described",
+    queue_type = "quorum"
+)]
 async fn described_quorum(_msg: Message<Job>) -> Result<(), BoxError> {
     Ok(())
 }
@@ -76,7 +80,11 @@ async fn declare_creates_exactly_what_the_description_lists() {
     assert_eq!(topology.exchange.name, scope.exchange);
 
     let declared = hutch.declare().await.unwrap();
-    let listed: Vec<_> = topology.consumers.iter().map(|c| c.queue.name.clone()).collect();
+    let listed: Vec<_> = topology
+        .consumers
+        .iter()
+        .map(|c| c.queue.name.clone())
+        .collect();
     assert_eq!(declared, listed);
 
     // The exchange.
@@ -171,7 +179,12 @@ async fn declare_creates_exactly_what_the_description_lists() {
         .map(|delay| {
             (
                 delay.queue.name.clone(),
-                (delay.queue.durable, false, false, delay.queue.arguments.clone()),
+                (
+                    delay.queue.durable,
+                    false,
+                    false,
+                    delay.queue.arguments.clone(),
+                ),
             )
         })
         .collect();

@@ -262,7 +262,10 @@ mod tests {
             policy(10, 1_000, 5_000).backoffs(),
             [1_000, 2_000, 4_000, 5_000].map(Duration::from_millis)
         );
-        assert_eq!(policy(u32::MAX, 1, 1).backoffs(), [Duration::from_millis(1)]);
+        assert_eq!(
+            policy(u32::MAX, 1, 1).backoffs(),
+            [Duration::from_millis(1)]
+        );
         assert!(policy(1, 1, 1).backoffs().is_empty());
     }
 

@@ -244,13 +244,16 @@ fn payload_schemas_accept_what_the_consumer_decodes() {
     assert!(serde_json::from_value::<OrderPlaced>(bad).is_err());
 }
 
+/// A change that makes a valid document invalid.
+type Breakage = Box<dyn Fn(&mut Value)>;
+
 /// The validator is not a yes-machine: each breakage the schema forbids is
 /// reported, so the validity test above can fail.
 #[test]
 fn the_validator_rejects_broken_documents() {
     let validator = official_validator();
     let document = hutch().asyncapi().unwrap();
-    let broken: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let broken: Vec<(&str, Breakage)> = vec![
         (
             "wrong version",
             Box::new(|d: &mut Value| d["asyncapi"] = json!("2.6.0")),

@@ -69,6 +69,19 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
     } else {
         with_extractors(consumer, call_span)
     };
+    // The message type's name and (with hutch-rs's `asyncapi` feature) its
+    // JSON Schema, for `Hutch::topology` and AsyncAPI documents. Neither
+    // puts a bound on `T`: a type without `JsonSchema` is listed without a
+    // schema (see hutch-rs/src/message_schema.rs).
+    let message_type = quote! {
+        .with_message_type(::core::any::type_name::<#body_type>)
+        .with_message_schema(::hutch_rs::__private::message_schema!(#body_type))
+    };
+    let with_context = consumer
+        .extractors
+        .iter()
+        .any(|ty| is_context(ty))
+        .then(|| quote!(.with_context()));
     let with_required_state = required_state
         .as_ref()
         .map(|_| quote!(.with_required_state(__hutch_rs_required_state)));
@@ -98,6 +111,8 @@ pub(crate) fn consumer(consumer: &Consumer<'_>) -> TokenStream {
                     __hutch_rs_handler,
                 )
                 #with_required_state
+                #message_type
+                #with_context
                 #queue
                 #group
                 #max_attempts
@@ -155,6 +170,21 @@ fn with_extractors(consumer: &Consumer<'_>, call_span: Span) -> (TokenStream, Op
         }
     };
     (call, Some(required_state))
+}
+
+/// Whether an extractor is hutch-rs's `Context` (written `Context`,
+/// `hutch_rs::Context`, ...), through which a handler replies. By name: the
+/// macro sees tokens, not types, so a user's own type called `Context`
+/// counts too; it only marks the consumer as one that may reply.
+fn is_context(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|segment| segment.ident == "Context"),
+        _ => false,
+    }
 }
 
 /// `duration` as a `const` expression: parsed when the macro ran, nothing

@@ -536,6 +536,72 @@ impl Hutch {
         Ok(plans.into_iter().map(|plan| plan.queue).collect())
     }
 
+    /// What this instance declares, as data: the exchange, and each
+    /// selected consumer's queue, dead-letter queue, possible delay queues
+    /// and bindings with the arguments [`declare`](Self::declare) and
+    /// [`start`](Self::start) send, and its settings after the configured
+    /// defaults (prefetch, concurrency, attempts, retry delays, timeout)
+    /// and message type. Needs no broker and opens no connection.
+    ///
+    /// ```
+    /// let hutch = hutch_rs::Hutch::builder().namespace("shop").build()?;
+    /// let topology = hutch.topology()?;
+    /// assert_eq!(topology.exchange.name, "hutch");
+    /// for consumer in &topology.consumers {
+    ///     println!("{} <- {:?}", consumer.queue.name, consumer.routing_keys);
+    /// }
+    /// println!("{}", serde_json::to_string_pretty(&topology).unwrap());
+    /// # Ok::<(), hutch_rs::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateQueue`](crate::Error::DuplicateQueue) and the
+    /// configuration errors [`start`](Self::start) would return for a
+    /// consumer's settings.
+    pub fn topology(&self) -> Result<crate::Topology> {
+        Ok(crate::Topology::describe(
+            &self.inner.settings,
+            &self.plan()?,
+        ))
+    }
+
+    /// The AsyncAPI 3.0.0 document of this instance's consumers, as JSON:
+    /// its broker (without credentials), a channel per consumer queue with
+    /// its routing keys and AMQP bindings, a `receive` operation per
+    /// consumer, and each message type's JSON Schema where the type derives
+    /// `schemars::JsonSchema`. Title and version are placeholders taken
+    /// from the namespace or exchange; [`asyncapi_with`](Self::asyncapi_with)
+    /// sets them. Needs no broker. See the guide's AsyncAPI chapter.
+    ///
+    /// # Errors
+    ///
+    /// As [`topology`](Self::topology).
+    #[cfg(feature = "asyncapi")]
+    pub fn asyncapi(&self) -> Result<serde_json::Value> {
+        self.asyncapi_with(&crate::AsyncApiInfo::default_for(&self.inner.settings))
+    }
+
+    /// [`asyncapi`](Self::asyncapi) with the document's `info` (title,
+    /// version, description) given, e.g.
+    /// `AsyncApiInfo::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))`
+    /// in the application's binary.
+    ///
+    /// # Errors
+    ///
+    /// As [`topology`](Self::topology).
+    #[cfg(feature = "asyncapi")]
+    pub fn asyncapi_with(&self, info: &crate::AsyncApiInfo) -> Result<serde_json::Value> {
+        let plans = self.plan()?;
+        let topology = crate::Topology::describe(&self.inner.settings, &plans);
+        Ok(crate::asyncapi::document(
+            info,
+            &self.inner.settings,
+            &topology,
+            &plans,
+        ))
+    }
+
     /// Connects, declares the exchange, the selected consumers' queues and
     /// bindings, and starts consuming. Resolves once every consumer consumes.
     ///

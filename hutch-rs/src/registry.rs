@@ -29,6 +29,15 @@ pub struct ConsumerRegistration {
     queue_arguments: QueueArguments,
     handler: HandlerFn,
     required_state: RequiredStateFn,
+    /// `std::any::type_name` of the `T` of `Message<T>`, when the
+    /// attribute recorded it.
+    message_type: Option<fn() -> &'static str>,
+    /// Whether the function takes a `Context`, through which a handler
+    /// replies to a request.
+    takes_context: bool,
+    /// The JSON Schema of the message type, when the attribute recorded it.
+    #[cfg(feature = "asyncapi")]
+    message_schema: Option<crate::message_schema::MessageSchemaFn>,
 }
 
 impl ConsumerRegistration {
@@ -56,7 +65,53 @@ impl ConsumerRegistration {
             queue_arguments: QueueArguments::new(),
             handler,
             required_state: requires_no_state,
+            message_type: None,
+            takes_context: false,
+            #[cfg(feature = "asyncapi")]
+            message_schema: None,
         }
+    }
+
+    /// Used by `#[consumer]`: the type of the function's message body
+    /// (`std::any::type_name::<T>`, a function because `type_name` is not
+    /// `const`); not a stable API.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn with_message_type(mut self, message_type: fn() -> &'static str) -> Self {
+        self.message_type = Some(message_type);
+        self
+    }
+
+    /// Used by `#[consumer]` for a function that takes a `Context`; not a
+    /// stable API.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn with_context(mut self) -> Self {
+        self.takes_context = true;
+        self
+    }
+
+    /// Used by `#[consumer]`: the JSON Schema of the message type, from
+    /// `hutch_rs::__private::message_schema!`; not a stable API.
+    #[cfg(feature = "asyncapi")]
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn with_message_schema(
+        mut self,
+        message_schema: crate::message_schema::MessageSchemaFn,
+    ) -> Self {
+        self.message_schema = Some(message_schema);
+        self
+    }
+
+    /// Used by `#[consumer]` without the `asyncapi` feature, where
+    /// `hutch_rs::__private::message_schema!` records nothing; not a stable
+    /// API.
+    #[cfg(not(feature = "asyncapi"))]
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn with_message_schema(self, _nothing: ()) -> Self {
+        self
     }
 
     /// Used by `#[consumer]` for a function that takes extractors; not a
@@ -234,6 +289,31 @@ impl ConsumerRegistration {
         self.handler
     }
 
+    /// The type of the message body, the `T` of the function's
+    /// `Message<T>`, as [`std::any::type_name`] writes it (e.g.
+    /// `shop::OrderPlaced`); `None` for a registration not made by
+    /// `#[consumer]`.
+    #[must_use]
+    pub fn message_type(&self) -> Option<&'static str> {
+        self.message_type.map(|type_name| type_name())
+    }
+
+    /// Whether the function takes a [`Context`](crate::Context), the handle
+    /// through which a handler replies to a request
+    /// ([`Context::reply`](crate::Context::reply)). hutch-rs cannot see
+    /// whether it does reply: this says it can.
+    #[must_use]
+    pub fn takes_context(&self) -> bool {
+        self.takes_context
+    }
+
+    /// The generated function that writes the message type's JSON Schema,
+    /// if the attribute recorded one.
+    #[cfg(feature = "asyncapi")]
+    pub(crate) fn message_schema(&self) -> Option<crate::message_schema::MessageSchemaFn> {
+        self.message_schema
+    }
+
     /// The state values the function's extractors read, by type.
     pub(crate) fn required_state(&self) -> RequiredState {
         let mut required = RequiredState::default();
@@ -259,6 +339,8 @@ impl std::fmt::Debug for ConsumerRegistration {
             .field("prefetch", &self.prefetch)
             .field("concurrency", &self.concurrency)
             .field("queue_arguments", &self.queue_arguments)
+            .field("message_type", &self.message_type())
+            .field("takes_context", &self.takes_context)
             .finish_non_exhaustive()
     }
 }

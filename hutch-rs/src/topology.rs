@@ -130,7 +130,27 @@ impl ConsumerPlan {
     pub(crate) fn name(&self) -> String {
         self.registration.qualified_name()
     }
+
+    /// The arguments the consumer's own queue is declared with: its type
+    /// and arguments, dead-lettering to `<queue>:dead`.
+    pub(crate) fn main_queue_arguments(&self) -> FieldTable {
+        self.declaration
+            .main_queue(&crate::retry::queues::dead_letter_queue(&self.queue))
+    }
+
+    /// The arguments of each binding of the consumer's queue: hutch-rs's
+    /// mark ([`binding_arguments`]), whatever the routing key.
+    pub(crate) fn binding_arguments(&self, _routing_key: &str) -> FieldTable {
+        binding_arguments()
+    }
 }
+
+/// The kind of the exchange hutch-rs declares.
+pub(crate) const EXCHANGE_KIND: ExchangeKind = ExchangeKind::Topic;
+
+/// Whether the exchange and every queue hutch-rs declares survive a broker
+/// restart: they do.
+pub(crate) const DURABLE: bool = true;
 
 /// Picks the consumers this process runs (all, or those of the configured
 /// group) and resolves their queues. Two consumers on one queue would split
@@ -288,9 +308,9 @@ pub(crate) async fn declare_exchange(channel: &Channel, exchange: &str) -> Resul
     channel
         .exchange_declare(
             exchange.into(),
-            ExchangeKind::Topic,
+            EXCHANGE_KIND,
             ExchangeDeclareOptions {
-                durable: true,
+                durable: DURABLE,
                 ..ExchangeDeclareOptions::default()
             },
             FieldTable::default(),
@@ -314,7 +334,7 @@ pub(crate) async fn declare_durable_queue(
         .queue_declare(
             queue.into(),
             QueueDeclareOptions {
-                durable: true,
+                durable: DURABLE,
                 ..QueueDeclareOptions::default()
             },
             arguments,
@@ -337,9 +357,7 @@ pub(crate) async fn declare_consumer_queue(
     exchange: &str,
     plan: &ConsumerPlan,
 ) -> Result<()> {
-    let arguments = plan
-        .declaration
-        .main_queue(&crate::retry::queues::dead_letter_queue(&plan.queue));
+    let arguments = plan.main_queue_arguments();
     let described = plan.declaration.describe(&arguments);
     declare_durable_queue(channel, &plan.queue, arguments, || {
         format!(
@@ -356,7 +374,7 @@ pub(crate) async fn declare_consumer_queue(
                 exchange.into(),
                 (*routing_key).into(),
                 QueueBindOptions::default(),
-                binding_arguments(),
+                plan.binding_arguments(routing_key),
             )
             .await
             .map_err(|source| Error::Declare {

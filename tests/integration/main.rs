@@ -35,5 +35,6 @@ mod spans;
 mod stale_bindings;
 mod supervision;
 mod topic_matching;
+mod topology_description;
 mod trace_context;
 mod tree;

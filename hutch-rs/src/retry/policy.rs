@@ -62,6 +62,67 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The backoff after each failed attempt that is retried, in order,
+    /// until it reaches `max_delay` (every later attempt waits that too).
+    pub(crate) fn backoffs(&self) -> Vec<Duration> {
+        let mut backoffs = Vec::new();
+        for failed_attempt in 1..self.max_attempts {
+            let backoff = self.backoff(failed_attempt);
+            backoffs.push(backoff);
+            if backoff >= self.max_delay {
+                break;
+            }
+        }
+        backoffs
+    }
+
+    /// Every delay [`delay_after`](Self::delay_after) can return for the
+    /// attempts this policy retries, in increasing order: one delay queue
+    /// each. Rounding to the grid keeps order (a longer delay never rounds
+    /// below a shorter one), so the jittered range of each backoff,
+    /// `0.8 ×` to `1.2 ×`, maps onto the grid steps between the roundings
+    /// of its ends, clamped as `delay_after` clamps.
+    pub(crate) fn possible_delays(&self) -> Vec<Duration> {
+        let mut delays = std::collections::BTreeSet::new();
+        for failed_attempt in 1..self.max_attempts {
+            let backoff = self.backoff(failed_attempt);
+            let lowest = on_grid(backoff.mul_f64(1.0 - JITTER));
+            let highest = on_grid(backoff.mul_f64(1.0 + JITTER));
+            for step in grid_steps().filter(|step| (lowest..=highest).contains(step)) {
+                delays.insert(step.clamp(self.min_delay, self.max_delay));
+            }
+            // The ends themselves, in case rounding capped one at
+            // MAX_DELAY, off the grid.
+            delays.insert(lowest.clamp(self.min_delay, self.max_delay));
+            delays.insert(highest.clamp(self.min_delay, self.max_delay));
+            // Every later attempt has this same backoff.
+            if backoff >= self.max_delay {
+                break;
+            }
+        }
+        delays.into_iter().collect()
+    }
+}
+
+/// Every step of the delay grid up to [`MAX_DELAY`], in increasing order.
+fn grid_steps() -> impl Iterator<Item = Duration> {
+    let max = u64::try_from(MAX_DELAY.as_millis()).unwrap_or(u64::MAX);
+    let mut decade = 1_u64;
+    let mut steps = Vec::new();
+    while decade <= max {
+        steps.extend(
+            STEPS_IN_TENTHS
+                .iter()
+                .map(|tenths| tenths * decade / 10)
+                .filter(|&step| step > 0 && step <= max),
+        );
+        decade = decade.saturating_mul(10);
+    }
+    steps.dedup();
+    steps.into_iter().map(Duration::from_millis)
+}
+
 /// `delay` rounded to the nearest step of the delay grid (at least 1 ms, at
 /// most [`MAX_DELAY`]). Explicit delays from
 /// [`Decision::retry_after`](crate::Decision::retry_after) are rounded the
@@ -157,6 +218,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_delay_the_backoff_picks_is_one_of_the_possible_delays() {
+        for policy in [
+            policy(5, 1_000, 60_000),
+            policy(12, 7, 3_000),
+            policy(4, 1_500, 1_500),
+            policy(1, 1_000, 60_000),
+            policy(u32::MAX, 100, 10_000),
+            policy(3, 1_000, MAX_DELAY.as_millis() as u64),
+        ] {
+            let possible = policy.possible_delays();
+            assert!(possible.is_sorted(), "{possible:?}");
+            let mut seen = std::collections::BTreeSet::new();
+            for attempt in 1..policy.max_attempts.min(20) {
+                for _ in 0..500 {
+                    let delay = policy.delay_after(attempt);
+                    assert!(
+                        possible.contains(&delay),
+                        "{policy:?} attempt {attempt}: {delay:?} not in {possible:?}"
+                    );
+                    seen.insert(delay);
+                }
+            }
+            // Not padded: a jitter range of ±20 % spans at most four grid
+            // steps (they are about 21 % apart).
+            assert!(
+                possible.len() <= 4 * policy.backoffs().len(),
+                "{policy:?}: {possible:?}"
+            );
+            assert!(seen.len() <= possible.len());
+            if policy.max_attempts == 1 {
+                assert!(possible.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn backoffs_stop_at_the_maximum() {
+        assert_eq!(
+            policy(10, 1_000, 5_000).backoffs(),
+            [1_000, 2_000, 4_000, 5_000].map(Duration::from_millis)
+        );
+        assert_eq!(
+            policy(u32::MAX, 1, 1).backoffs(),
+            [Duration::from_millis(1)]
+        );
+        assert!(policy(1, 1, 1).backoffs().is_empty());
     }
 
     #[test]

@@ -123,8 +123,8 @@ pub struct DeadLetters {
 }
 
 impl Hutch {
-    /// The dead-letter queue of `consumer` (its function's name,
-    /// `module::function`, or its queue's name), on a connection of its own
+    /// The dead-letter queue of `consumer` (its function's name, its path
+    /// `module::function` or the end of it, or its queue's name), on a connection of its own
     /// to the first broker that answers. Any registered consumer, whatever
     /// the group.
     ///
@@ -173,8 +173,10 @@ fn find_consumer(hutch: &Hutch, name: &str) -> Result<&'static ConsumerRegistrat
         .iter()
         .copied()
         .filter(|registration| {
-            registration.qualified_name() == name
+            let qualified = registration.qualified_name();
+            qualified == name
                 || registration.function() == name
+                || qualified.ends_with(&format!("::{name}"))
                 || topology::queue_name(namespace, registration) == name
         })
         .collect();
@@ -433,14 +435,22 @@ mod tests {
     #[test]
     fn a_replay_drops_the_failure_and_counts_itself() {
         let mut table = FieldTable::default();
-        for name in [headers::ERROR, headers::REASON, headers::CONSUMER, "x-death"] {
+        for name in [
+            headers::ERROR,
+            headers::REASON,
+            headers::CONSUMER,
+            "x-death",
+        ] {
             table.insert(name.into(), AMQPValue::LongString(LongString::from("x")));
         }
         table.insert(
             headers::ORIGINAL_ROUTING_KEY.into(),
             AMQPValue::LongString(LongString::from("orders.placed")),
         );
-        table.insert("tenant".into(), AMQPValue::LongString(LongString::from("7")));
+        table.insert(
+            "tenant".into(),
+            AMQPValue::LongString(LongString::from("7")),
+        );
         let dead = BasicProperties::default()
             .with_headers(table)
             .with_message_id("m-1".into());

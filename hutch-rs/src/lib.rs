@@ -131,6 +131,8 @@
 extern crate self as hutch_rs;
 
 mod backoff;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod codec;
 mod config;
 mod context;
@@ -342,7 +344,7 @@ pub async fn publish<T: serde::Serialize + ?Sized>(routing_key: &str, value: &T)
 /// A future that resolves on SIGINT (Ctrl-C) or SIGTERM. Listening starts
 /// when this is called, not when the future is first polled, so a signal that
 /// arrives during startup is not missed.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

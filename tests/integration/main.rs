@@ -13,6 +13,7 @@
 //! consumer names the handlers record in the shared `JOURNAL`.
 
 mod bad_input;
+mod cli;
 mod codecs;
 mod concurrency;
 mod decode_fuzz;

@@ -635,6 +635,7 @@ impl Hutch {
         }
         for plan in &plans {
             topology::warn_about_consumer_timeout(plan);
+            topology::warn_about_costly_patterns(plan);
         }
         let wanted: Vec<WantedBindings> = plans
             .iter()

@@ -107,7 +107,14 @@
 //!
 //! # Features
 //!
-//! - `testing`: [`testing::Broker`], a private RabbitMQ node for your tests.
+//! - `testing`: `testing::TestBroker`, an in-memory broker running your
+//!   consumers with the same routing, decoding, retries and dead letters,
+//!   for unit tests without RabbitMQ; `testing::Broker`, a private RabbitMQ
+//!   node (or a vhost of one, or an existing broker) for your tests.
+//! - `cli`: `hutch_rs::cli::main`, the application's own command line
+//!   (`run`, `consumers`, `topology`, `asyncapi`, `dead
+//!   list|show|replay|purge`, `publish`). See the guide's chapter "The
+//!   command line".
 //! - `opentelemetry`: W3C trace context across the broker. Every publish
 //!   (and every retry or dead-letter copy) carries its span's context in
 //!   the [`traceparent`](headers::TRACEPARENT) and

@@ -303,6 +303,33 @@ pub(crate) fn warn_about_consumer_timeout(plan: &ConsumerPlan) {
     }
 }
 
+/// How many `#` words a binding pattern may hold before RabbitMQ's routing
+/// gets slow: its topic matching backtracks over each `#`, so its cost grows
+/// with the routing key's words to the power of the pattern's `#`s.
+const FAST_HASHES: usize = 2;
+
+/// The number of `#` words of `pattern`, when more than [`FAST_HASHES`].
+pub(crate) fn costly_pattern(pattern: &str) -> Option<usize> {
+    let hashes = pattern.split('.').filter(|word| *word == "#").count();
+    (hashes > FAST_HASHES).then_some(hashes)
+}
+
+/// Warns about routing keys whose `#`s make every publish to the exchange
+/// slow: measured on RabbitMQ 3.10, one publish with a 120-word routing key
+/// took 17.7 s against a single binding `#.#.#.#.z`, and with five `#`s
+/// over 20 s (15 ms with `#.#.z`). Any publisher's long key pays it.
+pub(crate) fn warn_about_costly_patterns(plan: &ConsumerPlan) {
+    for pattern in plan.registration.routing_keys() {
+        if let Some(hashes) = costly_pattern(pattern) {
+            tracing::warn!(
+                consumer = %plan.name(),
+                routing_key = %pattern,
+                "the routing key holds {hashes} `#` words: RabbitMQ's topic matching backtracks over each one, so routing a long key against this binding can take seconds; use at most {FAST_HASHES} (two adjacent `#` match nothing one does not)"
+            );
+        }
+    }
+}
+
 /// Declares the durable topic exchange.
 pub(crate) async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<()> {
     channel
@@ -409,6 +436,16 @@ mod tests {
 
     fn settings(builder: HutchBuilder) -> Settings {
         builder.validate().unwrap()
+    }
+
+    #[test]
+    fn patterns_with_more_than_two_hashes_are_costly() {
+        assert_eq!(costly_pattern("orders.#"), None);
+        assert_eq!(costly_pattern("#.orders.#"), None);
+        assert_eq!(costly_pattern("#.#.#"), Some(3));
+        assert_eq!(costly_pattern("a.#.b.#.c.#.d.#"), Some(4));
+        // `#` inside a word is an ordinary character.
+        assert_eq!(costly_pattern("#a.b#.#.#"), None);
     }
 
     #[test]

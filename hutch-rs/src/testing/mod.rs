@@ -1,4 +1,11 @@
-//! A private RabbitMQ node for tests (feature `testing`).
+//! RabbitMQ for tests (feature `testing`): an in-memory broker, a private
+//! node, a vhost of one, or an existing broker.
+//!
+//! [`TestBroker`] needs no RabbitMQ at all: it runs the binary's registered
+//! consumers over an in-memory topic exchange, with the routing, decoding,
+//! retries and dead letters of a real broker (see its module docs for what
+//! differs, and how it is held to RabbitMQ). The rest of this module starts
+//! and inspects real nodes.
 //!
 //! [`Broker::start`] starts a RabbitMQ node of its own: its own node name,
 //! its own ports on 127.0.0.1, its own temporary directory, the management

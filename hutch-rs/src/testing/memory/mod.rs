@@ -1,65 +1,4 @@
-//! An in-memory broker for unit tests of consumers: no RabbitMQ, no
-//! network, milliseconds per test.
-//!
-//! [`TestBroker`] runs the binary's registered `#[consumer]` functions (all,
-//! or the configured group's) against a topic exchange in memory, with the
-//! same queues and bindings the real topology would have. A message
-//! published to it is routed as RabbitMQ routes it
-//! ([`topic_matches`](super::topic_matches), checked against a real node
-//! on 12,000 generated pairs), decoded, handed to the handler through the
-//! middleware, with panics caught and the consumer's timeout, and settled by
-//! the same code a consumer on a broker runs: acknowledged, retried with
-//! the attempt headers (the retried copy comes back through the consumer's
-//! queue as from a delay queue), dead-lettered with the failure headers
-//! into `<queue>:dead`, or requeued. Error hooks are told, state and
-//! extractors work, handlers' own publishes (`ctx.hutch().publish`,
-//! `hutch_rs::publish`) and replies (`ctx.reply`) go to the same broker,
-//! and [`Hutch::request`](crate::Hutch::request) gets its reply.
-//!
-//! What differs from a broker, on purpose:
-//! - one message is handled at a time, in the order they were queued
-//!   (`concurrency` and `prefetch` do not apply), so a test sees the same
-//!   run every time;
-//! - a retry is delivered again without waiting for its delay (the delay
-//!   is recorded in [`Outcome::Retried`](crate::Outcome::Retried)), after
-//!   the messages already queued;
-//! - a message a handler sends back at once
-//!   ([`Decision::requeue`](crate::Decision::requeue)) more than
-//!   100 times in a row is set aside ([`TestBroker::parked`]) instead of
-//!   going round for ever;
-//! - quorum queues' delivery count (`x-delivery-count`) is not kept.
-//!
-//! ```standalone_crate
-//! use hutch_rs::{consumer, testing::TestBroker, BoxError, Message};
-//!
-//! #[derive(serde::Serialize, serde::Deserialize)]
-//! struct OrderPlaced {
-//!     order_id: u64,
-//! }
-//!
-//! #[consumer(routing_key = "doc.orders.placed", max_attempts = 2)]
-//! async fn send_receipt(msg: Message<OrderPlaced>) -> Result<(), BoxError> {
-//!     if msg.order_id == 0 {
-//!         return Err("no such order".into());
-//!     }
-//!     Ok(())
-//! }
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> hutch_rs::Result<()> {
-//! let broker = TestBroker::new()?;
-//! broker.publish("doc.orders.placed", &OrderPlaced { order_id: 7 }).await?;
-//! broker.publish("doc.orders.placed", &OrderPlaced { order_id: 0 }).await?;
-//!
-//! let received = broker.received("send_receipt");
-//! assert_eq!(received.len(), 3); // order 7 once, order 0 twice
-//! assert!(received[0].is_acked());
-//! let dead = broker.dead_letters("send_receipt");
-//! assert_eq!(dead.len(), 1);
-//! assert_eq!(dead[0].reason(), Some("attempts-exhausted"));
-//! assert_eq!(dead[0].error(), Some("no such order"));
-//! # Ok(()) }
-//! ```
+//! The in-memory test broker: [`TestBroker`].
 
 mod delivery;
 mod exchange;
@@ -77,8 +16,68 @@ use crate::{Hutch, HutchBuilder, PublishOptions, Published, Result};
 use delivery::{HOOK_DRAIN, LocalConsumer, deliver};
 use exchange::MemoryExchange;
 
-/// An in-memory broker running this binary's registered consumers: see the
-/// [module documentation](self).
+/// An in-memory broker for unit tests of consumers: no RabbitMQ, no
+/// network, milliseconds per test.
+///
+/// [`TestBroker`] runs the binary's registered `#[consumer]` functions (all,
+/// or the configured group's) against a topic exchange in memory, with the
+/// same queues and bindings the real topology would have. A message
+/// published to it is routed as RabbitMQ routes it
+/// ([`topic_matches`](super::topic_matches), checked against a real node
+/// on 12,000 generated pairs), decoded, handed to the handler through the
+/// middleware, with panics caught and the consumer's timeout, and settled by
+/// the same code a consumer on a broker runs: acknowledged, retried with
+/// the attempt headers (the retried copy comes back through the consumer's
+/// queue as from a delay queue), dead-lettered with the failure headers
+/// into `<queue>:dead`, or requeued. Error hooks are told, state and
+/// extractors work, handlers' own publishes (`ctx.hutch().publish`,
+/// `hutch_rs::publish`) and replies (`ctx.reply`) go to the same broker,
+/// and [`Hutch::request`](crate::Hutch::request) gets its reply.
+///
+/// What differs from a broker, on purpose:
+/// - one message is handled at a time, in the order they were queued
+///   (`concurrency` and `prefetch` do not apply), so a test sees the same
+///   run every time;
+/// - a retry is delivered again without waiting for its delay (the delay
+///   is recorded in [`Outcome::Retried`](crate::Outcome::Retried)), after
+///   the messages already queued;
+/// - a message a handler sends back at once
+///   ([`Decision::requeue`](crate::Decision::requeue)) more than
+///   100 times in a row is set aside ([`TestBroker::parked`]) instead of
+///   going round for ever;
+/// - quorum queues' delivery count (`x-delivery-count`) is not kept.
+///
+/// ```standalone_crate
+/// use hutch_rs::{consumer, testing::TestBroker, BoxError, Message};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct OrderPlaced {
+///     order_id: u64,
+/// }
+///
+/// #[consumer(routing_key = "doc.orders.placed", max_attempts = 2)]
+/// async fn send_receipt(msg: Message<OrderPlaced>) -> Result<(), BoxError> {
+///     if msg.order_id == 0 {
+///         return Err("no such order".into());
+///     }
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> hutch_rs::Result<()> {
+/// let broker = TestBroker::new()?;
+/// broker.publish("doc.orders.placed", &OrderPlaced { order_id: 7 }).await?;
+/// broker.publish("doc.orders.placed", &OrderPlaced { order_id: 0 }).await?;
+///
+/// let received = broker.received("send_receipt");
+/// assert_eq!(received.len(), 3); // order 7 once, order 0 twice
+/// assert!(received[0].is_acked());
+/// let dead = broker.dead_letters("send_receipt");
+/// assert_eq!(dead.len(), 1);
+/// assert_eq!(dead[0].reason(), Some("attempts-exhausted"));
+/// assert_eq!(dead[0].error(), Some("no such order"));
+/// # Ok(()) }
+/// ```
 ///
 /// Needs a tokio runtime (a `#[tokio::test]`); dropping it stops its
 /// deliveries.

@@ -402,8 +402,9 @@ mod tests {
         assert_eq!(
             bindings,
             [
-                ("hutch", "shop:send_receipt", "orders.placed", 0),
-                ("hutch", "shop:send_receipt", "orders.paid", 0),
+                // hutch-rs's mark, x-hutch-rs.
+                ("hutch", "shop:send_receipt", "orders.placed", 1),
+                ("hutch", "shop:send_receipt", "orders.paid", 1),
             ]
         );
 
@@ -501,7 +502,7 @@ mod tests {
                 "source": "hutch",
                 "destination": "ledger",
                 "routing_key": "billing.#",
-                "arguments": {},
+                "arguments": { "x-hutch-rs": "1" },
             })
         );
     }

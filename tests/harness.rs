@@ -75,7 +75,9 @@ fn a_node_starts_and_answers() {
     assert_eq!(broker.major_version(), wanted, "{}", broker.version());
     assert_eq!(overview["rabbitmq_version"], broker.version());
 
-    // Nothing in this binary declares anything on the shared node.
+    // Nothing in this binary declares anything on the shared node's
+    // default virtual host (the tests sharing it take virtual hosts of
+    // their own).
     assert_eq!(broker.queues().unwrap(), vec![]);
     let topic = broker
         .exchanges()
@@ -105,12 +107,14 @@ fn rabbitmqctl_failures_carry_its_stderr() {
 #[test]
 fn management_requests_change_the_broker() {
     init_logging();
-    // A private node, so that no other test's queues or connections count.
-    let broker = Broker::start().unwrap();
+    // A virtual host of its own on the shared node, so that no other
+    // test's queues count.
+    let broker = Broker::shared().isolated().unwrap();
+    let vhost = broker.encoded_vhost();
     let answer = broker
         .management_request(
             "PUT",
-            "queues/%2f/harness-parked",
+            &format!("queues/{vhost}/harness-parked"),
             Some(json!({"durable": true, "arguments": {"x-max-length": 10}})),
         )
         .unwrap();
@@ -120,12 +124,16 @@ fn management_requests_change_the_broker() {
     assert_eq!(parked.arguments["x-max-length"], 10);
 
     let error = broker
-        .management_request("DELETE", "queues/%2f/harness-nonexistent", None)
+        .management_request(
+            "DELETE",
+            &format!("queues/{vhost}/harness-nonexistent"),
+            None,
+        )
         .unwrap_err();
     assert!(error.to_string().contains("404"), "{error}");
 
     broker
-        .management_request("DELETE", "queues/%2f/harness-parked", None)
+        .management_request("DELETE", &format!("queues/{vhost}/harness-parked"), None)
         .unwrap();
     assert_eq!(broker.queue("harness-parked").unwrap(), None);
 }
@@ -156,7 +164,10 @@ fn rabbitmq_4_nodes_refuse_deprecated_features() {
 #[test]
 fn a_client_is_seen_and_can_be_forced_off() {
     init_logging();
-    let broker = Broker::start().unwrap();
+    // A virtual host of its own on the shared node: its counts and its
+    // forced close are its own (isolated_handles_share_one_node checks that
+    // the default virtual host's client is left alone).
+    let broker = Broker::shared().isolated().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (forced_sender, forced) = mpsc::channel();
     let (connection, channel) = runtime.block_on(async {

@@ -12,7 +12,7 @@ use std::{
 use futures_util::{StreamExt, future::join_all};
 use hutch_rs::{Error, Hutch, HutchBuilder, testing::Broker};
 use hutch_rs_tests::{
-    PATIENCE, Scope, bound_queue_on, broker, init_logging, own_broker, raw_channel_to,
+    PATIENCE, Scope, bound_queue_on, broker, init_logging, isolated_broker, raw_channel_to,
 };
 use lapin::{
     BasicProperties, Channel, Connection,
@@ -585,7 +585,9 @@ async fn routable_and_unroutable_requests_in_flight_together_each_get_their_own_
 async fn requests_in_flight_fail_at_once_when_their_connection_is_killed_and_later_ones_work() {
     init_logging();
     const IN_FLIGHT: u64 = 10;
-    let broker = own_broker().await;
+    // A virtual host of its own: the forced close reaches its connections
+    // only, and the queue and channel counts below are its own.
+    let broker = isolated_broker().await;
     let scope = Scope::new("rpc-killed");
     // Bound, not consumed yet: the requests wait in the queue.
     let queue = bound_queue_on(

@@ -22,8 +22,8 @@ use hutch_rs::{
     Status, consumer, testing::Broker,
 };
 use hutch_rs_tests::{
-    ALARM_OFF, ALARM_ON, NodeTurn, PATIENCE, Scope, TALLY, init_logging, own_broker,
-    proxy::BlackHoleProxy, rabbitmqctl, raw_channel_to, spawn_run_until,
+    ALARM_OFF, ALARM_ON, NodeTurn, PATIENCE, Scope, TALLY, init_logging, isolated_broker,
+    own_broker, proxy::BlackHoleProxy, rabbitmqctl, raw_channel_to, spawn_run_until,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -115,23 +115,37 @@ async fn pair_second(_msg: Message<Numbered>) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// A test's turn on the node of the disturbing tests, and its names. Tests
-/// take turns, so the node's connection and channel counts are the test's
-/// alone; the turn ends when `_turn` drops.
+/// A broker of the test's own, and its names: either a turn on the node of
+/// the disturbing tests (tests take turns, so the node's connection and
+/// channel counts are the test's alone; the turn ends when `_turn` drops),
+/// or a virtual host of its own on the shared node, whose counts are its
+/// own too, for a test that disturbs no node.
 struct OwnNode {
     broker: Arc<Broker>,
     scope: Scope,
-    _turn: NodeTurn,
+    _turn: Option<NodeTurn>,
 }
 
 impl OwnNode {
-    /// Waits for this test's turn.
+    /// Waits for this test's turn, for a test that stops, alarms or closes
+    /// every connection of its node.
     async fn take(test: &str) -> Self {
         let turn = NodeTurn::take().await;
         Self {
             broker: turn.broker(),
             scope: Scope::new(test),
-            _turn: turn,
+            _turn: Some(turn),
+        }
+    }
+
+    /// A virtual host of its own on the shared node, at once, for a test
+    /// that only deletes its own queues or is refused by the broker.
+    async fn isolated(test: &str) -> Self {
+        init_logging();
+        Self {
+            broker: isolated_broker().await,
+            scope: Scope::new(test),
+            _turn: None,
         }
     }
 }
@@ -590,7 +604,7 @@ async fn a_queue_deleted_while_consuming_is_declared_again_and_consumed() {
         broker,
         scope,
         _turn,
-    } = OwnNode::take("deleted").await;
+    } = OwnNode::isolated("deleted").await;
     let hutch = builder(broker.amqp_uri(), &scope, "stream")
         .build()
         .unwrap();
@@ -747,7 +761,7 @@ async fn a_consumer_past_its_restart_intensity_ends_run_with_its_name() {
         broker,
         scope,
         _turn,
-    } = OwnNode::take("doomed").await;
+    } = OwnNode::isolated("doomed").await;
     let hutch = builder(broker.amqp_uri(), &scope, "supervision_doomed")
         .restart_intensity(2, Duration::from_secs(60))
         .build()
@@ -890,7 +904,7 @@ async fn a_queue_declared_elsewhere_with_other_arguments_is_fatal_and_names_what
         broker,
         scope,
         _turn,
-    } = OwnNode::take("inequivalent").await;
+    } = OwnNode::isolated("inequivalent").await;
     let queue = scope.queue("stream_sink");
     let (connection, channel) = raw_channel_to(&broker).await;
     let mut arguments = lapin::types::FieldTable::default();

@@ -3,13 +3,13 @@
 //!
 //! ```sh
 //! export HUTCH_URI=amqp://guest:guest@127.0.0.1:5672/%2f HUTCH_NAMESPACE=shop
-//! cargo run --example shop -- consumers
-//! cargo run --example shop -- topology
-//! cargo run --example shop -- asyncapi > asyncapi.json
-//! cargo run --example shop -- publish orders.placed '{"order_id": 0, "total_cents": 100}'
-//! cargo run --example shop                          # run (Ctrl-C to stop)
-//! cargo run --example shop -- dead list send_receipt
-//! SHOP_RECEIPTS_FIXED=1 cargo run --example shop -- dead replay send_receipt
+//! cargo run -p hutch-rs-examples --bin shop -- consumers
+//! cargo run -p hutch-rs-examples --bin shop -- topology
+//! cargo run -p hutch-rs-examples --bin shop -- asyncapi > asyncapi.json
+//! cargo run -p hutch-rs-examples --bin shop -- publish orders.placed '{"order_id": 0, "total_cents": 100}'
+//! cargo run -p hutch-rs-examples --bin shop                          # run (Ctrl-C to stop)
+//! cargo run -p hutch-rs-examples --bin shop -- dead list send_receipt
+//! SHOP_RECEIPTS_FIXED=1 cargo run -p hutch-rs-examples --bin shop -- dead replay send_receipt
 //! ```
 
 use std::process::ExitCode;

@@ -4,7 +4,6 @@
 //! bug is fixed.
 
 use std::{
-    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -13,27 +12,8 @@ use hutch_rs::testing::Broker;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The example's binary, built beside this test by `cargo test
-/// --all-targets` (or `cargo build --example shop`).
-fn shop_binary() -> PathBuf {
-    let deps = std::env::current_exe().expect("the test's path");
-    let binary = deps
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .join("examples")
-        .join("shop");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with `cargo build -p hutch-rs-examples --example shop` \
-         (or run the tests with --all-targets)",
-        binary.display()
-    );
-    binary
-}
-
 fn shop(broker: &Broker) -> Command {
-    let mut command = Command::new(shop_binary());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
     command
         .env("HUTCH_URI", broker.amqp_uri())
         .env("HUTCH_NAMESPACE", "shop")

@@ -167,7 +167,9 @@ async fn an_undecodable_message_has_a_process_span_that_says_so_and_a_dead_lette
     routing_key = "unruly.#",
     group = "spans_unruly",
     max_attempts = 2,
-    timeout = "300ms",
+    // Long enough that a loaded 2-core runtime starts the panicking call
+    // before its deadline: the timeout counts from the call's spawn.
+    timeout = "1s",
     retry_min_delay = "100ms",
     retry_max_delay = "200ms"
 )]
@@ -175,7 +177,7 @@ async fn unruly(msg: Message<Job>) -> Result<(), BoxError> {
     if msg.attempt() == 1 {
         panic!("attempt 1 of job {} panics", msg.id);
     }
-    // Far past the timeout: the call is dropped at 300 ms.
+    // Far past the timeout: the call is dropped at 1 s.
     tokio::time::sleep(PATIENCE).await;
     Ok(())
 }

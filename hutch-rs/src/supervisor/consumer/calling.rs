@@ -20,8 +20,6 @@ use crate::{
     telemetry::metrics::HandlerCall,
 };
 
-/// Runs a call, its panic (in the handler or in middleware) caught as its
-/// failure.
 /// One call of `handler` with `incoming`, through the middleware, in the
 /// delivery's span, panics caught: the task a consumer spawns per delivery.
 fn one_call(
@@ -75,6 +73,8 @@ pub(crate) async fn call_alone(
     }
 }
 
+/// Runs a call, its panic (in the handler or in middleware) caught as its
+/// failure.
 async fn guarded(call: impl Future<Output = CallResult>) -> Option<HandlerError> {
     match AssertUnwindSafe(call).catch_unwind().await {
         Ok(outcome) => outcome.err(),
@@ -163,6 +163,11 @@ impl Calls {
     pub(super) async fn next(&mut self) -> Option<Finished> {
         loop {
             tokio::select! {
+                // A call that finished is reported as it finished even when
+                // its deadline has passed too by the time this runs (a
+                // loaded runtime polls late): what the handler did is the
+                // truth, not the order of two wake-ups.
+                biased;
                 Some(joined) = self.tasks.join_next_with_id() => {
                     let (id, failure) = match joined {
                         Ok((id, failure)) => (id, failure),

@@ -268,9 +268,18 @@ impl DeadLetters {
     /// Each message moves in one AMQP transaction: the copy's publish and
     /// the dead copy's acknowledgement are committed together, and the
     /// broker answers the commit once the copy is safely stored. Stopped
-    /// at any point (the connection lost, the process killed), a message is
-    /// either moved or still dead, never both nor neither; run the replay
-    /// again for the rest.
+    /// at any point on this side (the connection lost, the process killed),
+    /// a message is either moved or still dead, never both nor neither; run
+    /// the replay again for the rest. (A publisher confirm followed by the
+    /// acknowledgement, the other way to move a message, duplicates every
+    /// message whose acknowledgement is cut off after its confirm.)
+    ///
+    /// What the transaction does not cover is a crash of the broker node
+    /// in the middle of a commit: RabbitMQ applies a commit's publish and
+    /// then its acknowledgement without making the two atomic (its "Broker
+    /// Semantics" page: transactions are not atomic across queues), so a
+    /// node that dies at that moment may keep both copies or, if it had
+    /// not yet stored the new one, neither.
     ///
     /// # Errors
     ///

@@ -166,18 +166,31 @@ fn builder(uri: String, scope: &Scope, group: &str) -> HutchBuilder {
 /// Messages confirmed by the broker, and how many.
 #[derive(Clone, Default)]
 struct Confirmed {
-    ids: Arc<Mutex<BTreeSet<String>>>,
+    /// Publish id → the message's number.
+    ids: Arc<Mutex<BTreeMap<String, u64>>>,
     count: watch::Sender<u64>,
 }
 
 impl Confirmed {
-    fn add(&self, publish_id: String) {
-        self.ids.lock().unwrap().insert(publish_id);
+    fn add(&self, message: &Numbered) {
+        self.ids
+            .lock()
+            .unwrap()
+            .insert(message.publish_id.clone(), message.n);
         self.count.send_modify(|count| *count += 1);
     }
 
     fn ids(&self) -> BTreeSet<String> {
-        self.ids.lock().unwrap().clone()
+        self.ids.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// The numbers of these publish ids.
+    fn numbers(&self, publish_ids: &[String]) -> Vec<u64> {
+        let ids = self.ids.lock().unwrap();
+        publish_ids
+            .iter()
+            .filter_map(|id| ids.get(id).copied())
+            .collect()
     }
 
     async fn wait_for(&self, at_least: u64) {
@@ -221,7 +234,7 @@ fn publish_stream(
                         let message = Numbered::new(&run, n);
                         match hutch.publish(key, &message).await {
                             Ok(()) => {
-                                confirmed.add(message.publish_id);
+                                confirmed.add(&message);
                                 break;
                             }
                             Err(error) => {
@@ -270,12 +283,45 @@ async fn assert_broker_holds(broker: &Arc<Broker>, connections: usize, channels:
 }
 
 /// Waits until every id in `expected` was consumed; if the tree gives up
-/// meanwhile, fails with its reason rather than with a count.
-async fn consumed_or_failed(running: &mut Running, run: &str, expected: &BTreeSet<String>) {
-    tokio::select! {
-        () = TALLY.wait_for_all(run, expected, PATIENCE * 3) => {}
+/// meanwhile, fails with its reason rather than with a count. A message
+/// still missing after the wait fails the test with what would find it:
+/// its number, the tree's status and where the broker holds messages.
+async fn consumed_or_failed(
+    running: &mut Running,
+    hutch: &Hutch,
+    broker: &Arc<Broker>,
+    (run, expected, confirmed): (&str, &BTreeSet<String>, &Confirmed),
+) {
+    let missing = tokio::select! {
+        waited = TALLY.all_within(run, expected, PATIENCE * 3) => waited,
         failure = running.failure() => panic!("the supervision tree gave up: {failure}"),
-    }
+    };
+    let Err(missing) = missing else { return };
+    let queues: Vec<_> = tokio::task::block_in_place(|| broker.queues())
+        .map(|queues| {
+            queues
+                .into_iter()
+                .filter(|queue| queue.name.starts_with(run))
+                .map(|queue| {
+                    format!(
+                        "{}: {} ready, {} unacked, {} consumer(s)",
+                        queue.name,
+                        queue.messages_ready,
+                        queue.messages_unacknowledged,
+                        queue.consumers
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_else(|error| vec![format!("queues not listed: {error}")]);
+    panic!(
+        "{} confirmed message(s) of {run} were never consumed: numbers {:?}, e.g. {:?}; \
+         status {:#?}; queues {queues:#?}",
+        missing.len(),
+        confirmed.numbers(&missing),
+        &missing[..missing.len().min(20)],
+        hutch.status(),
+    );
 }
 
 /// Force-closes every connection on `broker`, then waits until the consume
@@ -357,7 +403,13 @@ async fn connections_force_closed_repeatedly_during_a_stream_lose_nothing() {
     let publish_failures = stream.await.unwrap();
     let expected = confirmed.ids();
     assert!(expected.len() >= 10_000);
-    consumed_or_failed(&mut running, &scope.namespace, &expected).await;
+    consumed_or_failed(
+        &mut running,
+        &hutch,
+        &broker,
+        (&scope.namespace, &expected, &confirmed),
+    )
+    .await;
     wait_until(&hutch, &mut events, Status::is_healthy).await;
 
     let status = hutch.status();
@@ -446,7 +498,13 @@ async fn a_broker_stopped_and_started_mid_stream_loses_nothing() {
             hutch.status()
         );
     }
-    consumed_or_failed(&mut running, &scope.namespace, &expected).await;
+    consumed_or_failed(
+        &mut running,
+        &hutch,
+        &broker,
+        (&scope.namespace, &expected, &confirmed),
+    )
+    .await;
 
     wait_until(&hutch, &mut events, Status::is_healthy).await;
     let status = hutch.status();
@@ -536,7 +594,13 @@ async fn panics_are_failures_of_their_messages_and_never_stop_the_consumer() {
     stream.await.unwrap();
     let expected = confirmed.ids();
     assert!(expected.len() as u64 >= TOTAL);
-    consumed_or_failed(&mut running, &scope.namespace, &expected).await;
+    consumed_or_failed(
+        &mut running,
+        &hutch,
+        &broker,
+        (&scope.namespace, &expected, &confirmed),
+    )
+    .await;
 
     // Each message that panicked was handled on its second attempt: retried
     // through its delay queue like any failure. A forced close may make one

@@ -535,6 +535,23 @@ impl Tally {
     /// Waits until every message of `expected` was consumed; panics with
     /// the missing ones after `patience`.
     pub async fn wait_for_all(&self, run: &str, expected: &BTreeSet<String>, patience: Duration) {
+        if let Err(missing) = self.all_within(run, expected, patience).await {
+            panic!(
+                "{} confirmed message(s) of {run} were never consumed, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(20)]
+            );
+        }
+    }
+
+    /// Waits until every message of `expected` was consumed; the missing
+    /// ones after `patience`.
+    pub async fn all_within(
+        &self,
+        run: &str,
+        expected: &BTreeSet<String>,
+        patience: Duration,
+    ) -> Result<(), Vec<String>> {
         let mut changes = self.changed.subscribe();
         let waited = tokio::time::timeout(patience, async {
             while !self.missing(run, expected).is_empty() {
@@ -545,14 +562,7 @@ impl Tally {
             }
         })
         .await;
-        if waited.is_err() {
-            let missing = self.missing(run, expected);
-            panic!(
-                "{} confirmed message(s) of {run} were never consumed, e.g. {:?}",
-                missing.len(),
-                &missing[..missing.len().min(20)]
-            );
-        }
+        waited.map_err(|_| self.missing(run, expected))
     }
 }
 

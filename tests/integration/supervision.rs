@@ -290,7 +290,9 @@ async fn consumed_or_failed(
     running: &mut Running,
     hutch: &Hutch,
     broker: &Arc<Broker>,
-    (run, expected, confirmed): (&str, &BTreeSet<String>, &Confirmed),
+    run: &str,
+    expected: &BTreeSet<String>,
+    confirmed: &Confirmed,
 ) {
     let missing = tokio::select! {
         waited = TALLY.all_within(run, expected, PATIENCE * 3) => waited,
@@ -403,13 +405,8 @@ async fn connections_force_closed_repeatedly_during_a_stream_lose_nothing() {
     let publish_failures = stream.await.unwrap();
     let expected = confirmed.ids();
     assert!(expected.len() >= 10_000);
-    consumed_or_failed(
-        &mut running,
-        &hutch,
-        &broker,
-        (&scope.namespace, &expected, &confirmed),
-    )
-    .await;
+    let run = scope.namespace.as_str();
+    consumed_or_failed(&mut running, &hutch, &broker, run, &expected, &confirmed).await;
     wait_until(&hutch, &mut events, Status::is_healthy).await;
 
     let status = hutch.status();
@@ -498,13 +495,8 @@ async fn a_broker_stopped_and_started_mid_stream_loses_nothing() {
             hutch.status()
         );
     }
-    consumed_or_failed(
-        &mut running,
-        &hutch,
-        &broker,
-        (&scope.namespace, &expected, &confirmed),
-    )
-    .await;
+    let run = scope.namespace.as_str();
+    consumed_or_failed(&mut running, &hutch, &broker, run, &expected, &confirmed).await;
 
     wait_until(&hutch, &mut events, Status::is_healthy).await;
     let status = hutch.status();
@@ -594,13 +586,8 @@ async fn panics_are_failures_of_their_messages_and_never_stop_the_consumer() {
     stream.await.unwrap();
     let expected = confirmed.ids();
     assert!(expected.len() as u64 >= TOTAL);
-    consumed_or_failed(
-        &mut running,
-        &hutch,
-        &broker,
-        (&scope.namespace, &expected, &confirmed),
-    )
-    .await;
+    let run = scope.namespace.as_str();
+    consumed_or_failed(&mut running, &hutch, &broker, run, &expected, &confirmed).await;
 
     // Each message that panicked was handled on its second attempt: retried
     // through its delay queue like any failure. A forced close may make one
